@@ -1,0 +1,34 @@
+# `make test` installs the test peers when they are missing (as root, with
+# apt-get) and runs every test against them. Peer-needing tests fail, not skip,
+# under it: a green run means SoftHSM2, swtpm, mosquitto and openssl were used.
+SHELL := /bin/bash
+GO ?= go
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools mosquitto mosquitto-clients openssl
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub openssl
+TEST_TIMEOUT ?= 15m
+
+.PHONY: test peers vet build bench
+
+test: peers vet
+	THINGCERT_REQUIRE_PEERS=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/thingcert
+
+vet:
+	$(GO) vet ./...
+
+peers:
+	@missing=""; for b in $(PEERS_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "test peers missing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(PEERS_PKGS) >/dev/null; \
+	  else \
+	    echo "run as root: apt-get update && apt-get install -y $(PEERS_PKGS)"; exit 1; \
+	  fi; \
+	fi
+
+build:
+	$(GO) build -o thingcert ./cmd/thingcert
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./bench/...

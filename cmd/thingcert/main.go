@@ -1,0 +1,23 @@
+// Command thingcert gives a Linux device an AWS IoT identity whose private key
+// stays in a TPM, a PKCS#11 token or a file, and keeps it renewed. It is both the
+// CLI and the daemon (`thingcert run`).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := newRootCmd(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		// One line a person can act on; cobra's own usage dump is off.
+		fmt.Fprintln(os.Stderr, "thingcert: "+oneLine(err.Error()))
+		os.Exit(exitCode(err))
+	}
+}

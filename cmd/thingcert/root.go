@@ -1,0 +1,88 @@
+package main
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+
+	"github.com/spf13/cobra"
+)
+
+// usageError marks a mistake in the command line (exit 2, as is usual).
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func exitCode(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return 2
+	}
+	return 1
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "thingcert",
+		Short: "An AWS IoT device identity whose private key never leaves secure storage",
+		Long: `thingcert gives a Linux device an X.509 client identity for AWS IoT Core whose
+private key stays in a TPM 2.0, a PKCS#11 token or (least secure) a file: it makes
+the key there, makes CSRs with it, connects over MQTT with mutual TLS, provisions by
+claim and renews the certificate before it ages out.
+
+Keys are named by URI:
+  file:/var/lib/thingcert/keys/device.pem
+  pkcs11:token=T;object=device?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/thingcert/pin
+  tpm:blob=/var/lib/thingcert/keys/device.tpmkey?device=/dev/tpmrm0
+  tpm:handle=0x81000010
+
+Start with:  thingcert demo          (the whole story on a local emulator)
+             thingcert key generate --key file:/tmp/k/device.pem`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError{err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
+	})
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	env := &cliEnv{stdout: stdout, stderr: stderr, log: logger}
+	root.AddCommand(
+		newKeyCmd(env),
+		newCSRCmd(env),
+		newConnectCmd(env),
+		newProvisionCmd(env),
+		newRotateCmd(env),
+		newRunCmd(env),
+		newStatusCmd(env),
+		newEmulatorCmd(env),
+		newDemoCmd(env),
+		newVersionCmd(env),
+	)
+	return root
+}
+
+// cliEnv is what every command writes to; tests give it buffers.
+type cliEnv struct {
+	stdout, stderr io.Writer
+	log            *slog.Logger
+}
+
+// required checks that flags were given, as a usage error naming them.
+func required(c *cobra.Command, names ...string) error {
+	var missing []string
+	for _, n := range names {
+		if !c.Flags().Changed(n) {
+			missing = append(missing, "--"+n)
+		}
+	}
+	if len(missing) > 0 {
+		return usageError{err: errors.New(c.CommandPath() + " needs " + strings.Join(missing, " and ") + " (see `" + c.CommandPath() + " --help`)")}
+	}
+	return nil
+}

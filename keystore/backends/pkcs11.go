@@ -1,0 +1,12 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/thingcert/thingcert/keystore"
+)
+
+func openPKCS11(ctx context.Context, uri string, opts keystore.Options) (keystore.Store, error) {
+	return nil, fmt.Errorf("keystore: %s: %w: the PKCS#11 backend is not built yet", keystore.RedactURI(uri), keystore.ErrUnsupported)
+}

@@ -1,0 +1,12 @@
+package backends
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/thingcert/thingcert/keystore"
+)
+
+func openTPM(ctx context.Context, uri string, opts keystore.Options) (keystore.Store, error) {
+	return nil, fmt.Errorf("keystore: %s: %w: the TPM backend is not built yet", keystore.RedactURI(uri), keystore.ErrUnsupported)
+}
