@@ -1,0 +1,194 @@
+package emulator
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/listeners"
+)
+
+// session is what the emulator learned of one connection in its TLS handshake
+// and at CONNECT. mochi hands it back in the hooks through deviceConn.
+type session struct {
+	listener    string
+	remote      string
+	requireALPN bool
+
+	mu         sync.Mutex
+	sni        string
+	alpn       string
+	tlsVersion uint16
+	verdict    verdict
+	decided    bool
+	clientID   string
+	endRule    Rule
+	endReason  string
+}
+
+func (s *session) event(outcome Outcome, now time.Time) ConnectionEvent {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := ConnectionEvent{
+		Time: now, Outcome: outcome, Listener: s.listener, Remote: s.remote, SNI: s.sni, ALPN: s.alpn,
+		Account: s.verdict.Account, CertificateID: s.verdict.CertID, ClientID: s.clientID,
+	}
+	if s.tlsVersion != 0 {
+		e.TLS = tls.VersionName(s.tlsVersion)
+	}
+	return e
+}
+
+// deviceConn is the TLS connection of a device with what the handshake decided.
+type deviceConn struct {
+	*tls.Conn
+	sess *session
+}
+
+// tlsListener is a mochi listener that completes each TLS handshake itself,
+// applying the connection rules in it, before the MQTT server sees the
+// connection, so every refusal is logged with its rule, certificate ID and SNI.
+type tlsListener struct {
+	id          string
+	addr        string
+	requireALPN bool
+	emu         *Emulator
+
+	ln  net.Listener
+	log *slog.Logger
+
+	mu         sync.Mutex
+	handshakes map[net.Conn]struct{}
+	closed     bool
+	wg         sync.WaitGroup
+}
+
+var _ listeners.Listener = (*tlsListener)(nil)
+
+func (l *tlsListener) ID() string       { return l.id }
+func (l *tlsListener) Protocol() string { return "tcp+tls" }
+
+func (l *tlsListener) Address() string {
+	if l.ln != nil {
+		return l.ln.Addr().String()
+	}
+	return l.addr
+}
+
+func (l *tlsListener) Init(log *slog.Logger) error {
+	ln, err := net.Listen("tcp", l.addr)
+	if err != nil {
+		return fmt.Errorf("emulator: listening on %s: %w", l.addr, err)
+	}
+	l.ln, l.log, l.handshakes = ln, log, map[net.Conn]struct{}{}
+	return nil
+}
+
+func (l *tlsListener) Serve(establish listeners.EstablishFn) {
+	for {
+		conn, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			conn.Close()
+			return
+		}
+		l.handshakes[conn] = struct{}{}
+		l.wg.Add(1)
+		l.mu.Unlock()
+		go l.handle(conn, establish)
+	}
+}
+
+func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
+	defer l.wg.Done()
+	if tcp, ok := raw.(*net.TCPConn); ok {
+		_ = tcp.SetNoDelay(true)
+	}
+	sess := &session{listener: l.id, remote: raw.RemoteAddr().String(), requireALPN: l.requireALPN}
+	tc := tls.Server(raw, l.emu.tlsConfig(sess))
+	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
+	err := tc.Handshake()
+	_ = raw.SetDeadline(time.Time{})
+	l.mu.Lock()
+	delete(l.handshakes, raw)
+	l.mu.Unlock()
+	if err != nil {
+		l.emu.handshakeFailed(sess, err)
+		_ = tc.Close()
+		return
+	}
+	// establish runs the MQTT session and returns when the connection ends.
+	if err := establish(l.id, &deviceConn{Conn: tc, sess: sess}); err != nil {
+		l.log.Debug("emulator: connection ended", "remote", sess.remote, "error", err)
+	}
+}
+
+func (l *tlsListener) Close(closeClients listeners.CloseFn) {
+	l.mu.Lock()
+	l.closed = true
+	for c := range l.handshakes {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
+	if l.ln != nil {
+		_ = l.ln.Close()
+	}
+	closeClients(l.id)
+}
+
+// tlsConfig is the per-connection TLS configuration: the decision is made in
+// the handshake, where the SNI, ALPN and client certificate are all known.
+func (e *Emulator) tlsConfig(sess *session) *tls.Config {
+	return &tls.Config{
+		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			sess.mu.Lock()
+			sess.sni = hello.ServerName
+			sess.mu.Unlock()
+			if sess.requireALPN && !slices.Contains(hello.SupportedProtos, alpnMQTT) {
+				v := verdict{}.refuse(RuleALPN, "MQTT on port 443 needs ALPN %q (offered: %v); send it, or use port 8883", alpnMQTT, hello.SupportedProtos)
+				sess.mu.Lock()
+				sess.verdict, sess.decided = v, true
+				sess.mu.Unlock()
+				return nil, errors.New(v.Reason)
+			}
+			c := e.baseTLS.Clone()
+			if sess.requireALPN {
+				c.NextProtos = []string{alpnMQTT}
+			}
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				v := e.decideTLS(attempt{
+					SNI: cs.ServerName, Chain: cs.PeerCertificates, TLSVersion: cs.Version,
+					ALPN: cs.NegotiatedProtocol, RequireALPN: sess.requireALPN, Now: e.cfg.now(),
+				})
+				sess.mu.Lock()
+				sess.verdict, sess.decided, sess.tlsVersion, sess.alpn = v, true, cs.Version, cs.NegotiatedProtocol
+				sess.mu.Unlock()
+				if v.refused() {
+					return fmt.Errorf("thingcert emulator: %s: %s", v.Rule, v.Reason)
+				}
+				return nil
+			}
+			return c, nil
+		},
+	}
+}
+
+// handshakeFailed records a refusal in the handshake: the rule's verdict when a
+// rule refused, else crypto/tls's own error.
+func (e *Emulator) handshakeFailed(sess *session, err error) {
+	sess.mu.Lock()
+	if !sess.decided || !sess.verdict.refused() {
+		sess.verdict.Rule, sess.verdict.Reason = RuleHandshake, err.Error()
+	}
+	sess.mu.Unlock()
+	e.record(sess.event(Refused, e.cfg.now()), sess.verdict)
+}
