@@ -60,16 +60,16 @@ type Config struct {
 }
 
 const (
-	defaultTokenLifetime      = time.Hour
-	defaultCreateCertRate     = 15
-	defaultRegisterThingRate  = 10
-	defaultConnectInterval    = time.Second
-	defaultHistoryLimit       = 10000
-	defaultRegion             = "us-east-1"
-	handshakeTimeout          = 10 * time.Second
-	alpnMQTT                  = "x-amzn-mqtt-ca"
-	maxPacketSize             = 128 * 1024
-	maxSessionExpiry          = 3600
+	defaultTokenLifetime     = time.Hour
+	defaultCreateCertRate    = 15
+	defaultRegisterThingRate = 10
+	defaultConnectInterval   = time.Second
+	defaultHistoryLimit      = 10000
+	defaultRegion            = "us-east-1"
+	handshakeTimeout         = 10 * time.Second
+	alpnMQTT                 = "x-amzn-mqtt-ca"
+	maxPacketSize            = 128 * 1024
+	maxSessionExpiry         = 3600
 )
 
 func (c Config) now() time.Time {

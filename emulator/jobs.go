@@ -352,14 +352,14 @@ type jobsError struct {
 }
 
 type jobsRequest struct {
-	ClientToken              string          `json:"clientToken"`
-	IncludeJobDocument       *bool           `json:"includeJobDocument"`
-	IncludeJobExecutionState bool            `json:"includeJobExecutionState"`
-	Status                   string          `json:"status"`
-	StatusDetails            map[string]any  `json:"statusDetails"`
-	ExpectedVersion          json.Number     `json:"expectedVersion"`
-	ExecutionNumber          json.Number     `json:"executionNumber"`
-	StepTimeoutInMinutes     json.Number     `json:"stepTimeoutInMinutes"`
+	ClientToken              string         `json:"clientToken"`
+	IncludeJobDocument       *bool          `json:"includeJobDocument"`
+	IncludeJobExecutionState bool           `json:"includeJobExecutionState"`
+	Status                   string         `json:"status"`
+	StatusDetails            map[string]any `json:"statusDetails"`
+	ExpectedVersion          json.Number    `json:"expectedVersion"`
+	ExecutionNumber          json.Number    `json:"executionNumber"`
+	StepTimeoutInMinutes     json.Number    `json:"stepTimeoutInMinutes"`
 }
 
 // handleJobs answers a thing's request on the Jobs MQTT API

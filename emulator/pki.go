@@ -27,9 +27,9 @@ import (
 const (
 	// RootCAFile is the root that signs the emulator's server certificate:
 	// clients trust it instead of Amazon Root CA 1/3.
-	RootCAFile    = "root-ca.pem"
-	rootKeyFile   = "root-ca.key"
-	issuingCAFile = "issuing-ca.pem"
+	RootCAFile     = "root-ca.pem"
+	rootKeyFile    = "root-ca.key"
+	issuingCAFile  = "issuing-ca.pem"
 	issuingKeyFile = "issuing-ca.key"
 )
 
