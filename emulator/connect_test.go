@@ -2,6 +2,9 @@ package emulator
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"strings"
@@ -170,6 +173,19 @@ func TestRefusedCertificates(t *testing.T) {
 			register(t, e, "A", d, CertificateOptions{})
 			return d
 		}, RuleNotYetValid, nil},
+		{"p-224", func() *device {
+			// Go's TLS client cannot sign with P-224, so the certificate is
+			// sent with a P-256 key: the emulator judges the certificate
+			// before the proof of possession, as AWS IoT does.
+			p224, _ := ecdsa.GenerateKey(elliptic.P224(), rand.Reader)
+			d := issue(t, ca, "p224", certOpts{key: p224})
+			d.key, _ = ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			return d
+		}, RuleAlgorithm, func(t *testing.T, ev ConnectionEvent) {
+			if !strings.Contains(ev.Reason, "P-224") {
+				t.Errorf("reason does not name the curve: %s", ev.Reason)
+			}
+		}},
 		{"rsa-1024", func() *device { return issue(t, ca, "weak", certOpts{key: rsaKey(t, 1024)}) }, RuleAlgorithm, func(t *testing.T, ev ConnectionEvent) {
 			if !strings.Contains(ev.Reason, "2048") {
 				t.Errorf("reason does not give the rule: %s", ev.Reason)

@@ -247,7 +247,8 @@ func (e *Emulator) reissueServerCert() error {
 // name the rule, the certificate ID and the SNI.
 func (e *Emulator) record(ev ConnectionEvent, v verdict) {
 	ev.Rule, ev.Reason = v.Rule, v.Reason
-	e.history.add(ev)
+	// Logged first: whoever sees the event in the history finds its log line.
+	defer e.history.add(ev)
 	attrs := []any{"rule", ev.Rule, "reason", ev.Reason, "cert_id", ev.CertificateID, "sni", ev.SNI, "account", ev.Account, "client_id", ev.ClientID, "remote", ev.Remote, "listener", ev.Listener}
 	switch ev.Outcome {
 	case Refused:

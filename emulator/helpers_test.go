@@ -234,7 +234,10 @@ type dialOpts struct {
 func dial(t *testing.T, e *testEmu, d *device, clientID string, o dialOpts) (*mqttClient, error) {
 	t.Helper()
 	cfg := e.ClientTLS(o.account)
-	cfg.Certificates = []tls.Certificate{d.tls()}
+	// GetClientCertificate sends the certificate whatever the server asks
+	// for, as a device does.
+	cert := d.tls()
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	cfg.MaxVersion = o.tlsMax
 	if o.serverSNI != "" {
 		cfg.ServerName = o.serverSNI

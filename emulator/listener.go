@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -164,22 +165,52 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 			if sess.requireALPN {
 				c.NextProtos = []string{alpnMQTT}
 			}
-			c.VerifyConnection = func(cs tls.ConnectionState) error {
-				v := e.decideTLS(attempt{
-					SNI: cs.ServerName, Chain: cs.PeerCertificates, TLSVersion: cs.Version,
-					ALPN: cs.NegotiatedProtocol, RequireALPN: sess.requireALPN, Now: e.cfg.now(),
-				})
+			version := negotiatedVersion(hello.SupportedVersions)
+			// The certificate is judged as soon as it arrives, before the
+			// client proves it holds the key, as AWS IoT does: a certificate
+			// that may not connect is refused whatever key signs for it.
+			c.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+				chain := make([]*x509.Certificate, 0, len(raw))
+				for _, der := range raw {
+					cert, err := x509.ParseCertificate(der)
+					if err != nil {
+						return err
+					}
+					chain = append(chain, cert)
+				}
+				v := e.decideTLS(attempt{SNI: hello.ServerName, Chain: chain, TLSVersion: version, Now: e.cfg.now()})
 				sess.mu.Lock()
-				sess.verdict, sess.decided, sess.tlsVersion, sess.alpn = v, true, cs.Version, cs.NegotiatedProtocol
+				sess.verdict, sess.decided, sess.tlsVersion = v, true, version
 				sess.mu.Unlock()
 				if v.refused() {
 					return fmt.Errorf("thingcert emulator: %s: %s", v.Rule, v.Reason)
 				}
 				return nil
 			}
+			c.VerifyConnection = func(cs tls.ConnectionState) error {
+				sess.mu.Lock()
+				defer sess.mu.Unlock()
+				sess.tlsVersion, sess.alpn = cs.Version, cs.NegotiatedProtocol
+				if sess.requireALPN && cs.NegotiatedProtocol != alpnMQTT {
+					sess.verdict = sess.verdict.refuse(RuleALPN, "MQTT on port 443 needs ALPN %q; send it, or use port 8883", alpnMQTT)
+					return errors.New(sess.verdict.Reason)
+				}
+				return nil
+			}
 			return c, nil
 		},
 	}
+}
+
+// negotiatedVersion is the TLS version crypto/tls will choose: the client's
+// most preferred one among 1.3 and 1.2.
+func negotiatedVersion(client []uint16) uint16 {
+	for _, v := range client {
+		if v == tls.VersionTLS13 || v == tls.VersionTLS12 {
+			return v
+		}
+	}
+	return 0
 }
 
 // handshakeFailed records a refusal in the handshake: the rule's verdict when a
