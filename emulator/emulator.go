@@ -83,7 +83,6 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 	caps.MinimumProtocolVersion = 4 // MQTT 3.1.1 and 5, as AWS IoT
 	e.mqttLog = reg.log.With("component", "mqtt")
 	e.server = mqtt.New(&mqtt.Options{
-		InlineClient: true,
 		Capabilities: caps,
 		Logger:       slog.New(levelAtLeast{e.mqttLog.Handler(), slog.LevelError}),
 	})
@@ -98,11 +97,7 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 			}
 		},
 		statusChanged: e.certificateStatusChanged,
-		publish: func(topic string, payload []byte) {
-			if err := e.server.Publish(topic, payload, false, 1); err != nil {
-				reg.log.Warn("emulator: publishing", "topic", topic, "error", err)
-			}
-		},
+		notify:        e.notify,
 	}
 	return e, nil
 }
@@ -270,6 +265,24 @@ func (e *Emulator) send(cl *mqtt.Client, m message) {
 	})
 	if err != nil {
 		e.log.Info("emulator: reply not delivered", "client_id", cl.ID, "topic", m.Topic, "error", err)
+	}
+}
+
+// notify sends a message to the connections of an account subscribed to its
+// topic. Thing names are per account, so a broker-wide publish could reach a
+// thing of the same name in another account.
+func (e *Emulator) notify(account, topic string, payload []byte) {
+	for _, cl := range e.server.Clients.GetAll() {
+		sess := sessionOf(cl)
+		if sess == nil || cl.Closed() {
+			continue
+		}
+		sess.mu.Lock()
+		mine := sess.verdict.Account == account
+		sess.mu.Unlock()
+		if mine && subscribed(cl, topic) {
+			e.send(cl, message{Topic: topic, Payload: payload})
+		}
 	}
 }
 

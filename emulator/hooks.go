@@ -43,7 +43,7 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	account, certID := sess.verdict.Account, sess.verdict.CertID
 	sess.mu.Unlock()
 	rule, reason := h.e.decideConnect(account, certID, clientID)
-	if rule == "" && !h.e.connectLimit.allow(clientID, now) {
+	if rule == "" && !h.e.connectLimit.allow(account+"\x00"+clientID, now) {
 		rule, reason = RuleConnectRate, "more than one CONNECT per second with this client ID (AWS IoT's fixed limit); wait and retry with backoff"
 	}
 	v := verdict{Account: account, CertID: certID, Rule: rule, Reason: reason}

@@ -42,11 +42,13 @@ func (e *execRec) status(now time.Time) JobExecutionStatus {
 	return e.Status
 }
 
-// settle writes a step timeout down.
-func (e *execRec) settle(now time.Time) {
+// settle writes a step timeout down, reporting whether it did.
+func (e *execRec) settle(now time.Time) bool {
 	if s := e.status(now); s != e.Status {
 		e.Status, e.LastUpdatedAt, e.Version = s, e.StepTimeoutAt, e.Version+1
+		return true
 	}
+	return false
 }
 
 func (e *execRec) export(account, jobID, thing string, now time.Time) JobExecution {
@@ -252,7 +254,7 @@ func (r *Registry) pendingByThingLocked(a *accountRec, things []string, now time
 // and returns the publications AWS IoT would make: notify-next when the next
 // execution changed, notify when the pending list changed.
 func (r *Registry) jobNotificationsLocked(a *accountRec, before map[string][]string, now time.Time) []func() {
-	if r.events.publish == nil {
+	if r.events.notify == nil {
 		return nil
 	}
 	var out []func()
@@ -274,7 +276,7 @@ func (r *Registry) jobNotificationsLocked(a *accountRec, before map[string][]str
 				msg["execution"] = execJSON(cur[0].id, thing, a.Jobs[cur[0].id], cur[0].e, true, now)
 			}
 			payload, _ := json.Marshal(msg)
-			out = append(out, func() { r.events.publish(prefix+"notify-next", payload) })
+			out = append(out, func() { r.events.notify(a.Name, prefix+"notify-next", payload) })
 		}
 		// notify: the summaries of pending executions by status
 		jobs := map[string][]any{}
@@ -283,7 +285,7 @@ func (r *Registry) jobNotificationsLocked(a *accountRec, before map[string][]str
 			jobs[s] = append(jobs[s], summaryJSON(p.id, p.e))
 		}
 		payload, _ := json.Marshal(map[string]any{"timestamp": ts, "jobs": jobs})
-		out = append(out, func() { r.events.publish(prefix+"notify", payload) })
+		out = append(out, func() { r.events.notify(a.Name, prefix+"notify", payload) })
 	}
 	return out
 }
@@ -383,20 +385,22 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 		}
 	}
 	if jerr == nil {
-		err := r.mutate(func(now time.Time) ([]func(), error) {
+		err := r.update(func(now time.Time) ([]func(), bool, error) {
 			a, err := r.accountLocked(account)
 			if err != nil {
 				jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
-				return nil, nil
+				return nil, false, nil
 			}
 			before := r.pendingByThingLocked(a, []string{thing}, now)
+			changed := false
 			for _, j := range a.Jobs {
-				if e, ok := j.Executions[thing]; ok {
-					e.settle(now)
+				if e, ok := j.Executions[thing]; ok && e.settle(now) {
+					changed = true
 				}
 			}
-			accepted, jerr = jobsOperation(a, thing, rest, &req, now)
-			return r.jobNotificationsLocked(a, before, now), nil
+			var opChanged bool
+			accepted, opChanged, jerr = jobsOperation(a, thing, rest, &req, now)
+			return r.jobNotificationsLocked(a, before, now), changed || opChanged, nil
 		})
 		if err != nil {
 			jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
@@ -424,7 +428,12 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 }
 
 // jobsOperation carries out one Jobs API request on account a, under the lock.
-func jobsOperation(a *accountRec, thing, rest string, req *jobsRequest, now time.Time) (map[string]any, *jobsError) {
+func jobsOperation(a *accountRec, thing, rest string, req *jobsRequest, now time.Time) (out map[string]any, changed bool, jerr *jobsError) {
+	out, jerr = jobsOperationLocked(a, thing, rest, req, now, &changed)
+	return out, changed, jerr
+}
+
+func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, now time.Time, changed *bool) (map[string]any, *jobsError) {
 	withDoc := req.IncludeJobDocument == nil || *req.IncludeJobDocument
 	switch {
 	case rest == "get":
@@ -459,6 +468,7 @@ func jobsOperation(a *accountRec, thing, rest string, req *jobsRequest, now time
 		}
 		e := p[0].e
 		if e.Status == JobQueued {
+			*changed = true
 			e.Status, e.StartedAt, e.LastUpdatedAt, e.Version = JobInProgress, now, now, e.Version+1
 			if details != nil {
 				e.StatusDetails = details
@@ -517,6 +527,7 @@ func jobsOperation(a *accountRec, thing, rest string, req *jobsRequest, now time
 	if e.Status.Terminal() {
 		return nil, &jobsError{code: jobsInvalidStateTransition, msg: fmt.Sprintf("the execution of job %s is %s, a terminal status: it cannot become %s", jobID, e.Status, status), state: stateJSON(e, now)}
 	}
+	*changed = true
 	if e.Status == JobQueued && status == JobInProgress {
 		e.StartedAt = now
 	}

@@ -64,8 +64,9 @@ type Registry struct {
 type registryEvents struct {
 	accountsChanged func()
 	statusChanged   func(account, certID string, status CertificateStatus)
-	// publish sends a message to the topic's subscribers (job notifications).
-	publish func(topic string, payload []byte)
+	// notify sends a message to the subscribers of topic among an account's
+	// connections (job notifications).
+	notify func(account, topic string, payload []byte)
 }
 
 type state struct {
@@ -300,9 +301,18 @@ func (r *Registry) saveLocked() error {
 // after the lock is released: they publish notifications or disconnect clients,
 // which must not happen under the registry lock.
 func (r *Registry) mutate(fn func(now time.Time) ([]func(), error)) error {
+	return r.update(func(now time.Time) ([]func(), bool, error) {
+		after, err := fn(now)
+		return after, true, err
+	})
+}
+
+// update is mutate for calls that may change nothing (a device reading its
+// jobs): the state is saved only when fn says it changed.
+func (r *Registry) update(fn func(now time.Time) (after []func(), changed bool, err error)) error {
 	r.mu.Lock()
-	after, err := fn(r.cfg.now())
-	if err == nil {
+	after, changed, err := fn(r.cfg.now())
+	if err == nil && changed {
 		err = r.saveLocked()
 	}
 	r.mu.Unlock()
