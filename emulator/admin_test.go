@@ -2,6 +2,7 @@ package emulator
 
 import (
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"os"
@@ -117,5 +118,37 @@ func TestOpenAdminOfflineAndOnline(t *testing.T) {
 	// A second emulator cannot take the folder.
 	if _, err := Start(ctx, Config{StateDir: dir}); !errors.Is(err, ErrLocked) {
 		t.Fatalf("a second emulator on the folder: %v, want ErrLocked", err)
+	}
+}
+
+// Close ends connections that never sent CONNECT, instead of waiting for them.
+func TestCloseEndsSilentConnections(t *testing.T) {
+	e, err := Start(ctx, Config{Accounts: []Account{{Name: "A", Prefix: "aaa"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := issue(t, nil, "dev", certOpts{})
+	if _, err := e.RegisterCertificate(ctx, "A", d.pem, CertificateOptions{WithoutCA: true}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := e.ClientTLS("A")
+	cfg.Certificates = []tls.Certificate{d.tls()}
+	conn, err := tls.Dial("tcp", e.Addr(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	closed := make(chan error, 1)
+	go func() { closed <- e.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Close waited for a connection that never sent CONNECT")
+	}
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the connection is still open after Close")
 	}
 }

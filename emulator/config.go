@@ -67,6 +67,7 @@ const (
 	defaultHistoryLimit      = 10000
 	defaultRegion            = "us-east-1"
 	handshakeTimeout         = 10 * time.Second
+	connectTimeout           = 30 * time.Second
 	alpnMQTT                 = "x-amzn-mqtt-ca"
 	maxPacketSize            = 128 * 1024
 	maxSessionExpiry         = 3600

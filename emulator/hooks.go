@@ -133,6 +133,10 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
 	default:
 		rule = RuleClosed
 		switch {
+		case errors.Is(cause, packets.CodeDisconnect):
+			reason = "the client sent DISCONNECT"
+		case errors.Is(cause, packets.ErrServerShuttingDown):
+			reason = "the emulator is shutting down"
 		case cause != nil:
 			reason = cause.Error()
 		case err != nil:

@@ -63,10 +63,10 @@ type tlsListener struct {
 	ln  net.Listener
 	log *slog.Logger
 
-	mu         sync.Mutex
-	handshakes map[net.Conn]struct{}
-	closed     bool
-	wg         sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{} // every open connection, so Close can end them
+	closed bool
+	wg     sync.WaitGroup
 }
 
 var _ listeners.Listener = (*tlsListener)(nil)
@@ -86,7 +86,7 @@ func (l *tlsListener) Init(log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("emulator: listening on %s: %w", l.addr, err)
 	}
-	l.ln, l.log, l.handshakes = ln, log, map[net.Conn]struct{}{}
+	l.ln, l.log, l.conns = ln, log, map[net.Conn]struct{}{}
 	return nil
 }
 
@@ -102,7 +102,7 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 			conn.Close()
 			return
 		}
-		l.handshakes[conn] = struct{}{}
+		l.conns[conn] = struct{}{}
 		l.wg.Add(1)
 		l.mu.Unlock()
 		go l.handle(conn, establish)
@@ -111,6 +111,12 @@ func (l *tlsListener) Serve(establish listeners.EstablishFn) {
 
 func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	defer l.wg.Done()
+	defer func() {
+		l.mu.Lock()
+		delete(l.conns, raw)
+		l.mu.Unlock()
+		_ = raw.Close()
+	}()
 	if tcp, ok := raw.(*net.TCPConn); ok {
 		_ = tcp.SetNoDelay(true)
 	}
@@ -118,15 +124,12 @@ func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 	tc := tls.Server(raw, l.emu.tlsConfig(sess))
 	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
 	err := tc.Handshake()
-	_ = raw.SetDeadline(time.Time{})
-	l.mu.Lock()
-	delete(l.handshakes, raw)
-	l.mu.Unlock()
 	if err != nil {
 		l.emu.handshakeFailed(sess, err)
-		_ = tc.Close()
 		return
 	}
+	// The CONNECT must follow soon; mochi then sets the keep-alive deadline.
+	_ = raw.SetDeadline(time.Now().Add(connectTimeout))
 	// establish runs the MQTT session and returns when the connection ends.
 	if err := establish(l.id, &deviceConn{Conn: tc, sess: sess}); err != nil {
 		l.log.Debug("emulator: connection ended", "remote", sess.remote, "error", err)
@@ -136,14 +139,18 @@ func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 func (l *tlsListener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	l.closed = true
-	for c := range l.handshakes {
-		_ = c.Close()
-	}
 	l.mu.Unlock()
 	if l.ln != nil {
 		_ = l.ln.Close()
 	}
+	// MQTT clients get a DISCONNECT first; the rest (in the handshake, or
+	// before CONNECT) are simply closed.
 	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
 }
 
 // tlsConfig is the per-connection TLS configuration: the decision is made in

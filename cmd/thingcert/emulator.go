@@ -444,8 +444,12 @@ func newEmulatorListCmd(env *cliEnv, admin adminFn) *cobra.Command {
 					es, err = adm.JobExecutions(ctx, account, thing)
 					header = []string{"JOB", "THING", "STATUS", "VERSION", "STATUS DETAILS"}
 					for _, x := range es {
-						d, _ := json.Marshal(x.StatusDetails)
-						rows = append(rows, []string{x.JobID, x.ThingName, string(x.Status), fmt.Sprint(x.VersionNumber), string(d)})
+						d := "-"
+						if len(x.StatusDetails) > 0 {
+							b, _ := json.Marshal(x.StatusDetails)
+							d = string(b)
+						}
+						rows = append(rows, []string{x.JobID, x.ThingName, string(x.Status), fmt.Sprint(x.VersionNumber), d})
 					}
 					v = es
 				default:
