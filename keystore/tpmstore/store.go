@@ -240,7 +240,7 @@ func (s *Store) writeBlob(ref keyRef, uri string, created *tpm2.CreateResponse, 
 	tk := keyfile.NewTPMKey(keyfile.OIDLoadableKey, created.OutPublic, created.OutPrivate,
 		keyfile.WithParent(parent.fileParent),
 		keyfile.WithUserAuth(auth),
-		keyfile.WithDescription("thingcert "+strings.TrimSuffix(filepath.Base(ref.loc.blob), BlobExt)),
+		// No description field: tpm2-openssl 1.1 refuses files that have one.
 	)
 	var buf bytes.Buffer
 	if err := keyfile.Encode(&buf, tk); err != nil {
