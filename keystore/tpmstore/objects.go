@@ -148,33 +148,33 @@ func (d *Device) parentFor(t transport.TPM, h tpm2.TPMHandle) (*parentKey, error
 		}.Execute(t)
 		if err != nil {
 			if errors.Is(err, tpm2.TPMRCBadAuth) || errors.Is(err, tpm2.TPMRCAuthFail) {
-				return nil, fmt.Errorf("tpmstore: creating the storage root key on %s: %w: the owner hierarchy has a password; thingcert needs it empty, or a storage key persisted at 0x81000001 (tpm2_createprimary + tpm2_evictcontrol)", d.name, err)
+				return nil, fmt.Errorf("creating the storage root key: %w: the owner hierarchy has a password; thingcert needs it empty, or a storage key persisted at 0x81000001 (tpm2_createprimary + tpm2_evictcontrol)", err)
 			}
-			return nil, fmt.Errorf("tpmstore: creating the storage root key (TCG ECC P-256 template) on %s: %w", d.name, err)
+			return nil, fmt.Errorf("creating the storage root key (TCG ECC P-256 template): %w", err)
 		}
 		pub, err := rsp.OutPublic.Contents()
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: storage root key on %s: %w", d.name, err)
+			return nil, fmt.Errorf("storage root key: %w", err)
 		}
 		p = &parentKey{handle: rsp.ObjectHandle, name: rsp.Name, fileParent: tpm2.TPMRHOwner, transient: true, public: *pub}
 	case uint32(h)>>24 == uint32(tpm2.TPMHTPersistent):
 		rsp, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(t)
 		if err != nil {
 			if isHandleMissing(err) {
-				return nil, fmt.Errorf("tpmstore: the key's parent 0x%08x is not in TPM %s: %w (was it evicted, or the TPM cleared?)", uint32(h), d.name, keystore.ErrNotFound)
+				return nil, fmt.Errorf("the key's parent 0x%08x is not in the TPM: %w (was it evicted, or the TPM cleared?)", uint32(h), keystore.ErrNotFound)
 			}
-			return nil, fmt.Errorf("tpmstore: reading the key's parent 0x%08x on %s: %w", uint32(h), d.name, err)
+			return nil, fmt.Errorf("reading the key's parent 0x%08x: %w", uint32(h), err)
 		}
 		pub, err := rsp.OutPublic.Contents()
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: parent 0x%08x on %s: %w", uint32(h), d.name, err)
+			return nil, fmt.Errorf("parent 0x%08x: %w", uint32(h), err)
 		}
 		if !isStorageKey(pub) {
-			return nil, fmt.Errorf("tpmstore: the object at 0x%08x on %s is not a storage key and cannot be a parent", uint32(h), d.name)
+			return nil, fmt.Errorf("the object at 0x%08x is not a storage key and cannot be a parent", uint32(h))
 		}
 		p = &parentKey{handle: h, name: rsp.Name, fileParent: h, public: *pub}
 	default:
-		return nil, fmt.Errorf("tpmstore: key parent 0x%08x: %w: thingcert loads keys under the owner hierarchy's storage root key (0x40000001) or a persistent storage key (0x81xxxxxx)", uint32(h), keystore.ErrUnsupported)
+		return nil, fmt.Errorf("key parent 0x%08x: %w: thingcert loads keys under the owner hierarchy's storage root key (0x40000001) or a persistent storage key (0x81xxxxxx)", uint32(h), keystore.ErrUnsupported)
 	}
 	d.parents[h] = p
 	return p, nil
@@ -194,7 +194,7 @@ func (d *Device) newKeyParent(t transport.TPM) (*parentKey, error) {
 			}
 		case isHandleMissing(err):
 		default:
-			return nil, fmt.Errorf("tpmstore: looking for a storage root key at 0x81000001 on %s: %w", d.name, err)
+			return nil, fmt.Errorf("looking for a storage root key at 0x81000001: %w", err)
 		}
 		d.probed = true
 	}
@@ -219,9 +219,9 @@ func (d *Device) supports(t transport.TPM, alg keystore.Algorithm) error {
 		if terr != nil {
 			var rc tpm2.TPMRC
 			if !errors.As(terr, &rc) {
-				return fmt.Errorf("tpmstore: asking %s about %s keys: %w", d.name, alg, terr)
+				return fmt.Errorf("asking the TPM about %s keys: %w", alg, terr)
 			}
-			err = fmt.Errorf("tpmstore: TPM %s cannot make %s keys (TPM2_TestParms: %v): %w", d.name, alg, terr, keystore.ErrUnsupported)
+			err = fmt.Errorf("this TPM cannot make %s keys (TPM2_TestParms answered %v): %w", alg, terr, keystore.ErrUnsupported)
 		}
 	} else {
 		curve, _ := tpmCurve(alg)
@@ -230,7 +230,7 @@ func (d *Device) supports(t transport.TPM, alg keystore.Algorithm) error {
 			return cerr
 		}
 		if !slices.Contains(curves, curve) {
-			err = fmt.Errorf("tpmstore: TPM %s cannot make %s keys (the curve is not among those TPM2_GetCapability lists): %w", d.name, alg, keystore.ErrUnsupported)
+			err = fmt.Errorf("this TPM cannot make %s keys (TPM2_GetCapability does not list the curve): %w", alg, keystore.ErrUnsupported)
 		}
 	}
 	d.support[alg] = err
@@ -243,11 +243,11 @@ func (d *Device) curves(t transport.TPM) ([]tpm2.TPMECCCurve, error) {
 	for {
 		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapECCCurves, Property: next, PropertyCount: 64}.Execute(t)
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: asking %s which curves it has: %w", d.name, err)
+			return nil, fmt.Errorf("asking the TPM which curves it has: %w", err)
 		}
 		c, err := rsp.CapabilityData.Data.ECCCurves()
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: asking %s which curves it has: %w", d.name, err)
+			return nil, fmt.Errorf("asking the TPM which curves it has: %w", err)
 		}
 		all = append(all, c.ECCCurves...)
 		if !rsp.MoreData || len(c.ECCCurves) == 0 {
@@ -265,11 +265,11 @@ func (d *Device) persistentHandles(t transport.TPM) ([]tpm2.TPMHandle, error) {
 	for {
 		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: next, PropertyCount: 64}.Execute(t)
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: listing persistent handles on %s: %w", d.name, err)
+			return nil, fmt.Errorf("listing persistent handles: %w", err)
 		}
 		hl, err := rsp.CapabilityData.Data.Handles()
 		if err != nil {
-			return nil, fmt.Errorf("tpmstore: listing persistent handles on %s: %w", d.name, err)
+			return nil, fmt.Errorf("listing persistent handles: %w", err)
 		}
 		for _, h := range hl.Handle {
 			if uint32(h) >= persistentFirst && uint32(h) <= persistentLast {
@@ -301,5 +301,8 @@ func (d *Device) Algorithms(ctx context.Context) ([]keystore.Algorithm, error) {
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, fmt.Errorf("tpmstore: TPM %s: %w", d.name, err)
+	}
+	return out, nil
 }

@@ -194,6 +194,8 @@ func (s *Store) Generate(ctx context.Context, keyURI string, alg keystore.Algori
 			return err
 		})
 		if err != nil {
+			// The file is no identity yet: take it back so the name stays free.
+			_ = os.Remove(ref.loc.blob)
 			return nil, s.wrap("loading the new key", uri, err)
 		}
 	}
@@ -399,6 +401,11 @@ func (s *Store) openBlob(ctx context.Context, ref keyRef, uri string, auth []byt
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tpmstore: %s: %w", uri, err)
+	}
+	if fi, err := os.Stat(ref.loc.blob); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		// Only this TPM can use the file, but anyone who can read it and open
+		// the TPM device can sign with a key that has no authorization value.
+		s.log.Warn("tpmstore: key file is readable by others; run chmod 600 on it", "file", ref.loc.blob, "mode", fmt.Sprintf("%04o", fi.Mode().Perm()))
 	}
 	pub, err := tk.Pubkey.Contents()
 	if err != nil {

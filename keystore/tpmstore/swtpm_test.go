@@ -2,7 +2,11 @@ package tpmstore_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/thingcert/thingcert/internal/testpeers"
@@ -72,4 +76,40 @@ func TestConformanceBlob(t *testing.T) {
 		},
 		Algorithms: got,
 	})
+}
+
+// TestUnsupportedAlgorithmSaysWhy: an algorithm the TPM lacks (rsa-4096 on
+// swtpm 0.7) is refused with ErrUnsupported, naming the algorithm and the TPM.
+func TestUnsupportedAlgorithmSaysWhy(t *testing.T) {
+	sw := testpeers.StartSWTPM(t)
+	dir := t.TempDir()
+	s := openStore(t, "tpm:blob-dir="+dir+"?device="+sw.Device())
+	have, err := s.Algorithms(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	missing := 0
+	for _, alg := range keystore.Algorithms() {
+		if slices.Contains(have, alg) {
+			continue
+		}
+		missing++
+		u, _ := s.KeyURI("unsupported")
+		_, err := s.Generate(ctx, u, alg)
+		if !errors.Is(err, keystore.ErrUnsupported) {
+			t.Fatalf("Generate(%s): %v, want ErrUnsupported", alg, err)
+		}
+		t.Logf("Generate(%s): %v", alg, err)
+		for _, want := range []string{string(alg), sw.Device(), "cannot make"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not mention %q", err, want)
+			}
+		}
+		if _, err := os.Stat(filepath.Join(dir, "unsupported.tpmkey")); err == nil {
+			t.Errorf("a refused Generate(%s) left a key file", alg)
+		}
+	}
+	if missing == 0 {
+		t.Logf("this TPM supports every algorithm; nothing to refuse")
+	}
 }
