@@ -294,3 +294,42 @@ func TestTCPRefusesNonsenseSize(t *testing.T) {
 		t.Fatalf("a broken connection must stay broken: %v", err)
 	}
 }
+
+// TestTCPAbandonedCommand: a peer that never answers (swtpm busy with another
+// client) does not hang the caller past its context, and the connection,
+// now out of step, is not reused.
+func TestTCPAbandonedCommand(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	received := make(chan struct{})
+	release := make(chan struct{})
+	defer close(release)
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		if _, err := c.Read(buf); err == nil {
+			close(received)
+		}
+		<-release
+	}()
+	tr, err := DialTCP(context.Background(), l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { <-received; cancel() }()
+	if _, err := tr.SendContext(ctx, []byte("command")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want the command abandoned with context.Canceled", err)
+	}
+	if _, err := tr.SendContext(context.Background(), []byte("command")); err == nil || !strings.Contains(err.Error(), "reopen the store") {
+		t.Fatalf("the connection was reused after an abandoned command: %v", err)
+	}
+}
