@@ -4,7 +4,10 @@
 //
 //	go test -run '^$' -bench . -count 5 ./bench/tpm/
 //
-// or bench/ratio.sh ./bench/tpm 5 for the ratios.
+// or bench/ratio.sh ./bench/tpm 5 for the ratios of the raw and thingcert
+// cases. The paired cases alternate the two within one run and report their
+// median times, their ratio and the TPM commands per Sign of each: read those
+// on a busy machine.
 package tpm_bench
 
 import (
@@ -13,8 +16,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
@@ -116,5 +121,54 @@ func BenchmarkSign(b *testing.B) {
 			}
 			b.ReportMetric(float64(ct.n.Load()-start)/float64(b.N), "tpm-cmds/op")
 		})
+		// paired alternates one raw and one thingcert Sign per iteration and
+		// reports the medians, so a busy shared machine slows both alike.
+		b.Run(c.name+"/paired", func(b *testing.B) {
+			var rawNs, tcNs []float64
+			var rawCmds, tcCmds int64
+			i := 0
+			for b.Loop() {
+				sign := func(thingcert bool) {
+					n0, t0 := ct.n.Load(), time.Now()
+					var err error
+					if thingcert {
+						_, err = key.Sign(rand.Reader, digest[:], c.opts)
+					} else {
+						_, err = rawSign.Execute(ct)
+					}
+					d, n := float64(time.Since(t0).Nanoseconds()), ct.n.Load()-n0
+					if err != nil {
+						b.Fatal(err)
+					}
+					if thingcert {
+						tcNs, tcCmds = append(tcNs, d), tcCmds+n
+					} else {
+						rawNs, rawCmds = append(rawNs, d), rawCmds+n
+					}
+				}
+				// Alternate the order so neither side always follows the other.
+				sign(i%2 == 1)
+				sign(i%2 == 0)
+				i++
+			}
+			r, m := median(rawNs), median(tcNs)
+			b.ReportMetric(r, "raw-ns/sign")
+			b.ReportMetric(m, "thingcert-ns/sign")
+			b.ReportMetric(m/r, "ratio")
+			b.ReportMetric(float64(rawCmds)/float64(len(rawNs)), "raw-tpm-cmds/sign")
+			b.ReportMetric(float64(tcCmds)/float64(len(tcNs)), "thingcert-tpm-cmds/sign")
+		})
 	}
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return 0
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
