@@ -115,6 +115,28 @@ func TestEmulatorCommandsOfflineAndOnline(t *testing.T) {
 	if out := mustCLI(t, "emulator", "job", "--state", state, "--account", "dev", "--thing", "dev-1", "--job-id", "j1"); !strings.Contains(out, "QUEUED") {
 		t.Fatalf("job: %q", out)
 	}
+	// A key and CSR made by thingcert, a certificate issued by the emulator.
+	keys := filepath.Join(dir, "keys")
+	if err := os.Mkdir(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	keyURI := "file:" + filepath.Join(keys, "dev-2.pem")
+	pub := mustCLI(t, "key", "generate", "--key", keyURI)
+	csrPath := filepath.Join(dir, "dev-2.csr")
+	mustCLI(t, "csr", "--key", keyURI, "--subject", "CN=dev-2", "--out", csrPath)
+	issued := mustCLI(t, "emulator", "issue", "--state", state, "--account", "dev", "--csr", csrPath, "--thing", "dev-2", "--lifetime", "1h")
+	b, _ := pem.Decode([]byte(issued))
+	if b == nil {
+		t.Fatalf("issue printed %q", issued)
+	}
+	cert, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spki, _ := x509.MarshalPKIXPublicKey(cert.PublicKey)
+	if got := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spki})); got != pub {
+		t.Fatalf("issued certificate's key %q, generated key %q", got, pub)
+	}
 
 	// Online: serve, then the same commands go through the admin socket.
 	ctx, cancel := context.WithCancel(context.Background())
