@@ -27,7 +27,9 @@ func aclAllows(clientID, topic string, write bool) bool {
 	isReply := last == "accepted" || last == "rejected"
 	switch {
 	case len(levels) >= 3 && levels[0] == "$aws" && levels[1] == "things":
-		if levels[2] != clientID {
+		// A client ID of "+" or "#" must not turn into a wildcard over
+		// every thing.
+		if levels[2] != clientID || levels[2] == "+" || levels[2] == "#" {
 			return false
 		}
 		if write && (isReply || (len(levels) == 5 && levels[3] == "jobs" && (last == "notify" || last == "notify-next"))) {

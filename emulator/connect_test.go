@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"testing"
@@ -323,4 +324,31 @@ func TestTLS12AndTLS13(t *testing.T) {
 			t.Errorf("attempt %d: history says %s, want %s", i, ev.TLS, tls.VersionName(v))
 		}
 	}
+}
+
+func TestChainThroughAnIntermediate(t *testing.T) {
+	e, root := twoAccounts(t, ModeDefault, Config{})
+	// An intermediate CA signed by the registered root; the device sends it.
+	inter := issue(t, root, "intermediate", certOpts{})
+	tmpl := *inter.cert
+	tmpl.IsCA, tmpl.BasicConstraintsValid, tmpl.KeyUsage = true, true, x509.KeyUsageCertSign
+	tmpl.ExtKeyUsage = nil
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, root.cert, inter.key.Public(), root.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	interCert, _ := x509.ParseCertificate(der)
+	interCA := &testCA{cert: interCert, key: inter.key, pem: encodeCert(der)}
+	d := issue(t, interCA, "dev", certOpts{})
+	bundle := append(append([]byte{}, d.pem...), interCA.pem...)
+	if _, err := e.RegisterCertificate(ctx, "A", bundle, CertificateOptions{}); err != nil {
+		t.Fatalf("registering with the intermediate: %v", err)
+	}
+	// Without the intermediate the chain does not reach the root.
+	_, err = dial(t, e, d, "dev", dialOpts{account: "A"})
+	expectRefused(t, e, d, err, RuleCA, e.Endpoint("A"))
+	e.clock.Advance(2 * time.Second)
+	withChain := *d
+	withChain.chain = [][]byte{interCert.Raw}
+	mustDial(t, e, &withChain, "dev", dialOpts{account: "A"})
 }

@@ -139,10 +139,11 @@ type device struct {
 	key    crypto.Signer
 	keyPEM []byte
 	id     string
+	chain  [][]byte // intermediates the device sends after its certificate
 }
 
 func (d *device) tls() tls.Certificate {
-	return tls.Certificate{Certificate: [][]byte{d.cert.Raw}, PrivateKey: d.key, Leaf: d.cert}
+	return tls.Certificate{Certificate: append([][]byte{d.cert.Raw}, d.chain...), PrivateKey: d.key, Leaf: d.cert}
 }
 
 type certOpts struct {

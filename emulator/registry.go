@@ -703,7 +703,8 @@ func defaultStatus(s, def CertificateStatus) (CertificateStatus, error) {
 }
 
 // signerLocked is the ID of the CA, trusted by the account, that chain[0] chains
-// to (through the rest of chain), or "".
+// to (through the rest of chain), or "". Only signatures count: a certificate
+// may be registered before or after its validity.
 func (r *Registry) signerLocked(a *accountRec, chain []*x509.Certificate) string {
 	ids := make([]string, 0, len(a.CAs)+1)
 	for id := range a.CAs {
@@ -713,7 +714,13 @@ func (r *Registry) signerLocked(a *accountRec, chain []*x509.Certificate) string
 	ids = append(ids, r.issuing.id)
 	for _, id := range ids {
 		ca, _, _, _ := r.caLocked(a, id)
-		if verifyChain(chain, ca, chain[0].NotBefore.Add(time.Second)) == nil {
+		at := ca.NotBefore
+		for _, c := range chain {
+			if c.NotBefore.After(at) {
+				at = c.NotBefore
+			}
+		}
+		if verifyChain(chain, ca, at.Add(time.Second)) == nil {
 			return id
 		}
 	}

@@ -123,6 +123,11 @@ func TestACL(t *testing.T) {
 			t.Errorf("aclAllows(me, %q, write=%v) = %v, want %v", c.topic, c.write, got, c.ok)
 		}
 	}
+	for _, wild := range []string{"+", "#"} {
+		if aclAllows(wild, "$aws/things/"+wild+"/jobs/notify-next", false) {
+			t.Errorf("client ID %q may subscribe to every thing's jobs", wild)
+		}
+	}
 	for _, c := range []struct {
 		filter, topic string
 		ok            bool
