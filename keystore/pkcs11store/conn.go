@@ -190,6 +190,11 @@ func classify(err error) failure {
 // not, private objects are invisible and fn would see a token without keys, so
 // withRaw reports errLoggedOut instead.
 func (s *Store) withRaw(c *conn, fn func(sh pkcs11.SessionHandle) error) error {
+	s.rawMu.RLock()
+	defer s.rawMu.RUnlock()
+	if s.closed.Load() {
+		return errClosed
+	}
 	sh, err := s.raw.OpenSession(c.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return err

@@ -91,6 +91,11 @@ func mechName(m uint) string {
 
 // mechanismInfo asks the token about the mechanisms alg needs.
 func (s *Store) mechanismInfo(c *conn, alg keystore.Algorithm) (map[uint]pkcs11.MechanismInfo, error) {
+	s.rawMu.RLock()
+	defer s.rawMu.RUnlock()
+	if s.closed.Load() {
+		return nil, errClosed
+	}
 	list, err := s.raw.GetMechanismList(c.slot)
 	if err != nil {
 		return nil, err

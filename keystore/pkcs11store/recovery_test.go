@@ -220,3 +220,53 @@ func TestSessionRecoveryWhileTokenIsGone(t *testing.T) {
 		t.Fatal("signature does not verify")
 	}
 }
+
+// Closing a store while its keys sign and it lists is safe: every operation
+// either completes or fails with an error, and none runs after the module's
+// handle is gone.
+func TestCloseWhileInUse(t *testing.T) {
+	h := testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{})
+	st, err := open(context.Background(), h.StoreURI(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	key, err := st.Generate(context.Background(), must(st.KeyURI("busy")), keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	started := make(chan struct{}, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := sha256.Sum256([]byte("busy"))
+			for j := 0; ; j++ {
+				var err error
+				if i%2 == 0 {
+					_, err = key.Sign(rand.Reader, d[:], crypto.SHA256)
+				} else {
+					_, err = st.List(context.Background())
+				}
+				if j == 0 {
+					started <- struct{}{}
+				}
+				if err != nil {
+					return // closed
+				}
+			}
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		<-started
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	d := sha256.Sum256([]byte("after"))
+	if _, err := key.Sign(rand.Reader, d[:], crypto.SHA256); err == nil || !strings.Contains(err.Error(), "closed") {
+		t.Fatalf("Sign after Close: %v, want an error saying the store is closed", err)
+	}
+}

@@ -32,6 +32,11 @@ type Store struct {
 	cur    atomic.Pointer[conn]
 	mu     sync.Mutex // serializes connecting, reconnecting and Close
 	closed atomic.Bool
+	// rawMu is held shared while raw is in use, and exclusively while the
+	// module may be finalized (closing a conn can be crypto11's last
+	// reference) or raw destroyed: PKCS#11 forbids C_Finalize while other
+	// calls are in flight.
+	rawMu sync.RWMutex
 	// genMu makes Generate's "is the label free?" and "make the key" one step
 	// within this process.
 	genMu sync.Mutex
@@ -106,6 +111,8 @@ func (s *Store) reconnect(old *conn, cause error) (*conn, error) {
 	if c := s.cur.Load(); c != nil && c != old {
 		return c, nil
 	}
+	s.rawMu.Lock()
+	defer s.rawMu.Unlock()
 	if old != nil {
 		s.cur.Store(nil)
 		old.close()
@@ -176,6 +183,8 @@ func (s *Store) Close() error {
 	if s.closed.Swap(true) {
 		return nil
 	}
+	s.rawMu.Lock()
+	defer s.rawMu.Unlock()
 	if c := s.cur.Swap(nil); c != nil {
 		c.close()
 	}
@@ -252,7 +261,7 @@ func (s *Store) Generate(ctx context.Context, keyURI string, alg keystore.Algori
 		}
 		warnings, err := checkMechanisms(alg, have)
 		if err != nil {
-			return fmt.Errorf("pkcs11store: token %q cannot make %s keys: %w: %v", c.token.Label, alg, keystore.ErrUnsupported, err)
+			return fmt.Errorf("token %q cannot make %s keys: %w: %v", c.token.Label, alg, keystore.ErrUnsupported, err)
 		}
 		if err := s.checkFree(c, label, id); err != nil {
 			return err
@@ -267,6 +276,10 @@ func (s *Store) Generate(ctx context.Context, keyURI string, alg keystore.Algori
 		return nil
 	}, nil)
 	if err != nil {
+		switch {
+		case errors.Is(err, keystore.ErrExists), errors.Is(err, keystore.ErrUnsupported):
+			return nil, fmt.Errorf("pkcs11store: %s: %w", t.Redacted(), err)
+		}
 		switch pkcs11Code(err) {
 		case pkcs11.CKR_CURVE_NOT_SUPPORTED, pkcs11.CKR_DOMAIN_PARAMS_INVALID, pkcs11.CKR_KEY_SIZE_RANGE,
 			pkcs11.CKR_MECHANISM_INVALID, pkcs11.CKR_MECHANISM_PARAM_INVALID:
@@ -295,8 +308,8 @@ func (s *Store) checkFree(c *conn, label, id []byte) error {
 					return err
 				}
 				if len(hs) > 0 {
-					return fmt.Errorf("pkcs11store: %s: %w: token %q already has a key with %s; choose another name, or delete that key first",
-						s.uri.withKey(string(label), id).Redacted(), keystore.ErrExists, c.token.Label, q.what)
+					return fmt.Errorf("%w: token %q already has a key with %s; choose another name, or delete that key first",
+						keystore.ErrExists, c.token.Label, q.what)
 				}
 			}
 		}
