@@ -5,12 +5,10 @@ package pkcs11store
 import (
 	"bytes"
 	"context"
-	"crypto"
-	"crypto/rand"
-	"crypto/sha256"
 	"errors"
 	"log/slog"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -157,20 +155,9 @@ func TestAmbiguousTokenLabel(t *testing.T) {
 	if got := strings.TrimSpace(c.token.SerialNumber); got != second {
 		t.Fatalf("serial= selected token %s, want %s", got, second)
 	}
-	bySlot := openStore(t, "pkcs11:slot-id="+uintString(c.slot)+"?module-path="+h.Module+"&pin-source="+h.PINFile)
+	bySlot := openStore(t, "pkcs11:slot-id="+strconv.FormatUint(uint64(c.slot), 10)+"?module-path="+h.Module+"&pin-source="+h.PINFile)
 	if c2, _ := bySlot.current(); c2.slot != c.slot {
 		t.Fatalf("slot-id= selected slot %d, want %d", c2.slot, c.slot)
-	}
-}
-
-func uintString(n uint) string {
-	var b []byte
-	for {
-		b = append([]byte{byte('0' + n%10)}, b...)
-		n /= 10
-		if n == 0 {
-			return string(b)
-		}
 	}
 }
 
@@ -259,15 +246,5 @@ func TestPrivateValueIsSensitive(t *testing.T) {
 		if code := pkcs11Code(err); code != ckrAttributeSensitive {
 			t.Errorf("%s: reading the private value: %v; want CKR_ATTRIBUTE_SENSITIVE", alg, err)
 		}
-	}
-}
-
-// A key must sign after all this; a quick check that tests above did not
-// pass on a key that cannot.
-func signOnce(t *testing.T, k keystore.Key) {
-	t.Helper()
-	d := sha256.Sum256([]byte("thingcert"))
-	if _, err := k.Sign(rand.Reader, d[:], crypto.SHA256); err != nil {
-		t.Fatalf("Sign: %v", err)
 	}
 }
