@@ -30,7 +30,7 @@ type memKey struct {
 	alg keystore.Algorithm
 }
 
-func (k memKey) URI() string                    { return "file:/nonexistent/memory-" + string(k.alg) + ".pem" }
+func (k memKey) URI() string                   { return "file:/nonexistent/memory-" + string(k.alg) + ".pem" }
 func (k memKey) Algorithm() keystore.Algorithm { return k.alg }
 
 func newMemKey(t testing.TB, alg keystore.Algorithm) keystore.Key {
