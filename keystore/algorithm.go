@@ -53,7 +53,9 @@ func ParseAlgorithm(name string) (Algorithm, error) {
 func ruleFor(n string) string {
 	var bits int
 	switch {
-	case strings.HasPrefix(n, "rsa-") || strings.HasPrefix(n, "rsa"):
+	case strings.Contains(n, "pss"):
+		return "RSA-PSS keys (id-RSASSA-PSS) work with AWS IoT only on TLS 1.3 and Go's TLS cannot use them; make an rsa-2048 key and sign with SHA256WITHRSAANDMGF1 instead"
+	case strings.HasPrefix(n, "rsa"):
 		if _, err := fmt.Sscanf(strings.TrimLeft(strings.TrimPrefix(n, "rsa"), "-"), "%d", &bits); err == nil && bits < 2048 {
 			return fmt.Sprintf("AWS IoT requires RSA keys of at least 2048 bits (asked for %d); use rsa-2048, rsa-3072 or rsa-4096", bits)
 		}
@@ -62,8 +64,6 @@ func ruleFor(n string) string {
 		return "AWS IoT accepts ECC keys only on NIST P-256, P-384 or P-521; use ecdsa-p256, ecdsa-p384 or ecdsa-p521"
 	case strings.Contains(n, "ed25519") || strings.Contains(n, "ed448") || strings.Contains(n, "eddsa"):
 		return "AWS IoT does not accept EdDSA keys for device certificates; use ecdsa-p256"
-	case strings.Contains(n, "pss"):
-		return "RSA-PSS keys (id-RSASSA-PSS) work with AWS IoT only on TLS 1.3 and Go's TLS cannot use them; make an rsa-2048 key and sign with SHA256WITHRSAANDMGF1 instead"
 	}
 	return "allowed: " + joinAlgorithms()
 }

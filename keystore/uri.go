@@ -172,17 +172,33 @@ func (u *URI) Redacted() string {
 // RedactURI hides a pin-value in a URI string, parsed or not. Every error and log
 // line that names a key URI goes through it.
 func RedactURI(s string) string {
-	low := strings.ToLower(s)
-	i := strings.Index(low, "pin-value=")
-	if i < 0 {
-		return s
+	const name = "pin-value="
+	// ASCII-only case folding keeps byte offsets valid for any input.
+	for i := 0; i+len(name) <= len(s); i++ {
+		if !asciiEqualFold(s[i:i+len(name)], name) {
+			continue
+		}
+		j := i + len(name)
+		end := strings.IndexAny(s[j:], "&;#")
+		if end < 0 {
+			return s[:j] + "REDACTED"
+		}
+		return s[:j] + "REDACTED" + RedactURI(s[j+end:])
 	}
-	j := i + len("pin-value=")
-	end := strings.IndexAny(s[j:], "&;#")
-	if end < 0 {
-		return s[:j] + "REDACTED"
+	return s
+}
+
+func asciiEqualFold(a, b string) bool {
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
 	}
-	return s[:j] + "REDACTED" + RedactURI(s[j+end:])
+	return true
 }
 
 // ValidKeyName reports whether name can name a key in any store: letters, digits,

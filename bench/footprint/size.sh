@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# size.sh: stripped binary sizes of thingcert and of a bare paho client
+# (bench/footprint/barepaho), built the same way: CGO_ENABLED=0, -trimpath,
+# -ldflags "-s -w", for linux/amd64, linux/arm64 and linux/arm GOARM=6 (the
+# Raspberry Pi Zero/1). Without cgo thingcert has no PKCS#11 backend; TPM and
+# file keys are in.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+printf '%-14s %12s %12s %8s\n' target thingcert barepaho ratio
+for target in amd64 arm64 arm6; do
+  case $target in
+    arm6) env=(GOOS=linux GOARCH=arm GOARM=6) ;;
+    *) env=(GOOS=linux GOARCH=$target) ;;
+  esac
+  for prog in thingcert barepaho; do
+    pkg=./cmd/thingcert
+    [ $prog = barepaho ] && pkg=./bench/footprint/barepaho
+    env "${env[@]}" CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out/$prog-$target" $pkg
+  done
+  a=$(stat -c %s "$out/thingcert-$target"); b=$(stat -c %s "$out/barepaho-$target")
+  awk -v t="linux/$target" -v a="$a" -v b="$b" 'BEGIN { printf "%-14s %10.1f MB %10.1f MB %8.2f\n", t, a/1048576, b/1048576, a/b }'
+done
