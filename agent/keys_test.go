@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rand"
@@ -8,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/backends"
 )
 
 // keySource makes a device key for a test. Every connection test runs once per
@@ -19,9 +21,34 @@ type keySource struct {
 
 func keySources() []keySource {
 	return []keySource{
-		{"memory-ecdsa-p256", func(t *testing.T) keystore.Key { return newMemKey(t, keystore.ECDSAP256) }},
-		{"memory-rsa-2048", func(t *testing.T) keystore.Key { return newMemKey(t, keystore.RSA2048) }},
+		{"file-ecdsa-p256", func(t *testing.T) keystore.Key {
+			return newStoreKey(t, "file:"+t.TempDir()+"/keys/device.pem", keystore.ECDSAP256)
+		}},
+		{"file-rsa-2048", func(t *testing.T) keystore.Key {
+			return newStoreKey(t, "file:"+t.TempDir()+"/keys/device.pem", keystore.RSA2048)
+		}},
 	}
+}
+
+// newStoreKey makes a key in the store uri names and opens it again the way
+// the CLI does, through backends.OpenKey.
+func newStoreKey(t *testing.T, uri string, alg keystore.Algorithm) keystore.Key {
+	t.Helper()
+	ctx := context.Background()
+	s, err := backends.Open(ctx, uri, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Generate(ctx, uri, alg); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, k, err := backends.OpenKey(ctx, uri, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return k
 }
 
 // memKey is a keystore.Key held in memory, for tests only.
