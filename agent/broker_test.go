@@ -45,7 +45,7 @@ type broker struct {
 }
 
 type brokerOptions struct {
-	server   *testpki.Server
+	server   *testpki.Pair
 	clientCA *testpki.CA
 	// alpn is the list the server accepts (nil: ALPN ignored).
 	alpn       []string

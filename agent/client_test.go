@@ -164,7 +164,7 @@ func TestConnectDiagnostics(t *testing.T) {
 			foreign := newIdentity(t, otherCA, key, "device-1")
 			cases := []struct {
 				name      string
-				server    *testpki.Server
+				server    *testpki.Pair
 				roots     *testpki.CA
 				id        *agent.Identity
 				tlsMax    uint16

@@ -597,6 +597,7 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 		pc.Disconnect(0)
 		return nil, classifyMQTT(c.ep, c.clientID, connackNetworkError, context.Cause(ctx), nil, true, ctx)
 	}
+	a.established.Store(true)
 	connected := c.now()
 	ct := tok.(*paho.ConnectToken)
 	info := &ConnectInfo{

@@ -173,7 +173,10 @@ type attempt struct {
 	presented *x509.Certificate
 	readErr   error // first error reading after the handshake
 	wrote     atomic.Bool
-	aborted   bool
+	// established is set once CONNACK accepted the connection: from then on
+	// paho reads and writes concurrently and failures are losses.
+	established atomic.Bool
+	aborted     bool
 }
 
 func (a *attempt) setConn(c net.Conn) bool {
@@ -228,7 +231,28 @@ func (c tracedConn) Write(b []byte) (int, error) {
 	if n > 0 {
 		c.a.wrote.Store(true)
 	}
+	if err != nil && !c.a.established.Load() {
+		c.probeAlert()
+	}
 	return n, err
+}
+
+// probeAlert reads what the server sent before a failed write. In TLS 1.3 a
+// server refuses the client certificate after the client's handshake is done,
+// with an alert and a close; CONNECT can then meet a reset, and paho, seeing
+// the write fail, never reads. The alert is still in the receive buffer and
+// says why. The deadline only bounds a server that sent nothing.
+func (c tracedConn) probeAlert() {
+	c.Conn.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+	var b [1]byte
+	_, err := c.Conn.Read(b[:])
+	if err != nil {
+		c.a.mu.Lock()
+		if c.a.readErr == nil {
+			c.a.readErr = err
+		}
+		c.a.mu.Unlock()
+	}
 }
 
 // tracedSigner notes a failure of the device key, which crypto/tls reports

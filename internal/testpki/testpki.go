@@ -60,20 +60,20 @@ func (ca *CA) Pool() *x509.CertPool {
 	return p
 }
 
-// Server is a server certificate and its key.
-type Server struct {
+// Pair is a certificate and its private key.
+type Pair struct {
 	Cert *x509.Certificate
 	Key  *ecdsa.PrivateKey
 }
 
 // TLS is the pair for a tls.Config.
-func (s *Server) TLS() tls.Certificate {
+func (s *Pair) TLS() tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{s.Cert.Raw}, PrivateKey: s.Key, Leaf: s.Cert}
 }
 
 // CertPEM and KeyPEM are the pair in PEM (the key as PKCS#8).
-func (s *Server) CertPEM() []byte { return CertPEM(s.Cert) }
-func (s *Server) KeyPEM() []byte {
+func (s *Pair) CertPEM() []byte { return CertPEM(s.Cert) }
+func (s *Pair) KeyPEM() []byte {
 	der, err := x509.MarshalPKCS8PrivateKey(s.Key)
 	if err != nil {
 		panic(err)
@@ -82,7 +82,7 @@ func (s *Server) KeyPEM() []byte {
 }
 
 // NewServer issues a server certificate for names (DNS names or IP addresses).
-func (ca *CA) NewServer(t testing.TB, names ...string) *Server {
+func (ca *CA) NewServer(t testing.TB, names ...string) *Pair {
 	t.Helper()
 	key := newKey(t)
 	tmpl := &x509.Certificate{
@@ -100,7 +100,15 @@ func (ca *CA) NewServer(t testing.TB, names ...string) *Server {
 			tmpl.DNSNames = append(tmpl.DNSNames, n)
 		}
 	}
-	return &Server{Cert: ca.sign(t, tmpl, key.Public()), Key: key}
+	return &Pair{Cert: ca.sign(t, tmpl, key.Public()), Key: key}
+}
+
+// NewClientPair issues a device certificate named cn with a new software key,
+// for peers such as mosquitto_sub that read their key from a file.
+func (ca *CA) NewClientPair(t testing.TB, cn string) *Pair {
+	t.Helper()
+	key := newKey(t)
+	return &Pair{Cert: ca.NewClient(t, cn, key.Public()), Key: key}
 }
 
 // NewClient issues a device certificate named cn for pub.
