@@ -83,7 +83,13 @@ func subscribeWitness(t *testing.T, m *testpeers.Mosquitto, ca *testpki.CA, topi
 			<-done
 		}
 	})
-	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(out.String(), "SUBACK"); time.Sleep(10 * time.Millisecond) {
+	// mosquitto_sub's own output is buffered in a pipe: watch the broker's log.
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(m.Log(), "Sending SUBACK to witness"); time.Sleep(10 * time.Millisecond) {
+		select {
+		case <-done:
+			t.Fatalf("mosquitto_sub exited:\n%s", out.String())
+		default:
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("mosquitto_sub did not subscribe:\n%s", out.String())
 		}
@@ -100,7 +106,8 @@ func subscribeWitness(t *testing.T, m *testpeers.Mosquitto, ca *testpki.CA, topi
 
 func TestConnectPublishesToMosquitto(t *testing.T) {
 	ca := testpki.NewCA(t, "test root")
-	server := ca.NewServer(t, testEndpoint)
+	// 127.0.0.1 too: mosquitto_sub checks the address it dials.
+	server := ca.NewServer(t, testEndpoint, "127.0.0.1")
 	m := testpeers.StartMosquitto(t, testpeers.MosquittoConfig{CAPEM: ca.PEM(), CertPEM: server.CertPEM(), KeyPEM: server.KeyPEM()})
 	keyURI, cert := deviceFiles(t, ca, "device-1")
 	base := []string{"connect", "--endpoint", testEndpoint, "--address", m.Addr, "--ca", m.CAFile, "--key", keyURI, "--cert", cert}
