@@ -48,7 +48,7 @@ chmod 0644 "$work"/*.pem "$work/server.key"
 mkdir -m 0700 "$work/keys"
 keyuri="file:$work/keys/device.pem"
 "$tc" key generate --key "$keyuri" >/dev/null
-"$tc" csr --key "$keyuri" --subject "CN=bench-device" --out "$work/device.csr"
+"$tc" csr --key "$keyuri" --subject "CN=bench-device" --out "$work/device.csr" 2>/dev/null
 o x509 -req -in "$work/device.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
   -out "$work/device.pem" -days 2 -extfile "$work/client.ext"
 
@@ -131,7 +131,7 @@ if [ -z "$why" ]; then
   fi
 fi
 if [ -z "$why" ]; then
-  "$tc" csr --key "$p11uri" --subject "CN=bench-device" --out "$work/device-p11.csr"
+  "$tc" csr --key "$p11uri" --subject "CN=bench-device" --out "$work/device-p11.csr" 2>/dev/null
   o x509 -req -in "$work/device-p11.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
     -out "$work/device.pem" -days 2 -extfile "$work/client.ext"
   # libp11's engine takes the module from PKCS11_MODULE_PATH and the PIN from the URI.
