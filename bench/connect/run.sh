@@ -10,6 +10,10 @@
 # backend and OpenSSL has the pkcs11 engine (libengine-pkcs11-openssl) for
 # mosquitto_pub; otherwise it says which is missing.
 #
+# THINGCERT=PATH times that binary instead of building one.
+# BENCH_PERF=1 adds `perf stat` CPU times of each command; BENCH_TIMES_DIR=DIR
+# keeps the raw per-run times.
+#
 # Needs: go, mosquitto, mosquitto_pub, openssl (and softhsm2-util, pkcs11-tool
 # for the SoftHSM part). Run as root or as a user mosquitto can start as.
 set -euo pipefail
@@ -26,8 +30,12 @@ cleanup() { [ -n "$mqpid" ] && kill "$mqpid" 2>/dev/null && wait "$mqpid" 2>/dev
 trap cleanup EXIT
 
 # A release-like build: stripped, as a device would ship it.
-go build -trimpath -ldflags "-s -w" -o "$work/thingcert" ./cmd/thingcert
-tc="$work/thingcert"
+if [ -n "${THINGCERT:-}" ]; then
+  tc=$(realpath "$THINGCERT")
+else
+  go build -trimpath -ldflags "-s -w" -o "$work/thingcert" ./cmd/thingcert
+  tc="$work/thingcert"
+fi
 endpoint=abc123-ats.iot.eu-west-1.amazonaws.com
 
 # PKI: a root, a server certificate for the endpoint name and 127.0.0.1 (so
@@ -86,6 +94,10 @@ bench() {
   grep -q "TLS 1.3" "$work/tc.out" || { echo "thingcert did not negotiate TLS 1.3" >&2; exit 1; }
   "${mcmd[@]}" || { echo "mosquitto_pub failed" >&2; exit 1; }
   for _ in 1 2 3; do "${tcmd[@]}" >/dev/null; "${mcmd[@]}"; done   # warm the page cache
+  if [ -n "${BENCH_PERF:-}" ]; then   # CPU time of each, for looking into a ratio
+    perf stat -r "$runs" "${tcmd[@]}" 2>&1 >/dev/null | grep -E "task-clock|elapsed" | sed "s/^/$name thingcert: /"
+    perf stat -r "$runs" "${mcmd[@]}" 2>&1 >/dev/null | grep -E "task-clock|elapsed" | sed "s/^/$name mosquitto_pub: /"
+  fi
   local out="$work/$name.times" i t0 t1 t2
   : >"$out"
   for ((i = 0; i < runs; i++)); do
@@ -134,10 +146,13 @@ if [ -z "$why" ]; then
   "$tc" csr --key "$p11uri" --subject "CN=bench-device" --out "$work/device-p11.csr" 2>/dev/null
   o x509 -req -in "$work/device-p11.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
     -out "$work/device.pem" -days 2 -extfile "$work/client.ext"
-  # libp11's engine takes the module from PKCS11_MODULE_PATH and the PIN from the URI.
+  # libp11's engine takes the module from PKCS11_MODULE_PATH and the PIN from
+  # the URI. mosquitto_pub 2.0 checks that --key names a readable file before
+  # it learns the key is an engine's, so a file by the URI's name must exist.
   export PKCS11_MODULE_PATH=$module
-  bench softhsm-ecdsa-p256 "$p11uri" --keyform engine --tls-engine pkcs11 \
-    --key "pkcs11:token=bench;object=device;type=private?pin-value=1234"
+  engkey="pkcs11:token=bench;object=device;type=private?pin-value=1234"
+  cd "$work" && : >"$engkey"
+  bench softhsm-ecdsa-p256 "$p11uri" --keyform engine --tls-engine pkcs11 --key "$engkey"
 else
   echo "softhsm-ecdsa-p256: skipped: $why"
 fi
