@@ -485,3 +485,80 @@ func TestConnectRetryBacksOffUntilAccepted(t *testing.T) {
 		t.Errorf("broker saw %d connections, want 4", n)
 	}
 }
+
+func TestPersistentSessionIsNotResubscribed(t *testing.T) {
+	ca := testpki.NewCA(t, "test root")
+	b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+	id := newIdentity(t, ca, newMemKey(t, keystore.ECDSAP256), "device-1")
+	st := newStates()
+	c := newClient(t, agent.Config{
+		Endpoint: agent.Endpoint{Host: endpointName, Address: b.Addr}, Identity: agent.NewIdentitySource(id),
+		Roots: ca.Pool(), ThingName: "device-1", PersistentSession: true,
+		OnStateChange: st.record, After: (&immediate{}).After,
+	})
+	ctx := context.Background()
+	info, err := c.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.SessionPresent {
+		t.Error("a first connection has no session")
+	}
+	msgs := make(chan agent.Message, 4)
+	if err := c.Subscribe(ctx, "cmd/device-1", agent.AtLeastOnce, func(m agent.Message) { msgs <- m }); err != nil {
+		t.Fatal(err)
+	}
+	b.kick(t, "device-1")
+	st.next(t, agent.StateWaiting)
+	up := st.next(t, agent.StateConnected)
+	for up.Info == nil || !up.Info.SessionPresent {
+		// The Connect above reported one StateConnected too; skip to the reconnect's.
+		up = st.next(t, agent.StateConnected)
+	}
+	// The broker kept the subscription, so the client did not send it again,
+	// and messages still arrive.
+	if got := b.subscribes(); got != 1 {
+		t.Errorf("broker saw %d SUBSCRIBEs, want 1 (session present)", got)
+	}
+	if err := b.srv.Publish("cmd/device-1", []byte("kept"), false, 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-msgs:
+		if string(m.Payload) != "kept" {
+			t.Errorf("got %q", m.Payload)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no message on the kept subscription")
+	}
+	if err := c.Unsubscribe(ctx, "cmd/device-1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A custom dialer (a proxy, a tunnel) gets the dial address; SNI and the name
+// checked stay the endpoint's.
+func TestDialThroughCustomDialer(t *testing.T) {
+	ca := testpki.NewCA(t, "test root")
+	b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca, alpn: []string{agent.ALPNMQTT}})
+	id := newIdentity(t, ca, newMemKey(t, keystore.ECDSAP256), "device-1")
+	var asked []string
+	c := newClient(t, agent.Config{
+		Endpoint: agent.Endpoint{Host: endpointName, Port: 443}, Identity: agent.NewIdentitySource(id),
+		Roots: ca.Pool(), ThingName: "device-1",
+		Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			asked = append(asked, network+" "+addr)
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", b.Addr) // the "proxy" reaches the broker
+		},
+	})
+	if _, err := c.Connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"tcp " + endpointName + ":443"}; !slices.Equal(asked, want) {
+		t.Errorf("dialer asked for %q, want %q", asked, want)
+	}
+	if got := b.last(t); got.SNI != endpointName || got.ALPN != agent.ALPNMQTT {
+		t.Errorf("broker saw SNI %q ALPN %q", got.SNI, got.ALPN)
+	}
+}
