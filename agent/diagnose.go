@@ -191,7 +191,7 @@ func isTimeout(err error) bool {
 }
 
 // classifyDial explains a failed TCP connection.
-func classifyDial(ep Endpoint, err error, ctx context.Context) error {
+func classifyDial(ctx context.Context, ep Endpoint, err error) error {
 	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 		return newErr(ep, StageDial, context.Cause(ctx), err, "")
 	}
@@ -209,7 +209,7 @@ func classifyDial(ep Endpoint, err error, ctx context.Context) error {
 }
 
 // classifyTLS explains a failed handshake.
-func classifyTLS(ep Endpoint, err, signErr error, ctx context.Context) error {
+func classifyTLS(ctx context.Context, ep Endpoint, err, signErr error) error {
 	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 		return newErr(ep, StageTLS, context.Cause(ctx), err, "")
 	}
@@ -284,7 +284,7 @@ func classifyAlert(ep Endpoint, stage Stage, code int, err error) error {
 // rc is the CONNACK code (connackNetworkError when none came), pahoErr what
 // paho said, readErr the first read error on the connection, wrote whether
 // CONNECT went out.
-func classifyMQTT(ep Endpoint, clientID string, rc byte, pahoErr, readErr error, wrote bool, ctx context.Context) error {
+func classifyMQTT(ctx context.Context, ep Endpoint, clientID string, rc byte, pahoErr, readErr error, wrote bool) error {
 	if rc >= ConnackBadProtocol && rc <= ConnackNotAuthorized || rc > ConnackNotAuthorized && rc < connackNetworkError {
 		e := newErr(ep, StageMQTT, ErrConnectRefused, nil, connackHint(rc, clientID))
 		e.Code = rc

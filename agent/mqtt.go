@@ -591,11 +591,11 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 		if ct, ok := tok.(*paho.ConnectToken); ok {
 			rc = ct.ReturnCode()
 		}
-		return nil, classifyMQTT(c.ep, c.clientID, rc, err, a.firstReadErr(), a.wrote.Load(), ctx)
+		return nil, classifyMQTT(ctx, c.ep, c.clientID, rc, err, a.firstReadErr(), a.wrote.Load())
 	}
 	if aborted {
 		pc.Disconnect(0)
-		return nil, classifyMQTT(c.ep, c.clientID, connackNetworkError, context.Cause(ctx), nil, true, ctx)
+		return nil, classifyMQTT(ctx, c.ep, c.clientID, connackNetworkError, context.Cause(ctx), nil, true)
 	}
 	a.established.Store(true)
 	connected := c.now()
@@ -748,8 +748,9 @@ func (c *Client) Unsubscribe(ctx context.Context, filters ...string) error {
 		delete(c.subs, f)
 	}
 	s := c.cur
+	ready := s != nil && s.ready
 	c.mu.Unlock()
-	if s == nil || !s.ready {
+	if !ready {
 		return nil // the next connection will not restore them
 	}
 	tok := s.pc.Unsubscribe(filters...)

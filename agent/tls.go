@@ -279,7 +279,7 @@ func dialTLS(ctx context.Context, ep Endpoint, base *tls.Config, dial DialFunc, 
 	a.start = now()
 	raw, err := dial(ctx, "tcp", addr)
 	if err != nil {
-		return nil, nil, classifyDial(ep, err, ctx)
+		return nil, nil, classifyDial(ctx, ep, err)
 	}
 	a.dialed = now()
 	cfg := base.Clone()
@@ -306,14 +306,14 @@ func dialTLS(ctx context.Context, ep Endpoint, base *tls.Config, dial DialFunc, 
 	conn := tls.Client(raw, cfg)
 	if !a.setConn(conn) {
 		conn.Close()
-		return nil, nil, classifyDial(ep, context.Cause(ctx), ctx)
+		return nil, nil, classifyDial(ctx, ep, context.Cause(ctx))
 	}
 	if err := conn.HandshakeContext(ctx); err != nil {
 		conn.Close()
 		a.mu.Lock()
 		signErr := a.signErr
 		a.mu.Unlock()
-		return nil, nil, classifyTLS(ep, err, signErr, ctx)
+		return nil, nil, classifyTLS(ctx, ep, err, signErr)
 	}
 	a.handshaken = now()
 	st := conn.ConnectionState()
