@@ -81,7 +81,7 @@ func TestConnectPresentsEndpointNameALPNAndIdentity(t *testing.T) {
 		for _, tc := range cases {
 			name := fmt.Sprintf("%s/port-%d/%s", ks.name, tc.port, tls.VersionName(tc.wantTLS))
 			t.Run(name, func(t *testing.T) {
-				key := ks.new(t)
+				key := ks.keys(t)("device")
 				id := newIdentity(t, ca, key, "device-1")
 				b := startBroker(t, brokerOptions{server: server, clientCA: ca, alpn: []string{agent.ALPNMQTT}, maxVersion: tc.maxVersion})
 				c := newClient(t, agent.Config{
@@ -159,7 +159,7 @@ func TestConnectDiagnostics(t *testing.T) {
 	server := ca.NewServer(t, endpointName)
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
-			key := ks.new(t)
+			key := ks.keys(t)("device")
 			good := newIdentity(t, ca, key, "device-1")
 			foreign := newIdentity(t, otherCA, key, "device-1")
 			cases := []struct {
@@ -400,9 +400,10 @@ func TestSwapIdentityAndReconnect(t *testing.T) {
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
 			b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
-			oldID := newIdentity(t, ca, ks.new(t), "device-1")
-			newID := newIdentity(t, ca, ks.new(t), "device-1")
-			badID := newIdentity(t, otherCA, ks.new(t), "device-1")
+			key := ks.keys(t)
+			oldID := newIdentity(t, ca, key("old"), "device-1")
+			newID := newIdentity(t, ca, key("new"), "device-1")
+			badID := newIdentity(t, otherCA, key("bad"), "device-1")
 			src := agent.NewIdentitySource(oldID)
 			c := newClient(t, agent.Config{
 				Endpoint: agent.Endpoint{Host: endpointName, Address: b.Addr}, Identity: src,

@@ -12,46 +12,52 @@ import (
 	"github.com/thingcert/thingcert/keystore/backends"
 )
 
-// keySource makes a device key for a test. Every connection test runs once per
-// source, so a new backend is one row here.
+// keySource is where a test's device keys live. Every connection test runs
+// once per source, so a new backend is one row in keySources: a store URI
+// made for the test (one token, one TPM per test: swtpm serves one connection
+// at a time, so all of a test's keys come from the one store opened here).
 type keySource struct {
-	name string
-	new  func(t *testing.T) keystore.Key
+	name     string
+	alg      keystore.Algorithm
+	storeURI func(t *testing.T) string
 }
 
 func keySources() []keySource {
+	file := func(t *testing.T) string { return "file:" + t.TempDir() + "/keys/" }
 	return []keySource{
-		{"file-ecdsa-p256", func(t *testing.T) keystore.Key {
-			return newStoreKey(t, "file:"+t.TempDir()+"/keys/device.pem", keystore.ECDSAP256)
-		}},
-		{"file-rsa-2048", func(t *testing.T) keystore.Key {
-			return newStoreKey(t, "file:"+t.TempDir()+"/keys/device.pem", keystore.RSA2048)
-		}},
+		{"file-ecdsa-p256", keystore.ECDSAP256, file},
+		{"file-rsa-2048", keystore.RSA2048, file},
+		// PKCS#11 (SoftHSM2) and TPM (swtpm) rows go here, e.g.
+		// {"pkcs11-ecdsa-p256", keystore.ECDSAP256, func(t *testing.T) string {
+		//	return testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{}).StoreURI() }},
 	}
 }
 
-// newStoreKey makes a key in the store uri names and opens it again the way
-// the CLI does, through backends.OpenKey.
-func newStoreKey(t *testing.T, uri string, alg keystore.Algorithm) keystore.Key {
+// keys opens the source's store for this test and returns a function making
+// keys named in it.
+func (ks keySource) keys(t *testing.T) func(name string) keystore.Key {
 	t.Helper()
 	ctx := context.Background()
-	s, err := backends.Open(ctx, uri, keystore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.Generate(ctx, uri, alg); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	s, k, err := backends.OpenKey(ctx, uri, keystore.Options{})
+	s, err := backends.Open(ctx, ks.storeURI(t), keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	return k
+	return func(name string) keystore.Key {
+		t.Helper()
+		uri, err := s.KeyURI(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := s.Generate(ctx, uri, ks.alg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
 }
 
-// memKey is a keystore.Key held in memory, for tests only.
+// memKey is a keystore.Key held in memory, for tests that need any key.
 type memKey struct {
 	crypto.Signer
 	alg keystore.Algorithm

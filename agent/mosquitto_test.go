@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -30,16 +31,17 @@ func TestMosquitto(t *testing.T) {
 
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
+			key := ks.keys(t)
 			for _, port := range []int{8883, 443} {
 				pubName, subName := ks.name+"-pub", ks.name+"-sub"
 				pub := connect(t, agent.Config{
 					Endpoint: agent.Endpoint{Host: endpointName, Port: port, Address: m.Addr},
-					Identity: agent.NewIdentitySource(newIdentity(t, ca, ks.new(t), pubName)),
+					Identity: agent.NewIdentitySource(newIdentity(t, ca, key(fmt.Sprint("pub-", port)), pubName)),
 					Roots:    ca.Pool(), ThingName: pubName,
 				})
 				sub := connect(t, agent.Config{
 					Endpoint: agent.Endpoint{Host: endpointName, Address: m.Addr},
-					Identity: agent.NewIdentitySource(newIdentity(t, ca, ks.new(t), subName)),
+					Identity: agent.NewIdentitySource(newIdentity(t, ca, key(fmt.Sprint("sub-", port)), subName)),
 					Roots:    ca.Pool(), ThingName: subName,
 				})
 				got := make(chan agent.Message, 1)
@@ -86,7 +88,7 @@ func TestMosquitto(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClient(t, agent.Config{
 				Endpoint: agent.Endpoint{Host: tc.host, Address: m.Addr},
-				Identity: agent.NewIdentitySource(newIdentity(t, tc.certCA, ks.new(t), "device-1")),
+				Identity: agent.NewIdentitySource(newIdentity(t, tc.certCA, ks.keys(t)("device"), "device-1")),
 				Roots:    tc.roots.Pool(), ThingName: "device-1",
 			})
 			_, err := c.Connect(ctx)

@@ -18,12 +18,32 @@ import (
 
 const testEndpoint = "abc123-ats.iot.eu-west-1.amazonaws.com"
 
+// connectKeySources are the key URIs `thingcert connect` is tested with; a new
+// backend is one row (a PKCS#11 row starts SoftHSM2 and returns its key URI, a
+// TPM row starts swtpm and returns a tpm: URI on it).
+func connectKeySources() []struct {
+	name   string
+	keyURI func(t *testing.T) string
+} {
+	return []struct {
+		name   string
+		keyURI func(t *testing.T) string
+	}{
+		{"file", func(t *testing.T) string { return "file:" + filepath.Join(t.TempDir(), "keys", "device.pem") }},
+	}
+}
+
 // deviceFiles makes a file key with `thingcert key generate` and a
 // certificate for it from ca, as a device would hold them.
 func deviceFiles(t *testing.T, ca *testpki.CA, cn string) (keyURI, certPath string) {
 	t.Helper()
-	dir := t.TempDir()
-	keyURI = "file:" + filepath.Join(dir, "keys", "device.pem")
+	return deviceKey(t, ca, cn, "file:"+filepath.Join(t.TempDir(), "keys", "device.pem"))
+}
+
+// deviceKey makes the key at keyURI with `thingcert key generate` and a
+// certificate for it from ca.
+func deviceKey(t *testing.T, ca *testpki.CA, cn, keyURI string) (string, string) {
+	t.Helper()
 	out, errOut, code := run(t, "key", "generate", "--key", keyURI)
 	if code != 0 {
 		t.Fatalf("key generate: %s", errOut)
@@ -36,7 +56,7 @@ func deviceFiles(t *testing.T, ca *testpki.CA, cn string) (keyURI, certPath stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPath = testpki.WriteFile(t, dir, "device.pem", testpki.CertPEM(ca.NewClient(t, cn, pub)), 0o644)
+	certPath := testpki.WriteFile(t, t.TempDir(), "device.pem", testpki.CertPEM(ca.NewClient(t, cn, pub)), 0o644)
 	return keyURI, certPath
 }
 
@@ -109,7 +129,15 @@ func TestConnectPublishesToMosquitto(t *testing.T) {
 	// 127.0.0.1 too: mosquitto_sub checks the address it dials.
 	server := ca.NewServer(t, testEndpoint, "127.0.0.1")
 	m := testpeers.StartMosquitto(t, testpeers.MosquittoConfig{CAPEM: ca.PEM(), CertPEM: server.CertPEM(), KeyPEM: server.KeyPEM()})
-	keyURI, cert := deviceFiles(t, ca, "device-1")
+	for _, ks := range connectKeySources() {
+		t.Run(ks.name, func(t *testing.T) {
+			testConnectPublishes(t, ca, m, ks.keyURI(t))
+		})
+	}
+}
+
+func testConnectPublishes(t *testing.T, ca *testpki.CA, m *testpeers.Mosquitto, keyURI string) {
+	keyURI, cert := deviceKey(t, ca, "device-1", keyURI)
 	base := []string{"connect", "--endpoint", testEndpoint, "--address", m.Addr, "--ca", m.CAFile, "--key", keyURI, "--cert", cert}
 
 	t.Run("text", func(t *testing.T) {
