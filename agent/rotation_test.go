@@ -41,6 +41,8 @@ type rig struct {
 	session  *agent.Session
 	runner   *rotation.Runner
 	thing    string
+	stores   storeFactory
+	claimSt  keystore.Store
 }
 
 // storeFactory makes the device's key store (file, SoftHSM, swtpm) and says
@@ -107,7 +109,7 @@ func newRig(t *testing.T, emu *emulator.Emulator, stores storeFactory) *rig {
 	if err := os.WriteFile(claimFile, claimPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{t: t, emu: emu, dir: dir, store: store, claimKey: ck, thing: thing,
+	r := &rig{t: t, emu: emu, dir: dir, store: store, claimKey: ck, thing: thing, stores: stores, claimSt: claimStore,
 		claim: rotation.IdentityRecord{KeyURI: claimURI, CertFile: claimFile, Claim: true}}
 	r.session = &agent.Session{
 		Config: agent.Config{
@@ -201,8 +203,12 @@ func (r *rig) certStatus(id string) emulator.CertificateStatus {
 // provisions its own identity, rotates, rotates again; each old certificate,
 // once deactivated by the cloud, is refused, and the device is unaffected.
 func TestProvisionRotateRotateAgain(t *testing.T) {
+	mainLine(t, fileStores, false)
+}
+
+func mainLine(t *testing.T, stores storeFactory, restart bool) {
 	emu := startEmulator(t, emulator.Config{})
-	r := newRig(t, emu, fileStores)
+	r := newRig(t, emu, stores)
 	ctx := context.Background()
 
 	s := r.provision()
@@ -223,6 +229,9 @@ func TestProvisionRotateRotateAgain(t *testing.T) {
 	ids := []string{s.Current.CertificateID}
 
 	for i := range 2 {
+		if restart {
+			r.restart()
+		}
 		s, err = r.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "test"})
 		if err != nil {
 			t.Fatalf("rotation %d: %v", i+1, err)
@@ -248,6 +257,43 @@ func TestProvisionRotateRotateAgain(t *testing.T) {
 	if len(evs) != 1 {
 		t.Errorf("the claim connected %d times, want once", len(evs))
 	}
+	if got := len(r.keys()); got != 3+btoi(r.claimSt == r.store) {
+		t.Errorf("%d keys in the store, want 3 (two in their grace period and the current)", got)
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// restart is a new process: the stores are closed and opened again, a new
+// session connects with the current identity, a new runner takes over.
+func (r *rig) restart() {
+	r.t.Helper()
+	r.session.Close(context.Background())
+	if r.claimSt != r.store {
+		r.claimSt.Close()
+	}
+	r.store.Close()
+	r.store, r.claimSt = r.stores(r.t, r.dir)
+	st, cs := r.store, r.claimSt
+	r.t.Cleanup(func() {
+		st.Close()
+		if cs != st {
+			cs.Close()
+		}
+	})
+	old := r.session
+	r.session = &agent.Session{Config: old.Config, ClaimClientID: old.ClaimClientID, MinConnectInterval: -1}
+	r.t.Cleanup(func() { r.session.Close(context.Background()) })
+	fp := *r.runner.Issuer.(*agent.FleetProvisioning)
+	fp.Conn = r.session
+	r.runner = r.newRunner(r.claimSt)
+	r.runner.Issuer = &fp
+	r.connectCurrent()
 }
 
 // refusedWith connects once with an old identity and returns the emulator's
