@@ -76,6 +76,7 @@ const (
 	EventReported  EventKind = "reported"   // Committed → Idle (Note)
 	EventCleanedUp EventKind = "cleaned-up" // RolledBack → Idle (Note)
 	EventRetired   EventKind = "retired"    // Idle → Idle, one fewer Previous (CertificateID)
+	EventRecover   EventKind = "recover"    // Idle → Idle, the claim (Cert) current again; the refused identity retires
 	EventFailed    EventKind = "failed"     // an action failed (Err; CertificateID for a retirement)
 )
 
@@ -146,6 +147,19 @@ func (m Machine) Next(s *State, ev Event, now time.Time) (*State, error) {
 			n.Pending = &IdentityRecord{KeyURI: ev.KeyURI}
 			n.CSR = ""
 			m.enter(n, PhaseStarted, ev, now, t.String())
+			return n, nil
+		case EventRecover:
+			if ev.Cert == nil || !ev.Cert.Claim {
+				return s, errors.New("rotation: recovery needs the claim identity")
+			}
+			if n.Current != nil && !n.Current.Claim {
+				// Kept for the grace period, in case the refusal was a passing
+				// misconfiguration in the cloud rather than a revocation.
+				n.Previous = append(n.Previous, Retiring{IdentityRecord: *n.Current, RetireAt: now.Add(m.grace())})
+			}
+			c := *ev.Cert
+			n.Current = &c
+			m.log(n, from, from, ev, now, "the device's identity was refused; back to the claim to provision again: "+ev.Note)
 			return n, nil
 		case EventRetired:
 			i := n.previousIndex(ev.CertificateID)

@@ -193,6 +193,39 @@ func (r *Runner) Provision(ctx context.Context, claim IdentityRecord) (*State, e
 	return r.rotate(ctx, s, Trigger{Kind: TriggerProvision, Reason: "provisioning by claim"})
 }
 
+// Recover makes the claim the current identity again after the device's own
+// was refused (revoked, deleted, expired), so that Provision can run: connect
+// with the claim, then call Provision. The refused identity is kept for the
+// grace period, in case the refusal was a passing misconfiguration rather
+// than a revocation. why is recorded in the journal. Only a device whose
+// configuration allows it (claim.recover) should be recovered: the claim then
+// holds the power to replace the device's identity.
+func (r *Runner) Recover(ctx context.Context, claim IdentityRecord, why string) (*State, error) {
+	unlock, err := r.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s, err := r.State.Load()
+	if err != nil || s.InProgress() || s.Current.Claim {
+		return s, err // nothing to undo: Provision resumes or starts
+	}
+	chain, err := r.State.ReadChain(claim.CertFile)
+	if err != nil {
+		return s, err
+	}
+	claim.Claim = true
+	describe(&claim, chain[0])
+	n, err := r.Machine.Next(s, Event{Kind: EventRecover, Cert: &claim, Note: why}, r.now())
+	if err != nil {
+		return s, err
+	}
+	if err := r.save(ctx, n); err != nil {
+		return s, err
+	}
+	return n, nil
+}
+
 // Rotate starts a rotation for t, or resumes the one in progress (a job then
 // joins it), and carries it to its end. It returns the final state, and an
 // error wrapping ErrRolledBack if the device kept its old identity.

@@ -393,3 +393,58 @@ func must(s string, err error) string {
 	}
 	return s
 }
+
+// TestRecoverByClaim: the device's identity is revoked; with recovery allowed
+// the claim provisions it again, and the refused identity waits out the grace
+// period before its key is deleted.
+func TestRecoverByClaim(t *testing.T) {
+	ctx := context.Background()
+	d := osDevice(t)
+	old := d.assertWorking(t).Current
+	// A claim the cloud accepts.
+	claimStore := openFileStore(t, t.TempDir())
+	curi, _ := claimStore.KeyURI("claim")
+	ck, err := claimStore.Generate(ctx, curi, "ecdsa-p256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimCert := d.cloud.register(ck.Public(), t0.Add(-time.Hour), t0.Add(10*year))
+	claimPEM := filepath.Join(t.TempDir(), "claim.crt")
+	writePEM(t, claimPEM, claimCert)
+	d.runner.OpenKey = func(ctx context.Context, uri string) (keystore.Key, error) {
+		if uri == curi {
+			return claimStore.Open(ctx, uri)
+		}
+		return d.store.Open(ctx, uri)
+	}
+	d.cloud.deactivate(old.CertificateID) // revoked
+	if err := d.connectCurrent(); err == nil {
+		t.Fatal("a revoked identity connected")
+	}
+	s, err := d.runner.Recover(ctx, IdentityRecord{KeyURI: curi, CertFile: claimPEM}, "certificate refused at connect")
+	if err != nil || !s.Current.Claim || len(s.Previous) != 1 || s.Previous[0].RetireAt.IsZero() {
+		t.Fatalf("Recover: %v; state %+v", err, s)
+	}
+	if err := d.connectCurrent(); err != nil {
+		t.Fatalf("connecting with the claim: %v", err)
+	}
+	s, err = d.runner.Provision(ctx, IdentityRecord{KeyURI: curi, CertFile: claimPEM})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Current.Claim || s.Current.CertificateID == old.CertificateID {
+		t.Fatalf("after recovery: %+v", s.Current)
+	}
+	d.assertWorking(t)
+	// After the grace period the refused key is deleted; the claim's is not.
+	d.clock.Add(2 * time.Hour)
+	if _, err := d.runner.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ks := d.keys(t); len(ks) != 1 || ks[0] != s.Current.KeyURI {
+		t.Errorf("keys after the grace period: %v", ks)
+	}
+	if _, err := claimStore.Open(ctx, curi); err != nil {
+		t.Errorf("the claim key was touched: %v", err)
+	}
+}

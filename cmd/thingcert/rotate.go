@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/rotation"
 )
@@ -51,6 +52,29 @@ when it will be and exits 0.`,
 	return c
 }
 
+// refused reports whether a connection failed because the cloud refused the
+// identity, as opposed to the network failing.
+func refused(err error) bool {
+	return errors.Is(err, agent.ErrClientCertRefused) || errors.Is(err, agent.ErrConnectRefused) || errors.Is(err, agent.ErrClosedAfterConnect)
+}
+
+// recoverByClaim provisions the device again with its claim (claim.recover).
+func recoverByClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, why error) error {
+	d.log.Warn("the device's identity was refused; provisioning again with the claim (claim.recover)", "error", why)
+	claim := rotation.IdentityRecord{KeyURI: d.cfg.Claim.Key, CertFile: d.cfg.Claim.Cert, Claim: true}
+	s, err := d.runner.Recover(ctx, claim, oneLine(why.Error()))
+	if err != nil {
+		return err
+	}
+	if err := d.connectCurrent(ctx, s); err != nil {
+		return err
+	}
+	if s, err = d.runner.Provision(ctx, claim); err != nil {
+		return err
+	}
+	return d.output(env, f, s, "recovered: provisioned again with the claim")
+}
+
 func notDue(dec rotation.Decision) string {
 	return fmt.Sprintf("not due: renews at %s (%s); --force renews now", dec.At.UTC().Format(time.RFC3339), dec.Reason)
 }
@@ -83,7 +107,13 @@ func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationF
 		return d.output(env, f, s, notDue(dec))
 	}
 	if err := d.connectCurrent(ctx, s); err != nil {
-		return err
+		if !refused(err) || s.InProgress() {
+			return err
+		}
+		if cfg.Claim == nil || !cfg.Claim.Recover {
+			return fmt.Errorf("%w; if this device's certificate was revoked or deleted, provision it again: set claim.recover: true (with the claim) and run thingcert rotate, or re-provision it by hand", err)
+		}
+		return recoverByClaim(ctx, env, d, f, err)
 	}
 	switch {
 	case s.InProgress():

@@ -483,3 +483,33 @@ func TestKillAtEveryTransitionTPM(t *testing.T) {
 		},
 	})
 }
+
+// TestRecoverRevokedDevice: the cloud revokes the device's certificate. Without
+// claim.recover rotate says what to do; with it the claim provisions the
+// device again.
+func TestRecoverRevokedDevice(t *testing.T) {
+	bin := buildThingcert(t)
+	f := startFleet(t)
+	d := newCLIDevice(t, bin, f, "0100", fileBackend())
+	if out, code := d.run("provision", "--config", d.config); code != 0 {
+		t.Fatalf("provision: %d\n%s", code, out)
+	}
+	old := d.works().Current.CertificateID
+	if err := f.emu.SetCertificateStatus(context.Background(), rotAccount, old, emulator.StatusRevoked); err != nil {
+		t.Fatal(err)
+	}
+	out, code := d.run("rotate", "--config", d.config)
+	if code != 1 || !strings.Contains(out, "claim.recover") {
+		t.Fatalf("rotate with a revoked certificate: exit %d\n%s", code, out)
+	}
+	cfg, _ := os.ReadFile(d.config)
+	os.WriteFile(d.config, []byte(strings.Replace(string(cfg), "  client_id: claim-", "  recover: true\n  client_id: claim-", 1)), 0o644)
+	out, code = d.run("rotate", "--config", d.config)
+	if code != 0 || !strings.Contains(out, "recovered") {
+		t.Fatalf("rotate with claim.recover: exit %d\n%s", code, out)
+	}
+	s := d.works()
+	if s.Current.CertificateID == old || len(s.Previous) != 1 || s.Previous[0].CertificateID != old {
+		t.Errorf("after recovery: current %s, previous %+v", s.Current.CertificateID[:12], s.Previous)
+	}
+}
