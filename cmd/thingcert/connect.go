@@ -211,7 +211,6 @@ func reportFailure(env *cliEnv, f connectFlags, rep connectReport, err error) er
 	return err
 }
 
-
 func printConnect(env *cliEnv, ep agent.Endpoint, rep connectReport) {
 	w := env.stdout
 	t := rep.TLS

@@ -79,11 +79,11 @@ func startFleet(t *testing.T) *fleet {
 
 // cliDevice is one device's folder: its config, claim, key store and state.
 type cliDevice struct {
-	t      *testing.T
-	bin    string
-	fleet  *fleet
-	dir    string
-	config string
+	t       *testing.T
+	bin     string
+	fleet   *fleet
+	dir     string
+	config  string
 	thing   string
 	env     []string
 	backend keyBackend
