@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"crypto"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+
+	"github.com/thingcert/thingcert/keystore"
+)
+
+// Identity is what a device proves itself with: a key in secure storage and the
+// certificate chain issued for it, leaf first. An Identity is immutable once
+// made; rotation makes a new one and swaps it into an IdentitySource.
+type Identity struct {
+	Key   keystore.Key
+	Chain []*x509.Certificate
+
+	cert tls.Certificate
+}
+
+// NewIdentity pairs a key with its certificate chain (leaf first). It refuses a
+// leaf whose public key is not the key's, since such a pair can only fail at
+// the server with a message far less clear than this one.
+func NewIdentity(key keystore.Key, chain []*x509.Certificate) (*Identity, error) {
+	if key == nil {
+		return nil, errors.New("agent: identity without a key")
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("agent: identity for key %s has no certificate", keystore.RedactURI(key.URI()))
+	}
+	leaf := chain[0]
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	pub, ok := key.Public().(equaler)
+	if !ok || !pub.Equal(leaf.PublicKey) {
+		return nil, fmt.Errorf("agent: certificate %q (ID %s) was not issued for key %s: its public key differs; give the certificate made from this key's CSR",
+			leaf.Subject.String(), CertificateID(leaf), keystore.RedactURI(key.URI()))
+	}
+	id := &Identity{Key: key, Chain: append([]*x509.Certificate(nil), chain...)}
+	id.cert = tls.Certificate{PrivateKey: key, Leaf: leaf}
+	for _, c := range chain {
+		id.cert.Certificate = append(id.cert.Certificate, c.Raw)
+	}
+	return id, nil
+}
+
+// Leaf is the identity's own certificate.
+func (id *Identity) Leaf() *x509.Certificate { return id.Chain[0] }
+
+// CertificateID is AWS IoT's name for the leaf certificate.
+func (id *Identity) CertificateID() string { return CertificateID(id.Leaf()) }
+
+// TLSCertificate is the identity in the form crypto/tls serves. The key signs
+// through keystore.Key, so it never leaves its store.
+func (id *Identity) TLSCertificate() *tls.Certificate { return &id.cert }
+
+// CertificateID is how AWS IoT names a certificate: the SHA-256 of its DER as
+// 64 lowercase hex digits.
+func CertificateID(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// LoadCertificateChain reads a PEM file holding the device certificate,
+// optionally followed by intermediates.
+func LoadCertificateChain(path string) ([]*x509.Certificate, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("agent: certificate file: %w", err)
+	}
+	var chain []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			// A key in the certificate file is a mistake worth naming: it means the
+			// key exists outside its store.
+			if b.Type == "PRIVATE KEY" || b.Type == "EC PRIVATE KEY" || b.Type == "RSA PRIVATE KEY" {
+				return nil, fmt.Errorf("agent: certificate file %s holds a private key; keep keys in a key store and give only the certificate here", path)
+			}
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("agent: certificate file %s: certificate %d: %w", path, len(chain)+1, err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("agent: certificate file %s: %w", path, errNoCertificates)
+	}
+	return chain, nil
+}
+
+// IdentitySource holds the identity a connection presents. It is read at every
+// TLS handshake, so swapping it changes what the next connection presents
+// without touching the current one: rotation swaps in the new identity and asks
+// the client to reconnect (Client.Reconnect), and swaps back if that fails.
+// Safe for concurrent use.
+type IdentitySource struct {
+	cur atomic.Pointer[Identity]
+}
+
+// NewIdentitySource starts with id.
+func NewIdentitySource(id *Identity) *IdentitySource {
+	s := &IdentitySource{}
+	s.cur.Store(id)
+	return s
+}
+
+// Current is the identity the next handshake will present.
+func (s *IdentitySource) Current() *Identity { return s.cur.Load() }
+
+// Swap makes id current and returns the identity it replaced.
+func (s *IdentitySource) Swap(id *Identity) (old *Identity) {
+	if id == nil {
+		panic("agent: IdentitySource.Swap(nil)")
+	}
+	return s.cur.Swap(id)
+}
+
+// GetClientCertificate serves the current identity; it is the
+// tls.Config.GetClientCertificate of every connection.
+func (s *IdentitySource) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	id := s.cur.Load()
+	if id == nil {
+		return nil, errors.New("agent: no device identity to present")
+	}
+	return id.TLSCertificate(), nil
+}
