@@ -1,0 +1,148 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thingcert/thingcert/rotation"
+)
+
+const minimal = `
+endpoint: abc-ats.iot.eu-west-1.amazonaws.com
+thing_name: dev-1
+store: file:/var/lib/thingcert/keys/
+`
+
+func TestSampleConfig(t *testing.T) {
+	// The sample in the repository must stay valid: it is what users copy.
+	c, err := Load(filepath.Join("..", "examples", "config", "thingcert.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ThingName != "gateway-0042" || c.Claim == nil || c.Provisioning.Parameters["SerialNumber"] != "0042" {
+		t.Errorf("sample: %+v", c)
+	}
+	p := c.Policy()
+	want := rotation.Policy{LifetimeRatio: 2.0 / 3, MaxAge: 365 * 24 * time.Hour, BeforeExpiry: Off, Jitter: 7 * 24 * time.Hour, EmergencyWindow: 7 * 24 * time.Hour}
+	if p != want {
+		t.Errorf("policy %+v, want %+v", p, want)
+	}
+	if m := c.Machine(); m.GracePeriod != 24*time.Hour || m.Backoff.Min != 30*time.Second || m.Backoff.Max != 4*time.Hour {
+		t.Errorf("machine %+v", m)
+	}
+	if !c.JobsEnabled() || c.Metrics.Listen != "127.0.0.1:9464" {
+		t.Errorf("jobs %v metrics %q", c.JobsEnabled(), c.Metrics.Listen)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	c, err := Parse([]byte(minimal), "/etc/thingcert/thingcert.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Port != 8883 || c.ClientID != "dev-1" || c.StateDir != DefaultStateDir || c.KeyAlgorithm != "ecdsa-p256" ||
+		c.Subject != "CN=dev-1" || c.Provisioning.Issuer != IssuerFleetProvisioning || c.Log.Format != "text" || c.Log.Level != "info" {
+		t.Errorf("defaults: %+v", c)
+	}
+	if c.Policy() != (rotation.Policy{}) || !c.JobsEnabled() || c.DialAddress() != "abc-ats.iot.eu-west-1.amazonaws.com:8883" {
+		t.Errorf("default policy %+v, dial %s", c.Policy(), c.DialAddress())
+	}
+}
+
+func TestRelativePaths(t *testing.T) {
+	c, err := Parse([]byte(minimal+"ca: ca.pem\nstate_dir: state\nclaim:\n  key: file:/k/claim.pem\n  cert: claim/c.pem\nprovisioning:\n  template: T\n"), "/etc/tc/thingcert.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.CA != "/etc/tc/ca.pem" || c.StateDir != "/etc/tc/state" || c.Claim.Cert != "/etc/tc/claim/c.pem" || c.Claim.ClientID != "dev-1" {
+		t.Errorf("paths: ca %s state %s claim %s", c.CA, c.StateDir, c.Claim.Cert)
+	}
+}
+
+func TestValues(t *testing.T) {
+	for _, tc := range []struct {
+		yaml string
+		want rotation.Policy
+	}{
+		{"rotation:\n  lifetime_ratio: 0.5\n", rotation.Policy{LifetimeRatio: 0.5}},
+		{"rotation:\n  lifetime_ratio: 75%\n", rotation.Policy{LifetimeRatio: 0.75}},
+		{"rotation:\n  lifetime_ratio: 3/4\n  max_age: off\n", rotation.Policy{LifetimeRatio: 0.75, MaxAge: Off}},
+		{"rotation:\n  max_age: 1d12h\n  jitter: 90s\n", rotation.Policy{MaxAge: 36 * time.Hour, Jitter: 90 * time.Second}},
+		{"rotation:\n  before_expiry: 30d\n  emergency_window: 0.5d\n", rotation.Policy{BeforeExpiry: 30 * 24 * time.Hour, EmergencyWindow: 12 * time.Hour}},
+	} {
+		c, err := Parse([]byte(minimal+tc.yaml), "x.yaml")
+		if err != nil {
+			t.Errorf("%q: %v", tc.yaml, err)
+			continue
+		}
+		if c.Policy() != tc.want {
+			t.Errorf("%q: %+v, want %+v", tc.yaml, c.Policy(), tc.want)
+		}
+	}
+}
+
+func TestErrorsNameKeyAndLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string
+	}{
+		{"unknown top-level key", minimal + "endpont: x\n", []string{`line 5: unknown key "endpont" at the top level`, `did you mean "endpoint"?`, "allowed: endpoint, port"}},
+		{"unknown nested key", minimal + "rotation:\n  max_ag: 30d\n", []string{`line 6: unknown key "max_ag" in rotation`, `did you mean "max_age"`}},
+		{"unknown key deeper", minimal + "provisioning:\n  topics:\n    requests: a/b\n", []string{`line 7: unknown key "requests" in provisioning.topics`}},
+		{"duplicate key", minimal + "thing_name: dev-2\n", []string{`line 5: key "thing_name" given twice (first on line 3)`}},
+		{"wrong type", minimal + "port: eighty\n", []string{"line 5 (port): cannot unmarshal", "eighty"}},
+		{"bad duration", minimal + "rotation:\n  max_age: 5 days\n", []string{"line 6 (rotation.max_age)", `"5 days" is not a duration`}},
+		{"bad ratio", minimal + "rotation:\n  lifetime_ratio: 1.5\n", []string{"line 6 (rotation.lifetime_ratio)", "not a share of the lifetime"}},
+		{"missing required", "port: 443\n", []string{"endpoint: missing", "thing_name: missing", "store: missing"}},
+		{"endpoint with scheme", strings.Replace(minimal, "abc-ats", "https://abc-ats", 1), []string{"endpoint: \"https://abc-ats", "bare host name"}},
+		{"bad store URI", strings.Replace(minimal, "file:/var", "disk:/var", 1), []string{"store:", "unknown scheme"}},
+		{"key without cert", minimal + "key: file:/k/a.pem\n", []string{"cert: missing: key is set"}},
+		{"claim without template", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\n", []string{"provisioning.template: missing"}},
+		{"topics issuer without request", minimal + "provisioning:\n  issuer: topics\n", []string{"provisioning.topics.request: missing"}},
+		{"unknown issuer", minimal + "provisioning:\n  issuer: acme\n", []string{`provisioning.issuer: "acme"`}},
+		{"every rule off", minimal + "rotation:\n  lifetime_ratio: off\n  max_age: off\n  emergency_window: off\n", []string{"rotation:", "never be renewed"}},
+		{"retry max below min", minimal + "rotation:\n  retry_min: 1h\n  retry_max: 1m\n", []string{"rotation.retry_min/retry_max", "below retry min"}},
+		{"metrics on the network", minimal + "metrics:\n  listen: 0.0.0.0:9464\n", []string{"metrics.listen", "loopback"}},
+		{"bad algorithm", minimal + "key_algorithm: rsa-1024\n", []string{"key_algorithm", "at least 2048 bits"}},
+		{"bad log level", minimal + "log:\n  level: loud\n", []string{"log.level"}},
+		{"not a mapping", "- a\n- b\n", []string{"want a mapping"}},
+		{"empty", "", []string{"is empty"}},
+		{"syntax", "endpoint: [\n", []string{"config x.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse([]byte(tc.yaml), "x.yaml")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if !strings.HasPrefix(err.Error(), "config x.yaml") {
+				t.Errorf("error %q does not name the file", err)
+			}
+		})
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.yaml"))
+	if err == nil || !os.IsNotExist(unwrapAll(err)) {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+}
+
+func unwrapAll(err error) error {
+	for {
+		u, ok := err.(interface{ Unwrap() error })
+		if !ok {
+			return err
+		}
+		err = u.Unwrap()
+	}
+}

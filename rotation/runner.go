@@ -1,0 +1,562 @@
+package rotation
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/thingcert/thingcert/keystore"
+)
+
+// Runner carries rotations out: it does each phase's action, feeds the
+// outcome to Machine.Next and persists the new state before the next action.
+// Whatever stops it (a crash, a kill, a power cut, a cancelled context), the
+// next Runner on the same state folder resumes where it stopped.
+type Runner struct {
+	// Machine is the state machine's settings (backoff, grace period, key names).
+	Machine Machine
+	// Policy says when a renewal is due (Due).
+	Policy Policy
+	// DeviceID seeds this device's jitter (the client ID or thing name).
+	DeviceID string
+	// State is the state folder.
+	State StateStore
+	// Store is where new keys are made, and old ones deleted.
+	Store keystore.Store
+	// OpenKey opens the key of an identity, which may live outside Store (a
+	// claim key on another token). Nil uses Store.Open.
+	OpenKey func(ctx context.Context, keyURI string) (keystore.Key, error)
+	// Algorithm is the new keys' algorithm; zero is keystore.DefaultAlgorithm.
+	Algorithm keystore.Algorithm
+	// Subject is the CSR's subject ("CN=thing-name"); AWS IoT ignores it for
+	// CreateCertificateFromCsr, an owner's CA may not.
+	Subject string
+	// CSROptions are passed to keystore.CreateCSR.
+	CSROptions keystore.CSROptions
+	// Issuer turns the CSR into a certificate.
+	Issuer Issuer
+	// Connector moves the connection between identities.
+	Connector Connector
+	// Reporter tells the cloud how a rotation ended; nil tells nobody.
+	Reporter Reporter
+	// Roots are the CAs allowed to sign the device's certificates; nil skips
+	// the chain check (see VerifyOptions.Roots).
+	Roots *x509.CertPool
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Sleep waits for a retry; nil waits on a timer.
+	Sleep func(ctx context.Context, d time.Duration) error
+	// Log receives one line per transition; nil discards.
+	Log *slog.Logger
+	// AfterSave, if set, is called after each state is persisted and before
+	// the next action (status, metrics; tests use it to stop a process at a
+	// chosen phase). An error stops the runner, as a cancelled context would.
+	AfterSave func(ctx context.Context, s *State) error
+}
+
+// ErrRolledBack: the rotation failed and the device kept its identity.
+var ErrRolledBack = errors.New("rotation rolled back")
+
+// ErrAlreadyProvisioned: Provision was asked of a device that has an identity.
+var ErrAlreadyProvisioned = errors.New("device already provisioned")
+
+func (r *Runner) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Log
+}
+
+func (r *Runner) sleep(ctx context.Context, d time.Duration) error {
+	if r.Sleep != nil {
+		return r.Sleep(ctx, d)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (r *Runner) openKey(ctx context.Context, uri string) (keystore.Key, error) {
+	if r.OpenKey != nil {
+		return r.OpenKey(ctx, uri)
+	}
+	return r.Store.Open(ctx, uri)
+}
+
+func (r *Runner) algorithm() keystore.Algorithm {
+	if r.Algorithm == "" {
+		return keystore.DefaultAlgorithm
+	}
+	return r.Algorithm
+}
+
+// Load reads the persisted state (ErrNoState if there is none).
+func (r *Runner) Load() (*State, error) { return r.State.Load() }
+
+// Due is the renewal decision for the current identity, and whether a
+// rotation should start now. A claim identity is always due: it is replaced
+// by provisioning. After a rollback the next time-triggered start also waits
+// for the backoff (State.NextRetry).
+func (r *Runner) Due(s *State, now time.Time) (Decision, bool) {
+	if s.Current == nil {
+		return Decision{}, false
+	}
+	if s.Current.Claim {
+		return Decision{At: now, Deadline: now, Reason: ReasonDemand}, !s.InProgress()
+	}
+	d := r.Policy.Decide(Input{NotBefore: s.Current.NotBefore, NotAfter: s.Current.NotAfter, Now: now,
+		Seed: JitterSeed(r.DeviceID, s.Current.CertificateID)})
+	if s.NextRetry.After(d.At) && !s.InProgress() {
+		d.At = s.NextRetry
+	}
+	return d, !s.InProgress() && d.Due(now)
+}
+
+// Adopt makes rec the current identity of a state folder that has none yet:
+// a claim identity before provisioning, or one made by hand. Its certificate
+// is read for its ID and dates. An existing state is returned unchanged.
+func (r *Runner) Adopt(ctx context.Context, rec IdentityRecord) (*State, error) {
+	unlock, err := r.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return r.adopt(ctx, rec)
+}
+
+func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) {
+	s, err := r.State.Load()
+	if err == nil {
+		return s, nil
+	}
+	if !errors.Is(err, ErrNoState) {
+		return nil, err
+	}
+	chain, err := r.State.ReadChain(rec.CertFile)
+	if err != nil {
+		return nil, err
+	}
+	describe(&rec, chain[0])
+	s = &State{Version: StateVersion, Phase: PhaseIdle, Current: &rec}
+	r.Machine.log(s, "", PhaseIdle, Event{Kind: "adopt"}, r.now(), "identity "+short(rec.CertificateID)+" with key "+keystore.RedactURI(rec.KeyURI))
+	if err := r.save(ctx, s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func describe(rec *IdentityRecord, leaf *x509.Certificate) {
+	rec.CertificateID = CertificateID(leaf)
+	rec.Subject = leaf.Subject.String()
+	rec.NotBefore = leaf.NotBefore
+	rec.NotAfter = leaf.NotAfter
+}
+
+// Provision replaces a claim identity by the device's own: the claim becomes
+// the current identity if the folder has none, then a rotation with
+// TriggerProvision runs. A device that already has its own identity gets
+// ErrAlreadyProvisioned; an interrupted provisioning is resumed.
+func (r *Runner) Provision(ctx context.Context, claim IdentityRecord) (*State, error) {
+	unlock, err := r.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	claim.Claim = true
+	s, err := r.adopt(ctx, claim)
+	if err != nil {
+		return nil, err
+	}
+	if !s.InProgress() && !s.Current.Claim {
+		return s, fmt.Errorf("rotation: %w with certificate %s (%s); use `thingcert rotate` to renew it", ErrAlreadyProvisioned, short(s.Current.CertificateID), s.Current.Subject)
+	}
+	return r.rotate(ctx, s, Trigger{Kind: TriggerProvision, Reason: "provisioning by claim"})
+}
+
+// Rotate starts a rotation for t, or resumes the one in progress (a job then
+// joins it), and carries it to its end. It returns the final state, and an
+// error wrapping ErrRolledBack if the device kept its old identity.
+func (r *Runner) Rotate(ctx context.Context, t Trigger) (*State, error) {
+	unlock, err := r.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s, err := r.State.Load()
+	if err != nil {
+		return nil, err
+	}
+	return r.rotate(ctx, s, t)
+}
+
+func (r *Runner) rotate(ctx context.Context, s *State, t Trigger) (*State, error) {
+	now := r.now()
+	serial := s.Serial + 1
+	if s.InProgress() {
+		serial = s.Serial // the URI is not used: the rotation in progress continues
+	}
+	uri, err := r.Store.KeyURI(r.Machine.KeyName(serial, now))
+	if err != nil {
+		return s, fmt.Errorf("rotation: naming the new key: %w", err)
+	}
+	n, err := r.Machine.Next(s, Event{Kind: EventStart, Trigger: t, KeyURI: uri}, now)
+	switch {
+	case errors.Is(err, ErrInProgress):
+		r.log().Info("rotation: resuming the rotation in progress", "phase", s.Phase)
+	case err != nil:
+		return s, err
+	default:
+		if err := r.save(ctx, n); err != nil {
+			return s, err
+		}
+		s = n
+	}
+	s, err = r.run(ctx, s)
+	if err != nil {
+		return s, err
+	}
+	return s, rolledBack(s)
+}
+
+// rolledBack is the error for a state whose latest rotation rolled back.
+func rolledBack(s *State) error {
+	res := s.LastResult
+	if res == nil || res.Outcome != RolledBack || res.Serial != s.Serial {
+		return nil
+	}
+	return fmt.Errorf("rotation: %w in phase %s: %s; the device keeps certificate %s", ErrRolledBack, res.Phase, res.Error, short(res.OldCertificateID))
+}
+
+// Resume carries a rotation that was in progress to its end, and retires
+// previous identities whose grace period is over. It returns at once when
+// there is nothing to do.
+func (r *Runner) Resume(ctx context.Context) (*State, error) {
+	unlock, err := r.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s, err := r.State.Load()
+	if err != nil {
+		return nil, err
+	}
+	was := s.InProgress()
+	s, err = r.run(ctx, s)
+	if err == nil && was {
+		err = rolledBack(s)
+	}
+	return s, err
+}
+
+func (r *Runner) lock() (func(), error) {
+	c, err := r.State.Lock()
+	if err != nil {
+		return nil, err
+	}
+	return func() { c.Close() }, nil
+}
+
+// run acts until nothing is left to do, waiting for retries.
+func (r *Runner) run(ctx context.Context, s *State) (*State, error) {
+	for {
+		now := r.now()
+		act := ActionFor(s, now)
+		switch act {
+		case ActNone:
+			return s, nil
+		case ActWait:
+			r.log().Info("rotation: waiting to retry", "phase", s.Phase, "attempt", s.Attempt, "until", s.NextRetry.UTC().Format(time.RFC3339), "error", s.LastError)
+			if err := r.sleep(ctx, s.NextRetry.Sub(now)); err != nil {
+				return s, r.paused(s, err)
+			}
+			continue
+		}
+		ev := r.act(ctx, s, act)
+		if ev.Kind == EventFailed {
+			if c, _ := Classify(ev.Err); c == Stopped || ctx.Err() != nil {
+				return s, r.paused(s, ev.Err)
+			}
+		}
+		n, err := r.Machine.Next(s, ev, r.now())
+		if err != nil {
+			return s, err
+		}
+		if err := r.save(ctx, n); err != nil {
+			return s, err
+		}
+		s = n
+		if ev.Kind == EventReported || ev.Kind == EventCleanedUp {
+			if err := r.State.Tidy(s); err != nil {
+				r.log().Warn("rotation: tidying the state folder", "error", err)
+			}
+		}
+	}
+}
+
+func (r *Runner) paused(s *State, err error) error {
+	if !s.InProgress() {
+		return err
+	}
+	return fmt.Errorf("rotation: stopped in phase %s (%w); it resumes there on the next `thingcert rotate` or `thingcert run`", s.Phase, err)
+}
+
+func (r *Runner) save(ctx context.Context, s *State) error {
+	if err := r.State.Save(s); err != nil {
+		return err
+	}
+	if len(s.Journal) > 0 {
+		e := s.Journal[len(s.Journal)-1]
+		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note)
+	}
+	if r.AfterSave != nil {
+		return r.AfterSave(ctx, s)
+	}
+	return nil
+}
+
+// act does one action and says what came of it.
+func (r *Runner) act(ctx context.Context, s *State, act Action) Event {
+	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
+	switch act {
+	case ActGenerateKey:
+		if err := r.ensureKey(ctx, s.Pending.KeyURI); err != nil {
+			return fail(err)
+		}
+		return Event{Kind: EventKeyReady}
+	case ActMakeCSR:
+		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
+		if errors.Is(err, keystore.ErrNotFound) {
+			return fail(NewFatal("opening the new key", err))
+		}
+		if err != nil {
+			return fail(err)
+		}
+		der, err := keystore.CreateCSR(k, r.subject(s), r.CSROptions)
+		if err != nil {
+			return fail(err)
+		}
+		return Event{Kind: EventCSRMade, CSR: string(keystore.EncodeCSR(der))}
+	case ActSubmit:
+		return r.submit(ctx, s)
+	case ActVerify:
+		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
+		if errors.Is(err, keystore.ErrNotFound) {
+			return fail(NewFatal("opening the new key", err))
+		}
+		if err != nil {
+			return fail(err)
+		}
+		chain, err := r.State.ReadChain(s.Pending.CertFile)
+		if err != nil {
+			return fail(NewFatal("reading the issued certificate", err))
+		}
+		if err := Verify(chain, VerifyOptions{PublicKey: k.Public(), Roots: r.Roots, CertificateID: s.Pending.CertificateID, Now: r.now()}); err != nil {
+			return fail(err)
+		}
+		return Event{Kind: EventVerified}
+	case ActSwitch:
+		return r.switchIdentity(ctx, s)
+	case ActReport:
+		if r.Reporter != nil && s.Trigger != nil && s.LastResult != nil {
+			err := r.Reporter.Report(ctx, Report{Trigger: *s.Trigger, Outcome: Succeeded,
+				OldCertificateID: s.LastResult.OldCertificateID, NewCertificateID: s.LastResult.NewCertificateID})
+			if err != nil {
+				return fail(err)
+			}
+		}
+		return Event{Kind: EventReported}
+	case ActCleanup:
+		return r.cleanup(ctx, s)
+	case ActRetire:
+		return r.retire(ctx, s)
+	}
+	return fail(fmt.Errorf("rotation: no action %q", act))
+}
+
+func (r *Runner) subject(s *State) string {
+	if r.Subject != "" {
+		return r.Subject
+	}
+	if r.DeviceID != "" {
+		return "CN=" + r.DeviceID
+	}
+	return "CN=thingcert-device"
+}
+
+// ensureKey makes the pending key, or reuses it if a run before a crash made
+// it already: its name is new to this rotation, so a key there can only be
+// ours. One that cannot be opened (half made by a store that is not atomic)
+// is deleted and made again.
+func (r *Runner) ensureKey(ctx context.Context, uri string) error {
+	k, err := r.Store.Open(ctx, uri)
+	if err == nil {
+		if k.Algorithm() == r.algorithm() {
+			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
+			return nil
+		}
+		err = fmt.Errorf("its algorithm is %s, not %s", k.Algorithm(), r.algorithm())
+	}
+	if !errors.Is(err, keystore.ErrNotFound) {
+		r.log().Warn("rotation: replacing an unusable pending key", "key", keystore.RedactURI(uri), "error", err)
+		if derr := r.Store.Delete(ctx, uri); derr != nil && !errors.Is(derr, keystore.ErrNotFound) {
+			return fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
+		}
+	}
+	_, err = r.Store.Generate(ctx, uri, r.algorithm())
+	return err
+}
+
+func (r *Runner) submit(ctx context.Context, s *State) Event {
+	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
+	block, _ := pem.Decode([]byte(s.CSR))
+	if block == nil {
+		return fail(NewFatal("reading the saved CSR", errors.New("not PEM")))
+	}
+	if r.Issuer == nil {
+		return fail(NewFatal("requesting a certificate", errors.New("no issuer configured")))
+	}
+	iss, err := r.Issuer.Issue(ctx, block.Bytes)
+	if err != nil {
+		return fail(err)
+	}
+	if iss == nil || len(iss.Chain) == 0 || iss.Chain[0] == nil {
+		return fail(fmt.Errorf("rotation: %w: the issuer returned no certificate", ErrBadCertificate))
+	}
+	id := CertificateID(iss.Chain[0])
+	if iss.CertificateID != "" && !strings.EqualFold(iss.CertificateID, id) {
+		return fail(fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, iss.CertificateID, id))
+	}
+	path, err := r.State.WriteChain(id, iss.Chain)
+	if err != nil {
+		return fail(err)
+	}
+	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
+	describe(rec, iss.Chain[0])
+	return Event{Kind: EventIssued, Cert: rec}
+}
+
+// Identity opens an identity's key and certificate.
+func (r *Runner) Identity(ctx context.Context, rec IdentityRecord) (Identity, error) {
+	k, err := r.openKey(ctx, rec.KeyURI)
+	if err != nil {
+		return Identity{}, err
+	}
+	chain, err := r.State.ReadChain(rec.CertFile)
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Record: rec, Key: k, Chain: chain}, nil
+}
+
+// switchIdentity moves the connection to the new identity and has the cloud
+// confirm it. If that fails the connection goes back to the current identity:
+// if it connects, the new identity is at fault and the rotation rolls back;
+// if it does not either, the network is, and the move is retried later.
+func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
+	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
+	if r.Connector == nil {
+		return fail(NewFatal("switching identity", errors.New("no connection to switch")))
+	}
+	next, err := r.Identity(ctx, *s.Pending)
+	if err != nil {
+		return fail(NewFatal("opening the new identity", err))
+	}
+	cur, err := r.Identity(ctx, *s.Current)
+	if err != nil {
+		return fail(fmt.Errorf("rotation: opening the current identity to fall back on: %w", err))
+	}
+	err = r.Connector.Switch(ctx, next)
+	op := "connecting with the new identity"
+	if err == nil {
+		op = "confirming the new identity with the cloud"
+		err = r.Connector.Confirm(ctx, *s.Trigger)
+	}
+	if err == nil {
+		return Event{Kind: EventSwitched}
+	}
+	if c, _ := Classify(err); c == Stopped {
+		return fail(err)
+	}
+	r.log().Warn("rotation: "+op+" failed; going back to the current identity", "error", err)
+	if berr := r.Connector.Switch(ctx, cur); berr != nil {
+		return fail(NewTransient(op, fmt.Errorf("%w; and reconnecting with the current identity failed too (%v): the network is probably down", err, berr), 0))
+	}
+	var e *Error
+	if errors.As(err, &e) && e.Transient {
+		return fail(err) // throttled or similar: the new identity may be fine
+	}
+	return fail(NewFatal(op, fmt.Errorf("%w (the current identity still connects)", err)))
+}
+
+// cleanup undoes a failed rotation's side effects and reports the failure.
+func (r *Runner) cleanup(ctx context.Context, s *State) Event {
+	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
+	var notes []string
+	if p := s.Pending; p != nil {
+		if p.KeyURI != "" && (s.Current == nil || p.KeyURI != s.Current.KeyURI) {
+			if err := r.Store.Delete(ctx, p.KeyURI); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+				return fail(fmt.Errorf("rotation: deleting the new key %s after the rollback: %w", keystore.RedactURI(p.KeyURI), err))
+			}
+		}
+		if p.CertFile != "" && r.ownFile(p.CertFile) {
+			if err := r.State.RemoveFile(p.CertFile); err != nil {
+				notes = append(notes, err.Error())
+			}
+		}
+	}
+	if r.Reporter != nil && s.Trigger != nil && s.LastResult != nil {
+		err := r.Reporter.Report(ctx, Report{Trigger: *s.Trigger, Outcome: RolledBack,
+			OldCertificateID: s.LastResult.OldCertificateID, Reason: s.LastResult.Error, Phase: s.LastResult.Phase})
+		if err != nil {
+			return fail(err)
+		}
+	}
+	return Event{Kind: EventCleanedUp, Note: strings.Join(notes, "; ")}
+}
+
+// retire deletes the first previous identity whose grace period is over.
+func (r *Runner) retire(ctx context.Context, s *State) Event {
+	now := r.now()
+	for _, p := range s.Previous {
+		if p.RetireAt.IsZero() || now.Before(p.RetireAt) {
+			continue
+		}
+		if s.Current != nil && p.KeyURI == s.Current.KeyURI {
+			return Event{Kind: EventRetired, CertificateID: p.CertificateID}
+		}
+		if err := r.Store.Delete(ctx, p.KeyURI); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+			return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: fmt.Errorf("rotation: deleting old key %s: %w", keystore.RedactURI(p.KeyURI), err)}
+		}
+		if r.ownFile(p.CertFile) {
+			if err := r.State.RemoveFile(p.CertFile); err != nil {
+				return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: err}
+			}
+		}
+		return Event{Kind: EventRetired, CertificateID: p.CertificateID}
+	}
+	return Event{Kind: EventFailed, Err: errors.New("rotation: nothing to retire")}
+}
+
+// ownFile reports whether path is a certificate the state folder made (and so
+// may delete); a certificate the user gave is never deleted.
+func (r *Runner) ownFile(path string) bool {
+	return filepath.Dir(filepath.Clean(path)) == filepath.Join(filepath.Clean(r.State.Dir), CertsDir)
+}

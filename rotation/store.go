@@ -1,0 +1,237 @@
+package rotation
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
+)
+
+// Names inside the state folder.
+const (
+	StateFile = "state.json"
+	CertsDir  = "certs"
+	lockFile  = "lock"
+)
+
+// ErrNoState: the state folder holds no state yet (a device never provisioned
+// or set up).
+var ErrNoState = errors.New("no rotation state")
+
+// StateStore reads and writes the state folder: state.json and the
+// certificates under certs/, every write atomic and synced.
+type StateStore struct {
+	// Dir is the state folder (/var/lib/thingcert by default).
+	Dir string
+	// FS is the file system; nil is the real one.
+	FS FS
+}
+
+func (s StateStore) fs() FS {
+	if s.FS == nil {
+		return OSFS{}
+	}
+	return s.FS
+}
+
+// Path is the state file's path.
+func (s StateStore) Path() string { return filepath.Join(s.Dir, StateFile) }
+
+// Load reads the state. A missing file is ErrNoState; anything unreadable is
+// an error naming the file, since guessing at a device's identity is worse
+// than stopping.
+func (s StateStore) Load() (*State, error) {
+	data, err := s.fs().ReadFile(s.Path())
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("rotation: %s: %w", s.Path(), ErrNoState)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("rotation: reading state %s: %w", s.Path(), err)
+	}
+	return decodeState(data, s.Path())
+}
+
+func decodeState(data []byte, where string) (*State, error) {
+	var st State
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&st); err != nil {
+		return nil, fmt.Errorf("rotation: state file %s is damaged (%v); restore it from a backup or move it away and provision again", where, err)
+	}
+	if st.Version > StateVersion {
+		return nil, fmt.Errorf("rotation: state file %s has format %d, newer than this thingcert understands (%d); use the thingcert that wrote it", where, st.Version, StateVersion)
+	}
+	if st.Phase == "" {
+		st.Phase = PhaseIdle
+	}
+	known := false
+	for _, p := range Phases() {
+		known = known || p == st.Phase
+	}
+	if !known {
+		return nil, fmt.Errorf("rotation: state file %s: unknown phase %q", where, st.Phase)
+	}
+	if st.InProgress() && (st.Pending == nil || st.Trigger == nil) && st.Phase != PhaseCommitted && st.Phase != PhaseRolledBack {
+		return nil, fmt.Errorf("rotation: state file %s: phase %s without a pending identity", where, st.Phase)
+	}
+	return &st, nil
+}
+
+// Save writes the state atomically and durably: when Save returns, a power
+// cut leaves this state or a later one.
+func (s StateStore) Save(st *State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("rotation: encoding state: %w", err)
+	}
+	if err := writeAtomic(s.fs(), s.Path(), append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
+	}
+	return nil
+}
+
+// Init creates the state folder (0700) and its certs/ folder, durably.
+func (s StateStore) Init() error {
+	fsys := s.fs()
+	for _, d := range []string{s.Dir, filepath.Join(s.Dir, CertsDir)} {
+		if err := fsys.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("rotation: creating state folder %s: %w", d, err)
+		}
+		if err := fsys.SyncDir(filepath.Dir(d)); err != nil {
+			return fmt.Errorf("rotation: syncing %s: %w", filepath.Dir(d), err)
+		}
+	}
+	return nil
+}
+
+// Lock keeps other thingcert processes out of the folder while a rotation
+// runs; Close releases it.
+func (s StateStore) Lock() (io.Closer, error) {
+	if err := s.Init(); err != nil {
+		return nil, err
+	}
+	c, err := s.fs().Lock(filepath.Join(s.Dir, lockFile))
+	if err != nil {
+		return nil, fmt.Errorf("rotation: state folder %s: %w", s.Dir, err)
+	}
+	return c, nil
+}
+
+// CertPath is where the certificate with this ID is kept.
+func (s StateStore) CertPath(certID string) string {
+	return filepath.Join(s.Dir, CertsDir, certID+".pem")
+}
+
+// WriteChain saves a certificate chain (leaf first) as PEM under certs/,
+// named by the leaf's certificate ID, and returns the path.
+func (s StateStore) WriteChain(certID string, chain []*x509.Certificate) (string, error) {
+	if !validCertID(certID) {
+		return "", fmt.Errorf("rotation: certificate ID %q is not 64 hex digits", certID)
+	}
+	var b bytes.Buffer
+	for _, c := range chain {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	path := s.CertPath(certID)
+	if err := writeAtomic(s.fs(), path, b.Bytes(), 0o644); err != nil {
+		return "", fmt.Errorf("rotation: saving certificate %s: %w", path, err)
+	}
+	return path, nil
+}
+
+// ReadChain reads a PEM certificate chain written by WriteChain (or given by
+// the user).
+func (s StateStore) ReadChain(path string) ([]*x509.Certificate, error) {
+	data, err := s.fs().ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: certificate file: %w", err)
+	}
+	return ParseChainPEM(data, path)
+}
+
+// ParseChainPEM reads the CERTIFICATE blocks of a PEM file, leaf first.
+func ParseChainPEM(data []byte, where string) ([]*x509.Certificate, error) {
+	var chain []*x509.Certificate
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("rotation: %s: certificate %d: %w", where, len(chain)+1, err)
+		}
+		chain = append(chain, c)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("rotation: %s holds no PEM certificate", where)
+	}
+	return chain, nil
+}
+
+// RemoveFile deletes a file in the state folder durably; a missing file is
+// not an error.
+func (s StateStore) RemoveFile(path string) error {
+	if err := s.fs().Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("rotation: removing %s: %w", path, err)
+	}
+	return s.fs().SyncDir(filepath.Dir(path))
+}
+
+// Tidy removes certificate files and temporary files no record refers to:
+// what a crash between writing a certificate and saving the state leaves.
+func (s StateStore) Tidy(st *State) error {
+	keep := map[string]bool{}
+	for _, r := range []*IdentityRecord{st.Current, st.Pending} {
+		if r != nil {
+			keep[filepath.Clean(r.CertFile)] = true
+		}
+	}
+	for _, p := range st.Previous {
+		keep[filepath.Clean(p.CertFile)] = true
+	}
+	var errs []error
+	for _, d := range []string{filepath.Join(s.Dir, CertsDir), s.Dir} {
+		names, err := s.fs().ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, n := range names {
+			p := filepath.Join(d, n)
+			ours := strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") ||
+				d != s.Dir && strings.HasSuffix(n, ".pem") && validCertID(strings.TrimSuffix(n, ".pem"))
+			if ours && !keep[p] {
+				if err := s.RemoveFile(p); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// CertificateID is AWS IoT's name for a certificate: the SHA-256 of its DER
+// as 64 lowercase hex digits.
+func CertificateID(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+func validCertID(id string) bool {
+	if len(id) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(id)
+	return err == nil && strings.ToLower(id) == id
+}
