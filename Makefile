@@ -3,8 +3,8 @@
 # under it: a green run means SoftHSM2, swtpm, mosquitto and openssl were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools mosquitto mosquitto-clients openssl
-PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub openssl
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl
 TEST_TIMEOUT ?= 15m
 
 .PHONY: test peers vet build bench
@@ -18,6 +18,7 @@ vet:
 
 peers:
 	@missing=""; for b in $(PEERS_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	command -v openssl >/dev/null && [ -e "$$(openssl version -m | sed 's/.*"\(.*\)"/\1/')/tpm2.so" ] || missing="$$missing tpm2-openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "test peers missing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then \

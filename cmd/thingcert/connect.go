@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"runtime"
@@ -185,7 +184,7 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 		return err
 	}
 	if f.json {
-		return writeJSON(env, rep)
+		return writeJSON(env.stdout, rep)
 	}
 	printConnect(env, ep, rep)
 	return nil
@@ -205,17 +204,11 @@ func reportFailure(env *cliEnv, f connectFlags, rep connectReport, err error) er
 			}
 		}
 		rep.Error = e
-		if werr := writeJSON(env, rep); werr != nil {
+		if werr := writeJSON(env.stdout, rep); werr != nil {
 			return errors.Join(err, werr)
 		}
 	}
 	return err
-}
-
-func writeJSON(env *cliEnv, v any) error {
-	enc := json.NewEncoder(env.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 func printConnect(env *cliEnv, ep agent.Endpoint, rep connectReport) {

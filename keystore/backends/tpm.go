@@ -2,11 +2,15 @@ package backends
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/tpmstore"
 )
 
 func openTPM(ctx context.Context, uri string, opts keystore.Options) (keystore.Store, error) {
-	return nil, fmt.Errorf("keystore: %s: %w: the TPM backend is not built yet", keystore.RedactURI(uri), keystore.ErrUnsupported)
+	s, err := tpmstore.Open(ctx, uri, opts)
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }

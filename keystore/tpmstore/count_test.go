@@ -1,0 +1,118 @@
+package tpmstore
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2/transport"
+
+	"github.com/thingcert/thingcert/internal/testpeers"
+	"github.com/thingcert/thingcert/keystore"
+)
+
+// countingTPM counts the commands that reach the TPM. A command the TPM asked
+// to send again (TPM_RC_RETRY: swtpm says it now and then to TPM2_Sign) is
+// counted once, when it is answered; the extra tries are counted apart.
+type countingTPM struct {
+	transport.TPMCloser
+	n       atomic.Int64
+	retried atomic.Int64
+}
+
+func (c *countingTPM) Send(cmd []byte) ([]byte, error) {
+	rsp, err := c.TPMCloser.Send(cmd)
+	if err == nil && retryable(responseCode(rsp)) {
+		c.retried.Add(1)
+	} else {
+		c.n.Add(1)
+	}
+	return rsp, err
+}
+
+// TestOneCommandPerSign checks the steady state: the storage root key is made
+// once per connection, a key is loaded once, each Sign is one TPM2_Sign, and
+// Close flushes what was loaded.
+func TestOneCommandPerSign(t *testing.T) {
+	sw := testpeers.StartSWTPM(t)
+	ctx := context.Background()
+	raw, err := OpenTransport(ctx, sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := &countingTPM{TPMCloser: raw}
+	dev := NewDevice(sw.Device(), ct)
+	s, err := NewStore(ctx, dev, "tpm:blob-dir="+t.TempDir()+"?device="+sw.Device(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, alg := range []keystore.Algorithm{keystore.ECDSAP256, keystore.RSA2048} {
+		u, _ := s.KeyURI("count-" + string(alg))
+		if _, err := s.Generate(ctx, u, alg); err != nil {
+			t.Fatal(err)
+		}
+		uris = append(uris, u)
+	}
+	s.Close()
+
+	// A fresh store on the same connection: the storage root key is already there.
+	s, err = NewStore(ctx, dev, "tpm:blob-dir=/nonexistent?device="+sw.Device(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, u := range uris {
+		before := ct.n.Load()
+		k, err := s.Open(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := ct.n.Load() - before; n != 1 {
+			t.Errorf("Open of key %d took %d TPM commands, want 1 (TPM2_Load)", i, n)
+		}
+		before = ct.n.Load()
+		if _, err := s.Open(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if n := ct.n.Load() - before; n != 0 {
+			t.Errorf("reopening a loaded key took %d TPM commands, want 0", n)
+		}
+		digest := sha256.Sum256([]byte("x"))
+		opts := []crypto.SignerOpts{crypto.SHA256}
+		if _, ok := k.Public().(*rsa.PublicKey); ok {
+			opts = append(opts, &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
+		}
+		for _, o := range opts {
+			before = ct.n.Load()
+			const signs = 20
+			for j := 0; j < signs; j++ {
+				if _, err := k.Sign(rand.Reader, digest[:], o); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := ct.n.Load() - before; n != signs {
+				t.Errorf("%s %T: %d Signs took %d TPM commands, want exactly %d", k.Algorithm(), o, signs, n, signs)
+			}
+		}
+	}
+	t.Logf("the TPM asked for %d retries", ct.retried.Load())
+	before := ct.n.Load()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := ct.n.Load() - before; n != 2 {
+		t.Errorf("Close sent %d commands, want 2 (one TPM2_FlushContext per loaded key)", n)
+	}
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing is left loaded in the TPM: swtpm has no resource manager, so a
+	// transient object not flushed would still be listed.
+	if out := sw.Tool("tpm2_getcap", "handles-transient"); out != "" {
+		t.Errorf("transient objects left in the TPM after Close: %s", out)
+	}
+}
