@@ -400,10 +400,14 @@ func TestSwapIdentityAndReconnect(t *testing.T) {
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
 			b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+			// Two keys: rotation holds the old and the new one at once. The
+			// refused identity is the old key with a certificate from a CA the
+			// broker does not trust.
 			key := ks.keys(t)
-			oldID := newIdentity(t, ca, key("old"), "device-1")
+			oldKey := key("old")
+			oldID := newIdentity(t, ca, oldKey, "device-1")
 			newID := newIdentity(t, ca, key("new"), "device-1")
-			badID := newIdentity(t, otherCA, key("bad"), "device-1")
+			badID := newIdentity(t, otherCA, oldKey, "device-1")
 			src := agent.NewIdentitySource(oldID)
 			c := newClient(t, agent.Config{
 				Endpoint: agent.Endpoint{Host: endpointName, Address: b.Addr}, Identity: src,
@@ -561,5 +565,46 @@ func TestDialThroughCustomDialer(t *testing.T) {
 	}
 	if got := b.last(t); got.SNI != endpointName || got.ALPN != agent.ALPNMQTT {
 		t.Errorf("broker saw SNI %q ALPN %q", got.SNI, got.ALPN)
+	}
+}
+
+// A pending identity lets the key open while the connection is set up: the
+// handshake waits for it, and a key that cannot be opened is ErrKey.
+func TestPendingIdentity(t *testing.T) {
+	ca := testpki.NewCA(t, "test root")
+	b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+	id := newIdentity(t, ca, newMemKey(t, keystore.ECDSAP256), "device-1")
+	cfg := func(src *agent.IdentitySource) agent.Config {
+		return agent.Config{Endpoint: agent.Endpoint{Host: endpointName, Address: b.Addr}, Identity: src, Roots: ca.Pool(), ThingName: "device-1"}
+	}
+
+	src := agent.NewPendingIdentitySource()
+	if src.Current() != nil {
+		t.Fatal("a pending source has an identity")
+	}
+	c := newClient(t, cfg(src))
+	go src.Swap(id) // the key opens while Connect dials
+	info, err := c.Connect(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.TLS.ClientCertificate == nil || info.TLS.ClientCertificate.ID != id.CertificateID() {
+		t.Errorf("presented %+v", info.TLS.ClientCertificate)
+	}
+
+	failed := agent.NewPendingIdentitySource()
+	failed.Fail(fmt.Errorf("keystore: file:/k.pem: %w", keystore.ErrNotFound))
+	failed.Fail(errors.New("a second Fail is ignored"))
+	_, err = newClient(t, cfg(failed)).Connect(context.Background())
+	checkConnectError(t, err, agent.ErrKey, agent.StageTLS, "file:/k.pem", "could not be opened")
+	if !errors.Is(err, keystore.ErrNotFound) {
+		t.Errorf("%v does not wrap the key's error", err)
+	}
+
+	// Waiting is bounded by the caller's context.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := agent.NewPendingIdentitySource().Wait(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait on a cancelled context: %v", err)
 	}
 }

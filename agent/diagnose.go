@@ -27,8 +27,8 @@ var (
 	ErrServerName = errors.New("server certificate does not match the endpoint name")
 	// ErrClientCertRefused: the server refused the device's certificate.
 	ErrClientCertRefused = errors.New("client certificate refused by the server")
-	// ErrKey: the device key failed to sign the handshake.
-	ErrKey = errors.New("device key failed to sign")
+	// ErrKey: the device key could not be opened or failed to sign the handshake.
+	ErrKey = errors.New("device key failed")
 	// ErrTLS: the TLS handshake failed for another reason.
 	ErrTLS = errors.New("TLS handshake failed")
 	// ErrConnectRefused: the broker answered CONNECT with a refusing CONNACK
@@ -212,6 +212,10 @@ func classifyDial(ctx context.Context, ep Endpoint, err error) error {
 func classifyTLS(ctx context.Context, ep Endpoint, err, signErr error) error {
 	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), context.DeadlineExceeded) {
 		return newErr(ep, StageTLS, context.Cause(ctx), err, "")
+	}
+	var idErr *identityError
+	if errors.As(err, &idErr) {
+		return newErr(ep, StageTLS, ErrKey, idErr.err, "the device key could not be opened: check its URI, its PIN or auth file, and that its token or TPM is present (`thingcert key show --key URI`)")
 	}
 	if signErr != nil {
 		return newErr(ep, StageTLS, ErrKey, signErr, "the device key could not sign the TLS handshake: check that its token or TPM is present and reachable (`thingcert key show --key URI`)")

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"crypto/tls"
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 
 	"github.com/thingcert/thingcert/keystore"
@@ -107,33 +109,86 @@ func LoadCertificateChain(path string) ([]*x509.Certificate, error) {
 // the client to reconnect (Client.Reconnect), and swaps back if that fails.
 // Safe for concurrent use.
 type IdentitySource struct {
-	cur atomic.Pointer[Identity]
+	cur   atomic.Pointer[Identity]
+	once  sync.Once
+	ready chan struct{} // closed by the first Swap or Fail
+	err   error         // why there is no identity, set before ready closes
 }
 
 // NewIdentitySource starts with id.
 func NewIdentitySource(id *Identity) *IdentitySource {
-	s := &IdentitySource{}
-	s.cur.Store(id)
+	s := NewPendingIdentitySource()
+	s.Swap(id)
 	return s
 }
 
-// Current is the identity the next handshake will present.
+// NewPendingIdentitySource starts without an identity: a handshake that asks
+// for the client certificate waits until Swap provides one or Fail says why
+// there is none. It lets a program open its key (a token login, a TPM load)
+// while the TCP and TLS round trips to the endpoint are already under way.
+func NewPendingIdentitySource() *IdentitySource {
+	return &IdentitySource{ready: make(chan struct{})}
+}
+
+// Current is the identity the next handshake will present (nil while pending).
 func (s *IdentitySource) Current() *Identity { return s.cur.Load() }
 
-// Swap makes id current and returns the identity it replaced.
+// Swap makes id current and returns the identity it replaced (nil if none).
 func (s *IdentitySource) Swap(id *Identity) (old *Identity) {
 	if id == nil {
 		panic("agent: IdentitySource.Swap(nil)")
 	}
-	return s.cur.Swap(id)
+	old = s.cur.Swap(id)
+	s.once.Do(func() { close(s.ready) })
+	return old
 }
+
+// Fail ends the wait of a pending source: handshakes fail with err. It does
+// nothing once the source has had an identity.
+func (s *IdentitySource) Fail(err error) {
+	s.once.Do(func() {
+		s.err = err
+		close(s.ready)
+	})
+}
+
+// Wait returns the current identity, waiting while the source is pending.
+func (s *IdentitySource) Wait(ctx context.Context) (*Identity, error) {
+	select {
+	case <-s.ready:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("agent: waiting for the device identity: %w", context.Cause(ctx))
+	}
+	if id := s.cur.Load(); id != nil {
+		return id, nil
+	}
+	return nil, &identityError{err: s.err}
+}
+
+// identityError is a handshake's failure to get the device identity; it is
+// classified as ErrKey.
+type identityError struct{ err error }
+
+func (e *identityError) Error() string { return "agent: no device identity: " + e.err.Error() }
+func (e *identityError) Unwrap() error { return e.err }
 
 // GetClientCertificate serves the current identity; it is the
 // tls.Config.GetClientCertificate of every connection.
-func (s *IdentitySource) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	id := s.cur.Load()
-	if id == nil {
+func (s *IdentitySource) GetClientCertificate(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	ctx := context.Context(nil)
+	if cri != nil {
+		ctx = cri.Context()
+	}
+	if ctx == nil {
+		// Called outside a handshake (tests, tools): do not wait.
+		if id := s.cur.Load(); id != nil {
+			return id.TLSCertificate(), nil
+		}
 		return nil, errors.New("agent: no device identity to present")
+	}
+	id, err := s.Wait(ctx)
+	if err != nil {
+		return nil, err
 	}
 	return id.TLSCertificate(), nil
 }

@@ -223,7 +223,7 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.Endpoint.Validate(); err != nil {
 		return nil, err
 	}
-	if cfg.Identity == nil || cfg.Identity.Current() == nil {
+	if cfg.Identity == nil {
 		return nil, errors.New("agent: no device identity: give a key and its certificate")
 	}
 	id := cfg.ClientID

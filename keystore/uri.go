@@ -49,18 +49,18 @@ func ParseURI(s string) (*URI, error) {
 		if strings.HasPrefix(p, "//") {
 			p = strings.TrimPrefix(p, "//")
 			if !strings.HasPrefix(p, "/") {
-				return nil, fmt.Errorf("keystore: %q: %w: file URIs take no host; write file:/abs/path", s, ErrInvalidURI)
+				return nil, fmt.Errorf("keystore: %q: %w: file URIs take no host; write file:/abs/path", RedactURI(s), ErrInvalidURI)
 			}
 		}
 		if strings.ContainsAny(p, "?#") {
-			return nil, fmt.Errorf("keystore: %q: %w: file URIs take no query or fragment", s, ErrInvalidURI)
+			return nil, fmt.Errorf("keystore: %q: %w: file URIs take no query or fragment", RedactURI(s), ErrInvalidURI)
 		}
 		dec, err := url.PathUnescape(p)
 		if err != nil {
-			return nil, fmt.Errorf("keystore: %q: %w: %v", s, ErrInvalidURI, err)
+			return nil, fmt.Errorf("keystore: %q: %w: %v", RedactURI(s), ErrInvalidURI, err)
 		}
 		if !strings.HasPrefix(dec, "/") {
-			return nil, fmt.Errorf("keystore: %q: %w: a file key needs an absolute path (file:/abs/path/key.pem)", s, ErrInvalidURI)
+			return nil, fmt.Errorf("keystore: %q: %w: a file key needs an absolute path (file:/abs/path/key.pem)", RedactURI(s), ErrInvalidURI)
 		}
 		u.Path = dec
 		return u, nil
@@ -77,7 +77,7 @@ func ParseURI(s string) (*URI, error) {
 		}
 		return u, nil
 	}
-	return nil, fmt.Errorf("keystore: %q: %w: unknown scheme %q; want file, pkcs11 or tpm", RedactURI(s), ErrInvalidURI, scheme)
+	return nil, fmt.Errorf("keystore: %q: %w: unknown scheme %q; want file, pkcs11 or tpm", RedactURI(s), ErrInvalidURI, RedactURI(scheme))
 }
 
 func parseAttrs(s, sep string, into map[string]string) error {
@@ -115,7 +115,12 @@ func redactPart(p string) string {
 // String formats the URI canonically: attributes sorted, values escaped.
 func (u *URI) String() string {
 	if u.Scheme == SchemeFile {
-		return "file:" + (&url.URL{Path: u.Path}).EscapedPath()
+		p := (&url.URL{Path: u.Path}).EscapedPath()
+		if strings.HasPrefix(p, "//") {
+			// "file://x" would read as host x: keep the path with an empty authority.
+			return "file://" + p
+		}
+		return "file:" + p
 	}
 	var b strings.Builder
 	b.WriteString(u.Scheme)
@@ -155,50 +160,78 @@ func escapeAttr(v string) string {
 	return b.String()
 }
 
-// Redacted is String with any pin-value hidden, for logs and errors.
+// Redacted is String with any pin-value hidden, for logs and errors. A
+// pin-value misplaced among the path attributes is hidden too.
 func (u *URI) Redacted() string {
-	if _, ok := u.Query["pin-value"]; !ok {
+	_, inQuery := u.Query["pin-value"]
+	_, inPath := u.Attrs["pin-value"]
+	if !inQuery && !inPath {
 		return u.String()
 	}
 	c := *u
-	c.Query = make(map[string]string, len(u.Query))
-	for k, v := range u.Query {
-		c.Query[k] = v
-	}
-	c.Query["pin-value"] = "REDACTED"
+	c.Attrs, c.Query = redactPIN(u.Attrs), redactPIN(u.Query)
 	return c.String()
 }
 
-// RedactURI hides a pin-value in a URI string, parsed or not. Every error and log
-// line that names a key URI goes through it.
-func RedactURI(s string) string {
-	const name = "pin-value="
-	// ASCII-only case folding keeps byte offsets valid for any input.
-	for i := 0; i+len(name) <= len(s); i++ {
-		if !asciiEqualFold(s[i:i+len(name)], name) {
-			continue
-		}
-		j := i + len(name)
-		end := strings.IndexAny(s[j:], "&;#")
-		if end < 0 {
-			return s[:j] + "REDACTED"
-		}
-		return s[:j] + "REDACTED" + RedactURI(s[j+end:])
+func redactPIN(m map[string]string) map[string]string {
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
 	}
-	return s
+	if _, ok := c["pin-value"]; ok {
+		c["pin-value"] = "REDACTED"
+	}
+	return c
 }
 
-func asciiEqualFold(a, b string) bool {
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
+// RedactURI hides a pin-value in a URI string, parsed or not. Every error and log
+// line that names a key URI goes through it. A value ends where ParseURI would
+// end it: at ';' or '?' among the path attributes, at '&' in the query.
+func RedactURI(s string) string {
+	var b strings.Builder
+	rest, inQuery := s, false
+	for {
+		i := indexASCIIFold(rest, "pin-value=")
+		if i < 0 {
+			b.WriteString(rest)
+			return b.String()
 		}
-		if x != y {
-			return false
+		inQuery = inQuery || strings.IndexByte(rest[:i], '?') >= 0
+		j := i + len("pin-value=")
+		stops := ";?#"
+		if inQuery {
+			stops = "&#"
+		}
+		b.WriteString(rest[:j])
+		b.WriteString("REDACTED")
+		end := strings.IndexAny(rest[j:], stops)
+		if end < 0 {
+			return b.String()
+		}
+		rest = rest[j+end:]
+	}
+}
+
+// indexASCIIFold is strings.Index ignoring ASCII case. (strings.ToLower would
+// not do: it rewrites invalid UTF-8, so its indexes do not fit s.)
+func indexASCIIFold(s, lowerSubstr string) int {
+	for i := 0; i+len(lowerSubstr) <= len(s); i++ {
+		match := true
+		for j := 0; j < len(lowerSubstr); j++ {
+			c := s[i+j]
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			if c != lowerSubstr[j] {
+				match = false
+				break
+			}
+		}
+		if match {
+			return i
 		}
 	}
-	return true
+	return -1
 }
 
 // ValidKeyName reports whether name can name a key in any store: letters, digits,

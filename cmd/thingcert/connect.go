@@ -126,30 +126,28 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 	if err != nil {
 		return err
 	}
-	var roots *x509.CertPool // nil: the built-in Amazon roots, parsed only then
-	if f.ca != "" {
-		if roots, err = agent.LoadCAFile(f.ca); err != nil {
-			return err
-		}
-	}
 	clientID := f.clientID
 	if clientID == "" {
 		if clientID = chain[0].Subject.CommonName; clientID == "" {
 			return usageError{err: fmt.Errorf("certificate %s has no subject CN to use as client ID: give --client-id", f.cert)}
 		}
 	}
-	store, key, err := backends.OpenKey(ctx, f.key, keystore.Options{Logger: env.log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	id, err := agent.NewIdentity(key, chain)
-	if err != nil {
-		return err
+	// Open the key while the connection is set up: a token login or a TPM
+	// load then overlaps the TCP and TLS round trips, and only the handshake's
+	// CertificateVerify waits for it.
+	ids := agent.NewPendingIdentitySource()
+	key := openKeyAsync(ctx, env, f.key, chain, ids)
+	defer key.close()
+
+	var roots *x509.CertPool // nil: the built-in Amazon roots, parsed only then
+	if f.ca != "" {
+		if roots, err = agent.LoadCAFile(f.ca); err != nil {
+			return err
+		}
 	}
 	client, err := agent.New(agent.Config{
 		Endpoint: ep,
-		Identity: agent.NewIdentitySource(id),
+		Identity: ids,
 		Roots:    roots,
 		ClientID: clientID,
 		Logger:   env.log,
@@ -161,6 +159,9 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 	rep := connectReport{Endpoint: ep.Host, Port: f.port, Address: ep.DialAddress(), ClientID: clientID}
 	info, err := client.Connect(ctx)
 	if err != nil {
+		if kerr := key.wait(); kerr != nil {
+			err = kerr // the key's own error says more than the handshake's
+		}
 		return reportFailure(env, f, rep, err)
 	}
 	rep.TLS, rep.SessionPresent = &info.TLS, info.SessionPresent
@@ -246,4 +247,43 @@ func printConnect(env *cliEnv, ep agent.Endpoint, rep connectReport) {
 		fmt.Fprintf(w, ", PUBACK %.2f ms", tm.PUBACK)
 	}
 	fmt.Fprintf(w, " (total %.2f ms)\n", tm.Total)
+}
+
+// asyncKey is a device key being opened in the background.
+type asyncKey struct {
+	done  chan struct{}
+	store keystore.Store
+	err   error
+}
+
+func openKeyAsync(ctx context.Context, env *cliEnv, uri string, chain []*x509.Certificate, ids *agent.IdentitySource) *asyncKey {
+	k := &asyncKey{done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		store, key, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
+		if err == nil {
+			var id *agent.Identity
+			if id, err = agent.NewIdentity(key, chain); err == nil {
+				k.store = store
+				ids.Swap(id)
+				return
+			}
+			store.Close()
+		}
+		k.err = err
+		ids.Fail(err)
+	}()
+	return k
+}
+
+// wait waits for the key and returns why it could not be opened, if it could not.
+func (k *asyncKey) wait() error {
+	<-k.done
+	return k.err
+}
+
+func (k *asyncKey) close() {
+	if k.wait() == nil {
+		k.store.Close()
+	}
 }

@@ -30,6 +30,12 @@ func connectKeySources() []struct {
 		keyURI func(t *testing.T) string
 	}{
 		{"file", func(t *testing.T) string { return "file:" + filepath.Join(t.TempDir(), "keys", "device.pem") }},
+		{"softhsm", func(t *testing.T) string {
+			return testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{}).KeyURI("device")
+		}},
+		{"swtpm", func(t *testing.T) string {
+			return "tpm:blob=" + filepath.Join(t.TempDir(), "device.tpmkey") + "?device=" + testpeers.StartSWTPM(t).Device()
+		}},
 	}
 }
 
@@ -237,6 +243,9 @@ func TestConnectFailures(t *testing.T) {
 			[]string{"client certificate refused by the server", "registered and ACTIVE"}},
 		{"certificate of another key", conn(keyURI, foreignCert, "--ca", m.CAFile), 1,
 			[]string{"was not issued for key " + keyURI}},
+		// The key is opened while the connection is set up; its own error wins.
+		{"key not found", conn("file:"+filepath.Join(t.TempDir(), "nokey.pem"), cert, "--ca", m.CAFile), 1,
+			[]string{"nokey.pem", "key not found"}},
 		{"missing flags", []string{"connect", "--endpoint", testEndpoint}, 2, []string{"needs --key and --cert"}},
 		{"message without topic", conn(keyURI, cert, "--message", "x"), 2, []string{"--publish TOPIC and --message TEXT go together"}},
 		{"IP as endpoint", []string{"connect", "--endpoint", "127.0.0.1", "--key", keyURI, "--cert", cert}, 2, []string{"is an IP address", "--address"}},
