@@ -45,6 +45,9 @@ type Emulator struct {
 	startOnce sync.Once
 	closeOnce sync.Once
 	closeErr  error
+
+	faultsOnce sync.Once // faults.go: InjectFault
+	faults     *faultSet
 }
 
 // New opens the state (see Open) and prepares an emulator; Start makes it listen.
