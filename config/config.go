@@ -313,7 +313,11 @@ func Parse(data []byte, where string) (*Config, error) {
 		return nil, fmt.Errorf("config %s: %s", where, explain(err, lines))
 	}
 	c.Path = where
-	c.applyDefaults(filepath.Dir(where))
+	base := filepath.Dir(where)
+	if abs, err := filepath.Abs(base); err == nil {
+		base = abs
+	}
+	c.applyDefaults(base)
 	if err := c.Validate(); err != nil {
 		return nil, fmt.Errorf("config %s: %w", where, err)
 	}

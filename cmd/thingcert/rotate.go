@@ -1,18 +1,99 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/rotation"
 )
 
 func newRotateCmd(env *cliEnv) *cobra.Command {
-	return &cobra.Command{
-		Use:    "rotate",
-		Short:  "Renew the device certificate now (not yet available)",
-		Hidden: true,
+	var f rotationFlags
+	var force bool
+	c := &cobra.Command{
+		Use:   "rotate --config FILE [--force]",
+		Short: "Renew the device certificate if it is due (or now, with --force)",
+		Long: `Renew the device's certificate when the renewal policy says it is due (rotation
+in the config: a share of the lifetime, a maximum age, a time before expiry),
+or at once with --force. A new key is made in the store, its certificate
+obtained and checked (it is for the new key, valid now, of an allowed
+algorithm, and chained to rotation.trust if set), and the connection moved to
+it; if the new identity cannot connect, or the cloud does not confirm it, the
+device goes back to its current identity. The old key and certificate are
+deleted after the grace period (rotation.grace_period), by a later run.
+
+A rotation that was interrupted (killed, powered off, or out of --timeout) is
+resumed where it stopped. Without --force, a rotation that is not due prints
+when it will be and exits 0.`,
+		Example: `  thingcert rotate --config /etc/thingcert/thingcert.yaml
+  thingcert rotate --config /etc/thingcert/thingcert.yaml --force --json`,
+		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			return errors.New("rotate is not available in this build yet")
+			if err := required(c, "config"); err != nil {
+				return err
+			}
+			cfg, err := config.Load(f.config)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(c.Context(), f.timeout)
+			defer cancel()
+			return runRotate(ctx, env, cfg, f, force)
 		},
 	}
+	f.add(c)
+	c.Flags().BoolVar(&force, "force", false, "rotate now, whether or not the policy says it is due")
+	return c
+}
+
+func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationFlags, force bool) error {
+	d, err := openDevice(ctx, env, cfg)
+	if err != nil {
+		return err
+	}
+	defer d.close(context.WithoutCancel(ctx))
+	s, err := d.state(ctx)
+	if errors.Is(err, rotation.ErrNoState) {
+		return fmt.Errorf("the state folder %s holds no identity: run `thingcert provision --config %s` first (or set key and cert in the config)", cfg.StateDir, cfg.Path)
+	}
+	if err != nil {
+		return err
+	}
+	if s.Current.Claim {
+		return fmt.Errorf("the device is not provisioned yet (it holds only its claim): run `thingcert provision --config %s`", cfg.Path)
+	}
+	now := time.Now()
+	dec, due := d.runner.Due(s, now)
+	if !force && !s.InProgress() && !due {
+		if rotation.ActionFor(s, now) == rotation.ActRetire {
+			if s, err = d.runner.Resume(ctx); err != nil {
+				return err
+			}
+		}
+		return d.output(env, f, s, fmt.Sprintf("not due: renews at %s (%s); --force renews now", dec.At.UTC().Format(time.RFC3339), dec.Reason))
+	}
+	if err := d.connectCurrent(ctx, s); err != nil {
+		return err
+	}
+	switch {
+	case s.InProgress():
+		// The interrupted rotation is finished first; it is the one asked for.
+		s, err = d.runner.Resume(ctx)
+	case force:
+		s, err = d.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "thingcert rotate --force"})
+	default:
+		s, err = d.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerTime, Reason: string(dec.Reason)})
+	}
+	if err != nil {
+		if s != nil && errors.Is(err, rotation.ErrRolledBack) && f.json {
+			_ = d.output(env, f, s, "rolled back")
+		}
+		return err
+	}
+	return d.output(env, f, s, "rotated")
 }

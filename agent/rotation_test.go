@@ -1,0 +1,304 @@
+package agent_test
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/emulator"
+	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/filestore"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+const (
+	account  = "acct"
+	template = "fleet"
+	thing    = "dev-0042"
+)
+
+// rig is one device against an in-process emulator: a claim identity
+// registered in the emulator, a key store, a state folder, and the runner
+// that provisions and rotates.
+type rig struct {
+	t        *testing.T
+	emu      *emulator.Emulator
+	dir      string
+	store    keystore.Store
+	claim    rotation.IdentityRecord
+	claimKey keystore.Key
+	session  *agent.Session
+	runner   *rotation.Runner
+}
+
+// storeFactory makes the device's key store (file, SoftHSM, swtpm) and says
+// where the claim key goes.
+type storeFactory func(t *testing.T, dir string) (store keystore.Store, claimStore keystore.Store)
+
+func fileStores(t *testing.T, dir string) (keystore.Store, keystore.Store) {
+	s, err := filestore.Open(context.Background(), "file:"+filepath.Join(dir, "keys")+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := filestore.Open(context.Background(), "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, c
+}
+
+func startEmulator(t *testing.T, cfg emulator.Config) *emulator.Emulator {
+	t.Helper()
+	cfg.Accounts = []emulator.Account{{Name: account}}
+	cfg.Templates = []emulator.Template{{Name: template, Body: emulator.SimpleTemplate("dev-", "SerialNumber")}}
+	if cfg.ClientConnectInterval == 0 {
+		cfg.ClientConnectInterval = -1 // the session paces itself; tests need not wait
+	}
+	emu, err := emulator.Start(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { emu.Close() })
+	return emu
+}
+
+func newRig(t *testing.T, emu *emulator.Emulator, stores storeFactory) *rig {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	store, claimStore := stores(t, dir)
+	t.Cleanup(func() { store.Close() })
+	if claimStore != store {
+		t.Cleanup(func() { claimStore.Close() })
+	}
+	// The claim: a key made in its store, a self-signed certificate registered
+	// without a CA (SNI_ONLY, as a claim shared by a batch may be).
+	claimURI, err := claimStore.KeyURI("claim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := claimStore.Generate(ctx, claimURI, keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ck.Public(), ck)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	if _, err := emu.RegisterCertificate(ctx, account, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
+		t.Fatal(err)
+	}
+	claimFile := filepath.Join(dir, "claim.crt")
+	if err := os.WriteFile(claimFile, claimPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &rig{t: t, emu: emu, dir: dir, store: store, claimKey: ck,
+		claim: rotation.IdentityRecord{KeyURI: claimURI, CertFile: claimFile, Claim: true}}
+	r.session = &agent.Session{
+		Config: agent.Config{
+			Endpoint:  agent.Endpoint{Host: emu.Endpoint(account), Address: emu.Addr()},
+			Roots:     emu.RootCAs(),
+			ThingName: thing,
+		},
+		ClaimClientID:      "claim-" + thing,
+		MinConnectInterval: -1,
+	}
+	t.Cleanup(func() { r.session.Close(context.Background()) })
+	r.runner = r.newRunner(claimStore)
+	return r
+}
+
+func (r *rig) newRunner(claimStore keystore.Store) *rotation.Runner {
+	return &rotation.Runner{
+		Machine:  rotation.Machine{GracePeriod: time.Hour, Backoff: rotation.Backoff{Min: time.Second, Max: 2 * time.Second}},
+		DeviceID: thing,
+		State:    rotation.StateStore{Dir: filepath.Join(r.dir, "state")},
+		Store:    r.store,
+		OpenKey: func(ctx context.Context, uri string) (keystore.Key, error) {
+			if uri == r.claim.KeyURI {
+				return claimStore.Open(ctx, uri)
+			}
+			return r.store.Open(ctx, uri)
+		},
+		Subject:   "CN=" + thing,
+		Issuer:    &agent.FleetProvisioning{Conn: r.session, Template: template, Parameters: map[string]string{"SerialNumber": "0042"}, ThingName: thing, Timeout: 10 * time.Second},
+		Connector: r.session,
+		Reporter:  agent.JobReporter{Jobs: r.session.Jobs()},
+	}
+}
+
+// connectCurrent is what a device does at start: connect with the identity
+// the state folder names.
+func (r *rig) connectCurrent() *rotation.State {
+	r.t.Helper()
+	s, err := r.runner.Load()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	id, err := r.runner.Identity(context.Background(), *s.Current)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := r.session.Switch(context.Background(), id); err != nil {
+		r.t.Fatalf("connecting with the current identity %s: %v", s.Current.CertificateID[:12], err)
+	}
+	return s
+}
+
+func (r *rig) provision() *rotation.State {
+	r.t.Helper()
+	ctx := context.Background()
+	if _, err := r.runner.Adopt(ctx, r.claim); err != nil {
+		r.t.Fatal(err)
+	}
+	r.connectCurrent()
+	s, err := r.runner.Provision(ctx, r.claim)
+	if err != nil {
+		r.t.Fatalf("provisioning: %v", err)
+	}
+	return s
+}
+
+// publishes proves the identity works end to end: a QoS 1 publish is
+// acknowledged and the Jobs API answers on the connection.
+func (r *rig) publishes() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := r.session.Publish(ctx, "dt/"+thing+"/hello", agent.AtLeastOnce, []byte("hi")); err != nil {
+		r.t.Fatalf("publish: %v", err)
+	}
+	if err := r.session.Jobs().List(ctx); err != nil {
+		r.t.Fatalf("jobs round trip: %v", err)
+	}
+}
+
+func (r *rig) certStatus(id string) emulator.CertificateStatus {
+	r.t.Helper()
+	c, err := r.emu.Certificate(context.Background(), account, id)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return c.Status
+}
+
+// TestProvisionRotateRotateAgain is the main line: a device with only a claim
+// provisions its own identity, rotates, rotates again; each old certificate,
+// once deactivated by the cloud, is refused, and the device is unaffected.
+func TestProvisionRotateRotateAgain(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{})
+	r := newRig(t, emu, fileStores)
+	ctx := context.Background()
+
+	s := r.provision()
+	if s.Current.Claim || s.Current.ThingName != thing || s.LastResult.Trigger.Kind != rotation.TriggerProvision {
+		t.Fatalf("after provisioning: %+v", s.Current)
+	}
+	if got := r.certStatus(s.Current.CertificateID); got != emulator.StatusActive {
+		t.Fatalf("provisioned certificate is %s", got)
+	}
+	th, err := emu.Thing(ctx, account, thing)
+	if err != nil || len(th.Certificates) != 1 || th.Certificates[0] != s.Current.CertificateID {
+		t.Fatalf("thing %+v, %v", th, err)
+	}
+	if r.session.Client().ClientID() != thing {
+		t.Errorf("client ID %q after provisioning, want the thing name", r.session.Client().ClientID())
+	}
+	r.publishes()
+	ids := []string{s.Current.CertificateID}
+
+	for i := range 2 {
+		s, err = r.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "test"})
+		if err != nil {
+			t.Fatalf("rotation %d: %v", i+1, err)
+		}
+		old := ids[len(ids)-1]
+		if s.Current.CertificateID == old {
+			t.Fatalf("rotation %d kept the certificate", i+1)
+		}
+		ids = append(ids, s.Current.CertificateID)
+		r.publishes()
+		// The cloud deactivates the old certificate; the device does not notice.
+		if err := emu.SetCertificateStatus(ctx, account, old, emulator.StatusInactive); err != nil {
+			t.Fatal(err)
+		}
+		r.publishes()
+		ev := refusedWith(t, r, old)
+		if ev.Rule != emulator.RuleStatus {
+			t.Errorf("old certificate refused by rule %s, want %s", ev.Rule, emulator.RuleStatus)
+		}
+	}
+	// The claim was used once, to provision.
+	evs, _ := emu.History(ctx, emulator.HistoryQuery{ClientID: "claim-" + thing, Outcome: emulator.Accepted})
+	if len(evs) != 1 {
+		t.Errorf("the claim connected %d times, want once", len(evs))
+	}
+}
+
+// refusedWith connects once with an old identity and returns the emulator's
+// refusal.
+func refusedWith(t *testing.T, r *rig, certID string) emulator.ConnectionEvent {
+	t.Helper()
+	s, _ := r.runner.Load()
+	var rec *rotation.IdentityRecord
+	for _, p := range s.Previous {
+		if p.CertificateID == certID {
+			rec = &p.IdentityRecord
+		}
+	}
+	if rec == nil {
+		t.Fatalf("certificate %s is not among the previous identities", certID[:12])
+	}
+	id, err := r.runner.Identity(context.Background(), *rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aid, err := agent.NewIdentity(id.Key, id.Chain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := agent.New(agent.Config{Endpoint: r.session.Config.Endpoint, Roots: r.emu.RootCAs(), ThingName: "intruder", Identity: agent.NewIdentitySource(aid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Connect(context.Background()); err == nil {
+		c.Disconnect(context.Background())
+		t.Fatalf("the deactivated certificate %s still connects", certID[:12])
+	}
+	return waitEvent(t, r.emu, emulator.HistoryQuery{CertificateID: certID, Outcome: emulator.Refused})
+}
+
+// waitEvent waits for the emulator to record a matching event: it records a
+// refusal after the client has already seen the connection fail.
+func waitEvent(t *testing.T, emu *emulator.Emulator, q emulator.HistoryQuery) emulator.ConnectionEvent {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if evs, _ := emu.History(context.Background(), q); len(evs) > 0 {
+			return evs[len(evs)-1]
+		}
+	}
+	t.Fatalf("the emulator recorded no event matching %+v", q)
+	return emulator.ConnectionEvent{}
+}
+
+func TestProvisionTwiceSaysSo(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{})
+	r := newRig(t, emu, fileStores)
+	r.provision()
+	if _, err := r.runner.Provision(context.Background(), r.claim); !errors.Is(err, rotation.ErrAlreadyProvisioned) || !strings.Contains(err.Error(), "thingcert rotate") {
+		t.Errorf("second provisioning: %v", err)
+	}
+}

@@ -1,0 +1,189 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// Session is the device's connection as rotation moves it between
+// identities: one Client at a time, presenting either the claim identity
+// (with the claim's client ID) or the device's own. It implements
+// rotation.Connector, and MQTT for the issuers and the Jobs client, always
+// over the connection of the moment.
+type Session struct {
+	// Config is the template of every client: endpoint, roots, thing name,
+	// the device's client ID, backoff, logger. Its Identity is not used.
+	Config Config
+	// ClaimClientID is the client ID of a claim identity's connection; empty
+	// means the device's.
+	ClaimClientID string
+	// ConfirmFunc, if set, replaces the default confirmation (ConfirmJob over
+	// this session's thing Jobs API).
+	ConfirmFunc func(ctx context.Context, s *Session, t rotation.Trigger) error
+	// MinConnectInterval spaces two CONNECTs with one client ID: AWS IoT
+	// refuses more than one per second, and a rotation connects twice in quick
+	// succession (the new identity, or the old one again). Zero means 1 s;
+	// negative, no spacing (an emulator with the limit off).
+	MinConnectInterval time.Duration
+
+	switchMu    sync.Mutex // one Switch at a time
+	lastConnect time.Time  // under switchMu
+	lastID      string     // the client ID of lastConnect
+
+	mu     sync.Mutex // guards the fields below
+	client *Client
+	ids    *IdentitySource
+	claim  bool
+}
+
+var (
+	_ rotation.Connector = (*Session)(nil)
+	_ MQTT               = (*Session)(nil)
+)
+
+// Client is the current client, nil before the first Switch.
+func (s *Session) Client() *Client {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.client
+}
+
+// Switch connects presenting id, replacing the current connection (AWS IoT
+// refuses one client ID twice, so the old connection ends first). Within one
+// kind of identity the client stays and reconnects with the new identity;
+// between the claim and the device's own a new client with the other client
+// ID replaces it.
+func (s *Session) Switch(ctx context.Context, id rotation.Identity) error {
+	aid, err := NewIdentity(id.Key, id.Chain)
+	if err != nil {
+		return rotation.NewFatal("switching identity", err)
+	}
+	s.switchMu.Lock()
+	defer s.switchMu.Unlock()
+	s.mu.Lock()
+	cur, ids, claim := s.client, s.ids, s.claim
+	s.mu.Unlock()
+	if cur != nil && claim == id.Record.Claim {
+		if err := s.pace(ctx, cur.ClientID()); err != nil {
+			return err
+		}
+		ids.Swap(aid)
+		_, err := cur.Reconnect(ctx)
+		return err
+	}
+	if cur != nil {
+		s.mu.Lock()
+		s.client = nil
+		s.mu.Unlock()
+		_ = cur.Disconnect(ctx)
+	}
+	cfg := s.Config
+	cfg.Identity = NewIdentitySource(aid)
+	if id.Record.Claim && s.ClaimClientID != "" {
+		cfg.ClientID = s.ClaimClientID
+	}
+	c, err := New(cfg)
+	if err != nil {
+		return rotation.NewFatal("switching identity", err)
+	}
+	if err := s.pace(ctx, c.ClientID()); err != nil {
+		return err
+	}
+	if _, err := c.Connect(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.client, s.ids, s.claim = c, cfg.Identity, id.Record.Claim
+	s.mu.Unlock()
+	return nil
+}
+
+// pace waits until a CONNECT with clientID keeps to MinConnectInterval, and
+// counts this one.
+func (s *Session) pace(ctx context.Context, clientID string) error {
+	interval := s.MinConnectInterval
+	if interval == 0 {
+		interval = time.Second
+	}
+	now := time.Now()
+	if interval > 0 && clientID == s.lastID {
+		if wait := s.lastConnect.Add(interval).Sub(now); wait > 0 {
+			t := time.NewTimer(wait)
+			defer t.Stop()
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-t.C:
+			}
+			now = time.Now()
+		}
+	}
+	s.lastConnect, s.lastID = now, clientID
+	return nil
+}
+
+// Confirm asks the cloud over the current connection to show it accepts it.
+func (s *Session) Confirm(ctx context.Context, t rotation.Trigger) error {
+	if s.ConfirmFunc != nil {
+		return s.ConfirmFunc(ctx, s, t)
+	}
+	return ConfirmJob(ctx, s.Jobs(), t)
+}
+
+// Jobs is a Jobs client for the thing over this session.
+func (s *Session) Jobs() *Jobs {
+	return &Jobs{Conn: s, ThingName: s.Config.ThingName}
+}
+
+// Close ends the connection.
+func (s *Session) Close(ctx context.Context) error {
+	s.mu.Lock()
+	c := s.client
+	s.client = nil
+	s.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	return c.Disconnect(ctx)
+}
+
+func (s *Session) current() (*Client, error) {
+	c := s.Client()
+	if c == nil {
+		return nil, fmt.Errorf("agent: %w: no connection yet", ErrNotConnected)
+	}
+	return c, nil
+}
+
+// Publish publishes on the current connection.
+func (s *Session) Publish(ctx context.Context, topic string, qos QoS, payload []byte) error {
+	c, err := s.current()
+	if err != nil {
+		return err
+	}
+	return c.Publish(ctx, topic, qos, payload)
+}
+
+// Subscribe subscribes on the current connection. A subscription does not
+// move to the client of another kind of identity.
+func (s *Session) Subscribe(ctx context.Context, filter string, qos QoS, h MessageHandler) error {
+	c, err := s.current()
+	if err != nil {
+		return err
+	}
+	return c.Subscribe(ctx, filter, qos, h)
+}
+
+// Unsubscribe unsubscribes on the current connection.
+func (s *Session) Unsubscribe(ctx context.Context, filters ...string) error {
+	c, err := s.current()
+	if errors.Is(err, ErrNotConnected) {
+		return nil
+	}
+	return c.Unsubscribe(ctx, filters...)
+}

@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/backends"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// device is everything provision and rotate work with, made from the config:
+// the key store, the connection and the rotation runner.
+type device struct {
+	cfg     *config.Config
+	store   keystore.Store
+	others  []keystore.Store // stores of keys outside the device's store (a claim on another token)
+	session *agent.Session
+	runner  *rotation.Runner
+	log     *slog.Logger
+}
+
+// newLogger is the configured logger on stderr.
+func newLogger(w io.Writer, c config.Log) *slog.Logger {
+	level := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[c.Level]
+	o := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, o))
+	}
+	return slog.New(slog.NewTextHandler(w, o))
+}
+
+// openDevice opens the store and prepares the session and runner. Nothing
+// connects yet.
+func openDevice(ctx context.Context, env *cliEnv, cfg *config.Config) (*device, error) {
+	log := newLogger(env.stderr, cfg.Log)
+	store, err := backends.Open(ctx, cfg.Store, keystore.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("store %s (config key store): %w", keystore.RedactURI(cfg.Store), err)
+	}
+	d := &device{cfg: cfg, store: store, log: log}
+	var roots *x509.CertPool
+	if cfg.CA != "" {
+		if roots, err = agent.LoadCAFile(cfg.CA); err != nil {
+			d.close(ctx)
+			return nil, fmt.Errorf("config ca: %w", err)
+		}
+	}
+	var trust *x509.CertPool
+	if cfg.Rotation.Trust != "" {
+		if trust, err = agent.LoadCAFile(cfg.Rotation.Trust); err != nil {
+			d.close(ctx)
+			return nil, fmt.Errorf("config rotation.trust: %w", err)
+		}
+	}
+	d.session = &agent.Session{
+		Config: agent.Config{
+			Endpoint:  agent.Endpoint{Host: cfg.Endpoint, Port: cfg.Port, Address: cfg.Address},
+			Roots:     roots,
+			ThingName: cfg.ThingName,
+			ClientID:  cfg.ClientID,
+			Logger:    log,
+		},
+	}
+	if cfg.Claim != nil {
+		d.session.ClaimClientID = cfg.Claim.ClientID
+	}
+	var issuer rotation.Issuer
+	switch cfg.Provisioning.Issuer {
+	case config.IssuerTopics:
+		issuer = &agent.TopicIssuer{Conn: d.session, ThingName: cfg.ThingName, Request: cfg.Provisioning.Topics.Request,
+			Response: cfg.Provisioning.Topics.Response, Timeout: cfg.RequestTimeout()}
+	default:
+		issuer = &agent.FleetProvisioning{Conn: d.session, Template: cfg.Provisioning.Template, Parameters: cfg.Provisioning.Parameters,
+			ThingName: cfg.ThingName, Timeout: cfg.RequestTimeout()}
+	}
+	d.runner = &rotation.Runner{
+		Machine:   cfg.Machine(),
+		Policy:    cfg.Policy(),
+		DeviceID:  cfg.ClientID,
+		State:     rotation.StateStore{Dir: cfg.StateDir},
+		Store:     store,
+		OpenKey:   d.openKey,
+		Algorithm: cfg.Algorithm(),
+		Subject:   cfg.Subject,
+		Issuer:    issuer,
+		Connector: d.session,
+		Reporter:  agent.JobReporter{Jobs: d.session.Jobs()},
+		Roots:     trust,
+		Log:       log,
+		AfterSave: testStopHook(env),
+	}
+	return d, nil
+}
+
+// openKey opens a key in the device's store, or in its own store when it is
+// elsewhere (a claim key on another token or in another folder).
+func (d *device) openKey(ctx context.Context, uri string) (keystore.Key, error) {
+	k, err := d.store.Open(ctx, uri)
+	if !errors.Is(err, keystore.ErrInvalidURI) {
+		return k, err
+	}
+	s, k, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: d.log})
+	if err != nil {
+		return nil, err
+	}
+	d.others = append(d.others, s)
+	return k, nil
+}
+
+func (d *device) close(ctx context.Context) {
+	if d.session != nil {
+		_ = d.session.Close(ctx)
+	}
+	for _, s := range d.others {
+		s.Close()
+	}
+	d.store.Close()
+}
+
+// state loads the state folder, adopting the config's key and cert when it
+// has no identity yet.
+func (d *device) state(ctx context.Context) (*rotation.State, error) {
+	s, err := d.runner.Load()
+	if errors.Is(err, rotation.ErrNoState) && d.cfg.Key != "" {
+		return d.runner.Adopt(ctx, rotation.IdentityRecord{KeyURI: d.cfg.Key, CertFile: d.cfg.Cert})
+	}
+	return s, err
+}
+
+// connectCurrent connects with the identity the state names. A CONNECT
+// refused right away is tried twice more, a second apart: AWS IoT refuses a
+// client ID's second CONNECT within a second, which a command run right after
+// another (provision, then rotate) can meet.
+func (d *device) connectCurrent(ctx context.Context, s *rotation.State) error {
+	id, err := d.runner.Identity(ctx, *s.Current)
+	if err != nil {
+		return fmt.Errorf("opening the current identity (certificate %s, key %s): %w", shortID(s.Current.CertificateID), keystore.RedactURI(s.Current.KeyURI), err)
+	}
+	for attempt := 1; ; attempt++ {
+		err = d.session.Switch(ctx, id)
+		if err == nil || attempt == 3 || !(errors.Is(err, agent.ErrConnectRefused) || errors.Is(err, agent.ErrClosedAfterConnect)) {
+			break
+		}
+		d.log.Info("connect refused; trying again in a second", "attempt", attempt, "error", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(1500 * time.Millisecond):
+		}
+	}
+	if err != nil {
+		what := "the device's identity"
+		if s.Current.Claim {
+			what = "the claim identity"
+		}
+		return fmt.Errorf("connecting with %s (certificate %s): %w", what, shortID(s.Current.CertificateID), err)
+	}
+	return nil
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// identityReport is what provision and rotate print; its JSON form is a
+// contract for scripts.
+type identityReport struct {
+	ThingName     string           `json:"thing_name"`
+	KeyURI        string           `json:"key_uri"`
+	CertFile      string           `json:"cert_file"`
+	CertificateID string           `json:"certificate_id"`
+	Subject       string           `json:"subject"`
+	NotBefore     time.Time        `json:"not_before"`
+	NotAfter      time.Time        `json:"not_after"`
+	Phase         rotation.Phase   `json:"phase"`
+	NextRenewal   *renewalReport   `json:"next_renewal,omitempty"`
+	LastResult    *rotation.Result `json:"last_result,omitempty"`
+	StateFile     string           `json:"state_file"`
+	Action        string           `json:"action"`
+}
+
+type renewalReport struct {
+	At        time.Time       `json:"at"`
+	Reason    rotation.Reason `json:"reason"`
+	Emergency bool            `json:"emergency,omitempty"`
+}
+
+func (d *device) report(s *rotation.State, action string) identityReport {
+	c := s.Current
+	r := identityReport{
+		ThingName: d.cfg.ThingName, KeyURI: keystore.RedactURI(c.KeyURI), CertFile: c.CertFile, CertificateID: c.CertificateID,
+		Subject: c.Subject, NotBefore: c.NotBefore, NotAfter: c.NotAfter, Phase: s.Phase, LastResult: s.LastResult,
+		StateFile: d.runner.State.Path(), Action: action,
+	}
+	if c.ThingName != "" {
+		r.ThingName = c.ThingName
+	}
+	if !c.Claim {
+		dec, _ := d.runner.Due(s, time.Now())
+		r.NextRenewal = &renewalReport{At: dec.At, Reason: dec.Reason, Emergency: dec.Emergency}
+	}
+	return r
+}
+
+func printIdentity(env *cliEnv, r identityReport) {
+	w := env.stdout
+	fmt.Fprintf(w, "%s\n", r.Action)
+	fmt.Fprintf(w, "  thing          %s\n", r.ThingName)
+	fmt.Fprintf(w, "  key            %s\n", r.KeyURI)
+	fmt.Fprintf(w, "  certificate    %s\n", r.CertificateID)
+	fmt.Fprintf(w, "  file           %s\n", r.CertFile)
+	fmt.Fprintf(w, "  valid          %s to %s\n", r.NotBefore.UTC().Format(time.RFC3339), r.NotAfter.UTC().Format(time.RFC3339))
+	if r.NextRenewal != nil {
+		fmt.Fprintf(w, "  next renewal   %s (%s)\n", r.NextRenewal.At.UTC().Format(time.RFC3339), r.NextRenewal.Reason)
+	}
+	if lr := r.LastResult; lr != nil {
+		line := fmt.Sprintf("%s %s by %s", lr.At.UTC().Format(time.RFC3339), lr.Outcome, lr.Trigger)
+		if lr.Error != "" {
+			line += ": " + lr.Error
+		}
+		fmt.Fprintf(w, "  last rotation  %s\n", line)
+	}
+	fmt.Fprintf(w, "  state          %s\n", r.StateFile)
+}
+
+// testStopHook, for tests only, stops the process right after the state was
+// saved in a chosen phase: THINGCERT_TEST_STOP_AFTER=<phase>[:<serial>]. The
+// process says so on stderr and waits to be killed, so a test can SIGKILL it
+// at that exact point.
+func testStopHook(env *cliEnv) func(context.Context, *rotation.State) error {
+	v := os.Getenv("THINGCERT_TEST_STOP_AFTER")
+	if v == "" {
+		return nil
+	}
+	phase, serial, _ := strings.Cut(v, ":")
+	return func(ctx context.Context, s *rotation.State) error {
+		if string(s.Phase) != phase || serial != "" && fmt.Sprint(s.Serial) != serial {
+			return nil
+		}
+		fmt.Fprintf(env.stderr, "thingcert: test: stopped after saving phase %s (serial %d)\n", s.Phase, s.Serial)
+		<-ctx.Done()
+		return ctx.Err()
+	}
+}
