@@ -607,7 +607,6 @@ func (d *Daemon) connectOnce(ctx context.Context, r *rotation.Runner) error {
 	if err != nil {
 		return fmt.Errorf("agent: opening the current identity (certificate %s, key %s): %w", short(st.Current.CertificateID), keystore.RedactURI(st.Current.KeyURI), err)
 	}
-	d.recordProtection(ctx, id)
 	return daemonConnector{d}.Switch(ctx, id)
 }
 
@@ -856,6 +855,7 @@ func (c daemonConnector) Switch(ctx context.Context, id rotation.Identity) error
 	if err := s.Switch(ctx, id); err != nil {
 		return err
 	}
+	c.d.recordProtection(ctx, id)
 	if !id.Record.Claim {
 		c.d.deviceSubscriptions(ctx, s)
 	}

@@ -59,6 +59,9 @@ journald priorities. ` + "`thingcert status`" + ` shows how it is doing at any t
 				Notifier: agent.NewNotifier(os.Getenv, dlog.Logger()),
 				Socket:   socket,
 				Version:  buildVersion(),
+				// Tests stop the daemon at a chosen rotation step
+				// (THINGCERT_TEST_STOP_AFTER, as provision and rotate do).
+				AfterSave: testStopHook(env),
 			})
 			if err != nil {
 				return err
