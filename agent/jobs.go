@@ -173,6 +173,22 @@ func (j *Jobs) OnNext(ctx context.Context, h func(*JobExecution)) error {
 	})
 }
 
+// StartRotationJob looks at the next pending job and, if its document asks
+// for a rotation, marks it IN_PROGRESS and returns the trigger for it. A job
+// of another kind is left alone for whoever handles it: the result is nil.
+func (j *Jobs) StartRotationJob(ctx context.Context) (*rotation.Trigger, error) {
+	e, err := j.Next(ctx)
+	if err != nil || e == nil || !e.IsRotation() {
+		return nil, err
+	}
+	if e.Status == JobQueued {
+		if err := j.Update(ctx, e.JobID, JobInProgress, map[string]string{"step": "rotating"}); err != nil {
+			return nil, err
+		}
+	}
+	return &rotation.Trigger{Kind: rotation.TriggerJob, JobID: e.JobID, Reason: RotateOperation}, nil
+}
+
 // JobReporter reports rotations that a job started back to the job.
 type JobReporter struct{ Jobs *Jobs }
 

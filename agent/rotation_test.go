@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -39,6 +40,7 @@ type rig struct {
 	claimKey keystore.Key
 	session  *agent.Session
 	runner   *rotation.Runner
+	thing    string
 }
 
 // storeFactory makes the device's key store (file, SoftHSM, swtpm) and says
@@ -105,7 +107,7 @@ func newRig(t *testing.T, emu *emulator.Emulator, stores storeFactory) *rig {
 	if err := os.WriteFile(claimFile, claimPEM, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r := &rig{t: t, emu: emu, dir: dir, store: store, claimKey: ck,
+	r := &rig{t: t, emu: emu, dir: dir, store: store, claimKey: ck, thing: thing,
 		claim: rotation.IdentityRecord{KeyURI: claimURI, CertFile: claimFile, Claim: true}}
 	r.session = &agent.Session{
 		Config: agent.Config{
@@ -178,7 +180,7 @@ func (r *rig) publishes() {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := r.session.Publish(ctx, "dt/"+thing+"/hello", agent.AtLeastOnce, []byte("hi")); err != nil {
+	if err := r.session.Publish(ctx, "dt/"+r.thing+"/hello", agent.AtLeastOnce, []byte("hi")); err != nil {
 		r.t.Fatalf("publish: %v", err)
 	}
 	if err := r.session.Jobs().List(ctx); err != nil {
@@ -301,4 +303,94 @@ func TestProvisionTwiceSaysSo(t *testing.T) {
 	if _, err := r.runner.Provision(context.Background(), r.claim); !errors.Is(err, rotation.ErrAlreadyProvisioned) || !strings.Contains(err.Error(), "thingcert rotate") {
 		t.Errorf("second provisioning: %v", err)
 	}
+}
+
+// TestJobRotation: a job asking for a rotation, noticed on notify-next, goes
+// QUEUED → IN_PROGRESS → SUCCEEDED with the old and new certificate IDs; the
+// cloud then deactivates the old certificate as the job's completion says.
+func TestJobRotation(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{})
+	r := newRig(t, emu, fileStores)
+	ctx := context.Background()
+	old := r.provision().Current
+	jobs := r.session.Jobs()
+	notified := make(chan *agent.JobExecution, 4)
+	if err := jobs.OnNext(ctx, func(e *agent.JobExecution) { notified <- e }); err != nil {
+		t.Fatal(err)
+	}
+	// A job for something else first: it must be left alone.
+	if _, err := emu.CreateJob(ctx, account, emulator.Job{ID: "firmware-1", Document: json.RawMessage(`{"operation":"install"}`), Things: []string{thing}}); err != nil {
+		t.Fatal(err)
+	}
+	if e := <-notified; e == nil || e.JobID != "firmware-1" {
+		t.Fatalf("notify-next: %+v", e)
+	}
+	if tr, err := jobs.StartRotationJob(ctx); err != nil || tr != nil {
+		t.Fatalf("a firmware job started a rotation: %+v, %v", tr, err)
+	}
+	if err := jobs.Update(ctx, "firmware-1", agent.JobSucceeded, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := emu.CreateJob(ctx, account, emulator.Job{ID: "rotate-1", Document: json.RawMessage(`{"operation":"rotate-certificate"}`), Things: []string{thing}}); err != nil {
+		t.Fatal(err)
+	}
+	for e := range notified {
+		if e != nil && e.JobID == "rotate-1" {
+			break
+		}
+	}
+	if ex := jobExecution(t, r, "rotate-1"); ex.Status != emulator.JobQueued {
+		t.Fatalf("before the device acts: %s", ex.Status)
+	}
+	tr, err := jobs.StartRotationJob(ctx)
+	if err != nil || tr == nil || tr.JobID != "rotate-1" {
+		t.Fatalf("StartRotationJob: %+v, %v", tr, err)
+	}
+	if ex := jobExecution(t, r, "rotate-1"); ex.Status != emulator.JobInProgress {
+		t.Fatalf("after start: %s", ex.Status)
+	}
+	s, err := r.runner.Rotate(ctx, *tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ex := jobExecution(t, r, "rotate-1")
+	if ex.Status != emulator.JobSucceeded || ex.StatusDetails["oldCertificateId"] != old.CertificateID || ex.StatusDetails["newCertificateId"] != s.Current.CertificateID {
+		t.Fatalf("job execution %s %+v", ex.Status, ex.StatusDetails)
+	}
+	// The cloud side acts on the job's status details.
+	if err := emu.SetCertificateStatus(ctx, account, ex.StatusDetails["oldCertificateId"], emulator.StatusInactive); err != nil {
+		t.Fatal(err)
+	}
+	r.publishes()
+	if ev := refusedWith(t, r, old.CertificateID); ev.Rule != emulator.RuleStatus {
+		t.Errorf("old certificate refused by %s", ev.Rule)
+	}
+}
+
+// TestJobCancelledDuringRotation: the cloud cancels the job while the device
+// rotates; the confirmation on the new connection sees it and the device
+// goes back to its identity.
+func TestJobCancelledDuringRotation(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{})
+	r := newRig(t, emu, fileStores)
+	ctx := context.Background()
+	old := r.provision().Current
+	jobID := createRotationJob(t, r)
+	r.runner.AfterSave = func(_ context.Context, s *rotation.State) error {
+		if s.Phase == rotation.PhaseVerified {
+			return emu.CancelJob(ctx, account, jobID, true)
+		}
+		return nil
+	}
+	s, err := r.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerJob, JobID: jobID})
+	if !errors.Is(err, rotation.ErrRolledBack) || !strings.Contains(err.Error(), "no longer IN_PROGRESS") {
+		t.Fatalf("Rotate: %v", err)
+	}
+	if s.Current.CertificateID != old.CertificateID {
+		t.Fatal("kept the new identity of a cancelled job")
+	}
+	if ex := jobExecution(t, r, jobID); ex.Status != emulator.JobCanceled {
+		t.Errorf("job %s", ex.Status)
+	}
+	r.publishes()
 }

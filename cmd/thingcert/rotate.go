@@ -51,6 +51,10 @@ when it will be and exits 0.`,
 	return c
 }
 
+func notDue(dec rotation.Decision) string {
+	return fmt.Sprintf("not due: renews at %s (%s); --force renews now", dec.At.UTC().Format(time.RFC3339), dec.Reason)
+}
+
 func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationFlags, force bool) error {
 	d, err := openDevice(ctx, env, cfg)
 	if err != nil {
@@ -69,13 +73,14 @@ func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationF
 	}
 	now := time.Now()
 	dec, due := d.runner.Due(s, now)
-	if !force && !s.InProgress() && !due {
+	jobs := cfg.JobsEnabled()
+	if !force && !s.InProgress() && !due && !jobs {
 		if rotation.ActionFor(s, now) == rotation.ActRetire {
 			if s, err = d.runner.Resume(ctx); err != nil {
 				return err
 			}
 		}
-		return d.output(env, f, s, fmt.Sprintf("not due: renews at %s (%s); --force renews now", dec.At.UTC().Format(time.RFC3339), dec.Reason))
+		return d.output(env, f, s, notDue(dec))
 	}
 	if err := d.connectCurrent(ctx, s); err != nil {
 		return err
@@ -87,7 +92,23 @@ func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationF
 	case force:
 		s, err = d.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "thingcert rotate --force"})
 	default:
-		s, err = d.runner.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerTime, Reason: string(dec.Reason)})
+		var t *rotation.Trigger
+		if jobs {
+			// A job asking for a rotation counts as due.
+			if t, err = d.session.Jobs().StartRotationJob(ctx); err != nil {
+				d.log.Warn("could not look for rotation jobs", "error", err)
+			}
+		}
+		if t == nil && due {
+			t = &rotation.Trigger{Kind: rotation.TriggerTime, Reason: string(dec.Reason)}
+		}
+		if t == nil {
+			if s, err = d.runner.Resume(ctx); err != nil { // retire what is due
+				return err
+			}
+			return d.output(env, f, s, notDue(dec))
+		}
+		s, err = d.runner.Rotate(ctx, *t)
 	}
 	if err != nil {
 		if s != nil && errors.Is(err, rotation.ErrRolledBack) && f.json {
