@@ -49,9 +49,11 @@ type DaemonOptions struct {
 	// AfterSave, if set, is called after each rotation state is persisted,
 	// after the daemon's own bookkeeping (tests stop the process there).
 	AfterSave func(ctx context.Context, s *rotation.State) error
-	// Now and Rand replace the clock and the jitter source, for tests.
-	Now  func() time.Time
-	Rand func() float64
+	// Now, After and Rand replace the clock, the renewal timer and the jitter
+	// source, for tests. Now is also the rotation runner's clock.
+	Now   func() time.Time
+	After func(time.Duration) <-chan time.Time
+	Rand  func() float64
 }
 
 // DaemonEventKind names a DaemonEvent.
@@ -97,6 +99,7 @@ type Daemon struct {
 	dlog     *DaemonLogger
 	log      *slog.Logger
 	now      func() time.Time
+	after    func(time.Duration) <-chan time.Time
 	rand     func() float64
 	metrics  *Metrics
 	notifier *Notifier
@@ -129,6 +132,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		opts:     opts,
 		dlog:     opts.Log,
 		now:      opts.Now,
+		after:    opts.After,
 		rand:     opts.Rand,
 		metrics:  opts.Metrics,
 		notifier: opts.Notifier,
@@ -145,6 +149,9 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 	d.log = d.dlog.Logger()
 	if d.now == nil {
 		d.now = time.Now
+	}
+	if d.after == nil {
+		d.after = time.After
 	}
 	if d.rand == nil {
 		d.rand = rand.Float64
@@ -201,6 +208,9 @@ func (d *Daemon) emit(ev DaemonEvent) {
 func (d *Daemon) cfg() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.plan == nil {
+		return d.opts.Config // before Run
+	}
 	return d.plan.cfg
 }
 
@@ -299,7 +309,7 @@ func (d *Daemon) install(p *devicePlan, stores *keyStores) {
 	defer d.mu.Unlock()
 	d.plan, d.stores = p, stores
 	d.session = newSession(p, d.log, d.onStateChange, d.opts.MinConnectInterval)
-	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.afterSave)
+	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.now, d.afterSave)
 }
 
 // initialState loads the state folder, adopting the configured identity (key
@@ -372,7 +382,6 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 	var (
 		running     *task
 		done        = make(chan taskResult, 1)
-		timer       *time.Timer
 		timerc      <-chan time.Time
 		watchdog    <-chan time.Time
 		failures    int
@@ -385,13 +394,8 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 		defer t.Stop()
 		watchdog = t.C
 	}
-	stopTimer := func() {
-		if timer != nil {
-			timer.Stop()
-			timer, timerc = nil, nil
-		}
-	}
-	defer stopTimer()
+	// stopTimer forgets the renewal timer, so the next round decides again.
+	stopTimer := func() { timerc = nil }
 	queued := func(k taskKind, job string) bool {
 		if running != nil && running.kind == k && running.jobID == job {
 			return true
@@ -415,14 +419,12 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 		if running == nil && timerc == nil {
 			if len(queue) > 0 {
 				// Waiting out a failure's backoff before the next task.
-				timer = time.NewTimer(notBefore.Sub(now))
-				timerc = timer.C
+				timerc = d.after(notBefore.Sub(now))
 			} else if t, wait := d.schedule(now); t != nil {
 				queue = append(queue, *t)
 				continue
 			} else {
-				timer = time.NewTimer(wait)
-				timerc = timer.C
+				timerc = d.after(wait)
 			}
 		}
 		select {
@@ -475,7 +477,7 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 		case <-watchdog:
 			d.notifier.Watchdog()
 		case <-timerc:
-			timer, timerc = nil, nil
+			timerc = nil
 		}
 		// A job is carried out once, however often it is notified.
 		if running != nil && running.kind == taskJob {
@@ -876,16 +878,17 @@ func (d *Daemon) deviceSubscriptions(ctx context.Context, s *Session) {
 	same := cl == nil || cl == d.subscribedOn
 	d.subscribedOn = cl
 	d.mu.Unlock()
-	d.upOnce.Do(func() { close(d.deviceUp) })
-	if same {
-		return
-	}
-	if d.cfg().JobsEnabled() {
-		if err := s.Jobs().OnNext(ctx, d.onJob); err != nil {
-			d.log.Warn("cannot listen for rotation jobs; they are checked at each connect instead", "error", err)
+	if !same {
+		// The programs' subscriptions first: once WaitConnected returns, a
+		// program's publish can count on its own subscriptions being made.
+		d.router.attach(ctx, cl)
+		if d.cfg().JobsEnabled() {
+			if err := s.Jobs().OnNext(ctx, d.onJob); err != nil {
+				d.log.Warn("cannot listen for rotation jobs; they are checked at each connect instead", "error", err)
+			}
 		}
 	}
-	d.router.attach(ctx, cl)
+	d.upOnce.Do(func() { close(d.deviceUp) })
 }
 
 // shutdown stops cleanly: the rotation in progress reaches a persisted
@@ -969,8 +972,10 @@ func (d *Daemon) apply(ctx context.Context, p *devicePlan, metricsStop *context.
 	if reconnect {
 		d.session = newSession(p, d.log, d.onStateChange, d.opts.MinConnectInterval)
 		d.subscribedOn = nil
+		// Programs' subscriptions made meanwhile wait for the new connection.
+		d.router.detach()
 	}
-	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.afterSave)
+	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.now, d.afterSave)
 	d.record.Reloaded, d.record.ReloadError, d.record.Config = d.now(), "", cfg.Path
 	d.mu.Unlock()
 	if reconnect {

@@ -101,6 +101,7 @@ func (r *router) add(ctx context.Context, filter string, qos QoS, h MessageHandl
 	rt.subs[id] = h
 	cl := r.client
 	r.mu.Unlock()
+	r.log.Debug("program subscription", "filter", filter, "qos", qos, "new_filter", fresh, "connected", cl != nil)
 	if cl != nil && (fresh || higher) {
 		if err := cl.Subscribe(ctx, filter, qos, r.dispatch(filter)); err != nil {
 			r.remove(context.WithoutCancel(ctx), filter, id)
@@ -143,6 +144,7 @@ func (r *router) attach(ctx context.Context, cl *Client) {
 		routes[f] = rt.qos
 	}
 	r.mu.Unlock()
+	r.log.Debug("restoring program subscriptions on a new connection", "filters", len(routes))
 	for f, q := range routes {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		if err := cl.Subscribe(sctx, f, q, r.dispatch(f)); err != nil {
@@ -238,7 +240,9 @@ func (d *Daemon) Status() LocalStatus {
 	d.mu.Unlock()
 	s := LocalStatus{ThingName: cfg.ThingName, ClientID: cfg.ClientID, Connection: state.String(),
 		Connected: state == StateConnected && d.deviceConnected()}
-	if st, err := d.currentRunner().Load(); err == nil && st.Current != nil {
+	if r := d.currentRunner(); r == nil {
+		return s
+	} else if st, err := r.Load(); err == nil && st.Current != nil {
 		s.CertificateID, s.NotAfter, s.Rotating = st.Current.CertificateID, st.Current.NotAfter, st.InProgress()
 	}
 	return s

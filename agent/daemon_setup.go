@@ -140,7 +140,7 @@ func newSession(p *devicePlan, log *slog.Logger, onState func(StateChange), minI
 }
 
 // newRunner is the rotation runner for a plan, over the daemon's session.
-func newRunner(p *devicePlan, stores *keyStores, conn rotation.Connector, s *Session, log *slog.Logger, afterSave func(context.Context, *rotation.State) error) *rotation.Runner {
+func newRunner(p *devicePlan, stores *keyStores, conn rotation.Connector, s *Session, log *slog.Logger, now func() time.Time, afterSave func(context.Context, *rotation.State) error) *rotation.Runner {
 	cfg := p.cfg
 	var issuer rotation.Issuer
 	switch cfg.Provisioning.Issuer {
@@ -164,6 +164,7 @@ func newRunner(p *devicePlan, stores *keyStores, conn rotation.Connector, s *Ses
 		Connector: conn,
 		Reporter:  JobReporter{Jobs: s.Jobs()},
 		Roots:     p.trust,
+		Now:       now,
 		Log:       log,
 		AfterSave: afterSave,
 	}
