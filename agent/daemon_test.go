@@ -399,7 +399,9 @@ func TestDaemonReloadRefusesWhatItCannotApply(t *testing.T) {
 		next = bad
 		mu.Unlock()
 		dm.Reload()
-		ev := d.await("a refused reload", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventReloadRefused || ev.Kind == agent.EventReloaded })
+		ev := d.await("a refused reload", func(ev agent.DaemonEvent) bool {
+			return ev.Kind == agent.EventReloadRefused || ev.Kind == agent.EventReloaded
+		})
 		if ev.Kind != agent.EventReloadRefused {
 			t.Fatalf("a bad configuration was applied")
 		}
@@ -408,7 +410,9 @@ func TestDaemonReloadRefusesWhatItCannotApply(t *testing.T) {
 	next = func() (*config.Config, error) { return cfg, nil }
 	mu.Unlock()
 	dm.Reload()
-	if ev := d.await("a reload", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventReloadRefused || ev.Kind == agent.EventReloaded }); ev.Kind != agent.EventReloaded {
+	if ev := d.await("a reload", func(ev agent.DaemonEvent) bool {
+		return ev.Kind == agent.EventReloadRefused || ev.Kind == agent.EventReloaded
+	}); ev.Kind != agent.EventReloaded {
 		t.Fatalf("the good configuration was refused: %s", ev.Message)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
