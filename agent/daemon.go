@@ -270,14 +270,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.showIdentity(st)
 
-	var wg sync.WaitGroup
 	svcCtx, stopServices := context.WithCancel(context.WithoutCancel(ctx))
+	svc := &services{ctx: svcCtx, stopMetrics: func() {}}
 	defer func() {
 		stopServices()
-		wg.Wait()
+		svc.wg.Wait()
 	}()
-	metricsStop, err := d.serveMetrics(svcCtx, &wg, cfg.Metrics.Listen)
-	if err != nil {
+	if err := d.serveMetrics(svc, cfg.Metrics.Listen); err != nil {
 		d.stopped()
 		return err
 	}
@@ -287,9 +286,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.stopped()
 			return err
 		}
-		wg.Add(1)
+		svc.wg.Add(1)
 		go func() {
-			defer wg.Done()
+			defer svc.wg.Done()
 			d.serveLocal(svcCtx, l)
 		}()
 	}
@@ -298,7 +297,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		"metrics", cfg.Metrics.Listen, "socket", d.opts.Socket)
 	d.notifier.Ready("connecting to " + plan.endpoint().String())
 	d.emit(DaemonEvent{Kind: EventReady, Message: "agent started; connecting to " + plan.endpoint().String()})
-	err = d.loop(ctx, st, &metricsStop, svcCtx, &wg)
+	err = d.loop(ctx, st, svc)
 	d.stopped()
 	return err
 }
@@ -371,7 +370,7 @@ type taskResult struct {
 
 // loop is the daemon's main loop: it runs one task at a time, arms the
 // renewal timer when idle, and answers reloads, jobs, the watchdog and stop.
-func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *context.CancelFunc, svcCtx context.Context, wg *sync.WaitGroup) error {
+func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) error {
 	queue := []task{{kind: taskConnect}}
 	switch {
 	case st.Current.Claim:
@@ -445,7 +444,7 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 			}
 			d.afterTask(r)
 			if pendingPlan != nil {
-				queue = append(queue, d.apply(ctx, pendingPlan, metricsStop, svcCtx, wg)...)
+				queue = append(queue, d.apply(ctx, pendingPlan, svc)...)
 				pendingPlan = nil
 			}
 		case <-d.reloadc:
@@ -453,10 +452,14 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, metricsStop *cont
 			switch {
 			case p == nil:
 			case running != nil:
-				d.log.Info("configuration reload checked; applied when the current task ends", "task", running.kind)
+				// Logging and metrics change now; the connection and the
+				// rotation settings when the task ends (a rotation waiting to
+				// retry may take hours).
+				d.applyServices(p, svc)
+				d.log.Info("configuration reload checked; logging and metrics applied, the rest when the current task ends", "task", running.kind)
 				pendingPlan = p
 			default:
-				queue = append(queue, d.apply(ctx, p, metricsStop, svcCtx, wg)...)
+				queue = append(queue, d.apply(ctx, p, svc)...)
 			}
 			stopTimer()
 		case id := <-d.jobc:
@@ -504,6 +507,10 @@ func (d *Daemon) schedule(now time.Time) (*task, time.Duration) {
 		return nil, maxSleep
 	}
 	if st.Current.Claim {
+		// After a provisioning that rolled back, wait out its backoff.
+		if !st.InProgress() && now.Before(st.NextRetry) {
+			return nil, min(st.NextRetry.Sub(now), maxSleep)
+		}
 		return &task{kind: taskProvision}, 0
 	}
 	if st.InProgress() {
@@ -948,9 +955,9 @@ func (d *Daemon) prepareReload() *devicePlan {
 
 // apply makes a checked configuration the running one and returns the tasks
 // it needs (a reconnect when the connection settings changed).
-func (d *Daemon) apply(ctx context.Context, p *devicePlan, metricsStop *context.CancelFunc, svcCtx context.Context, wg *sync.WaitGroup) []task {
+func (d *Daemon) apply(ctx context.Context, p *devicePlan, svc *services) []task {
 	cfg := p.cfg
-	d.dlog.Set(cfg.Log)
+	d.applyServices(p, svc)
 	d.mu.Lock()
 	old := d.plan
 	oldStores, oldSession := d.stores, d.session
@@ -988,14 +995,6 @@ func (d *Daemon) apply(ctx context.Context, p *devicePlan, metricsStop *context.
 	if stores != oldStores {
 		oldStores.Close()
 	}
-	if cfg.Metrics.Listen != old.cfg.Metrics.Listen {
-		(*metricsStop)()
-		stop, err := d.serveMetrics(svcCtx, wg, cfg.Metrics.Listen)
-		if err != nil {
-			d.log.Error("configuration reload: metrics endpoint", "error", err)
-		}
-		*metricsStop = stop
-	}
 	d.saveRecord()
 	d.log.Info("configuration reloaded", "config", cfg.Path)
 	d.notifier.Ready(d.statusLine())
@@ -1003,24 +1002,47 @@ func (d *Daemon) apply(ctx context.Context, p *devicePlan, metricsStop *context.
 	return tasks
 }
 
-// serveMetrics serves the metrics on addr until the returned function or ctx
-// stops it; an empty addr serves nothing.
-func (d *Daemon) serveMetrics(ctx context.Context, wg *sync.WaitGroup, addr string) (context.CancelFunc, error) {
+// services are what the daemon serves beside its connection: the metrics
+// endpoint and the local socket.
+type services struct {
+	ctx         context.Context
+	wg          sync.WaitGroup
+	metricsAddr string
+	stopMetrics context.CancelFunc
+}
+
+// applyServices applies what a reload changes at once: logging and the
+// metrics endpoint.
+func (d *Daemon) applyServices(p *devicePlan, svc *services) {
+	d.dlog.Set(p.cfg.Log)
+	if p.cfg.Metrics.Listen != svc.metricsAddr {
+		svc.stopMetrics()
+		svc.stopMetrics, svc.metricsAddr = func() {}, ""
+		if err := d.serveMetrics(svc, p.cfg.Metrics.Listen); err != nil {
+			d.log.Error("configuration reload: metrics endpoint", "error", err)
+		}
+	}
+}
+
+// serveMetrics serves the metrics on addr until svc stops them; an empty
+// addr serves nothing.
+func (d *Daemon) serveMetrics(svc *services, addr string) error {
 	if addr == "" {
-		return func() {}, nil
+		return nil
 	}
-	l, err := ListenMetrics(ctx, addr)
+	l, err := ListenMetrics(svc.ctx, addr)
 	if err != nil {
-		return func() {}, err
+		return err
 	}
-	mctx, stop := context.WithCancel(ctx)
-	wg.Add(1)
+	mctx, stop := context.WithCancel(svc.ctx)
+	svc.stopMetrics, svc.metricsAddr = stop, addr
+	svc.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer svc.wg.Done()
 		if err := d.metrics.Serve(mctx, l, d.log); err != nil {
 			d.log.Error("metrics endpoint stopped", "error", err)
 		}
 	}()
 	d.log.Info("metrics served", "url", "http://"+l.Addr().String()+"/metrics")
-	return stop, nil
+	return nil
 }

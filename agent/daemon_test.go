@@ -508,3 +508,29 @@ func readNotify(t *testing.T, ch <-chan string) string {
 		return ""
 	}
 }
+
+// TestDaemonProvisioningRollsBack: a claim that cannot provision (the
+// template does not exist) leaves the device on its claim, running and
+// saying why, and the next attempt waits for the backoff.
+func TestDaemonProvisioningRollsBack(t *testing.T) {
+	d := newDmnDevice(t, emulator.Config{}, "")
+	d.yaml = strings.Replace(d.yaml, "template: "+dmnTemplate, "template: NoSuchTemplate", 1)
+	cfg := d.config()
+	d.run(agent.DaemonOptions{Config: cfg})
+	ev := d.await("the provisioning's end", rotationEnded(rotation.TriggerProvision))
+	lr := ev.State.LastResult
+	if lr.Outcome != rotation.RolledBack || !strings.Contains(lr.Error, "NoSuchTemplate") {
+		t.Fatalf("provisioning with a missing template: %+v", lr)
+	}
+	st, err := agent.ReadStatus(cfg, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Provisioned || !st.Identity.Claim || !st.Agent.Running || len(st.Problems) < 2 {
+		t.Fatalf("status after a failed provisioning: provisioned %v, agent %+v, problems %q", st.Provisioned, st.Agent, st.Problems)
+	}
+	s, err := rotation.StateStore{Dir: cfg.StateDir}.Load()
+	if err != nil || !s.NextRetry.After(time.Now()) {
+		t.Fatalf("no backoff before the next provisioning: next retry %v, %v", s.NextRetry, err)
+	}
+}
