@@ -419,9 +419,9 @@ func (s *Status) WriteText(w io.Writer) error {
 		line("rotation", "none in progress")
 	}
 	if lr := s.LastRotation; lr != nil {
-		txt := fmt.Sprintf("%s %s (%s)", lr.Outcome, at(lr.At), lr.Trigger)
+		txt := fmt.Sprintf("%s %s by %s", lr.Outcome, at(lr.At), lr.Trigger)
 		if lr.OldCertificateID != "" || lr.NewCertificateID != "" {
-			txt += fmt.Sprintf(", %s → %s", short(lr.OldCertificateID), short(lr.NewCertificateID))
+			txt += fmt.Sprintf(": %s → %s", short(lr.OldCertificateID), short(lr.NewCertificateID))
 		}
 		if lr.Error != "" {
 			txt += ": " + lr.Error
