@@ -628,9 +628,11 @@ func (d *Daemon) recordProtection(ctx context.Context, id rotation.Identity) {
 			prot = &p
 		}
 	}
+	// Redacted: the record is for people, and a PKCS#11 URI may carry a PIN.
+	uri := keystore.RedactURI(id.Record.KeyURI)
 	d.mu.Lock()
-	changed := d.record.KeyURI != id.Record.KeyURI
-	d.record.KeyURI, d.record.Protection = id.Record.KeyURI, prot
+	changed := d.record.KeyURI != uri
+	d.record.KeyURI, d.record.Protection = uri, prot
 	d.mu.Unlock()
 	if changed {
 		d.pokeRecord()

@@ -41,8 +41,8 @@ type DaemonRecord struct {
 	Version string    `json:"version,omitempty"`
 	// Connection is the MQTT connection as last seen.
 	Connection ConnectionRecord `json:"connection"`
-	// KeyURI and Protection describe the key the daemon connects with, as its
-	// store reported it when the daemon opened it.
+	// KeyURI (redacted) and Protection describe the key the daemon connects
+	// with, as its store reported it when the daemon opened it.
 	KeyURI     string               `json:"key_uri,omitempty"`
 	Protection *keystore.Protection `json:"protection,omitempty"`
 	// Reloaded is when the configuration was last reloaded; ReloadError why
@@ -291,7 +291,7 @@ func StatusOf(cfg *config.Config, st *rotation.State, rec *DaemonRecord, running
 		AgeSeconds:       int64(now.Sub(cur.NotBefore) / time.Second),
 		ExpiresInSeconds: int64(cur.NotAfter.Sub(now) / time.Second),
 	}
-	if rec != nil && rec.KeyURI == cur.KeyURI {
+	if rec != nil && rec.KeyURI == keystore.RedactURI(cur.KeyURI) {
 		id.Protection = rec.Protection
 	}
 	s.Identity = id

@@ -33,7 +33,7 @@ func TestStatusOf(t *testing.T) {
 	cur := &rotation.IdentityRecord{KeyURI: "pkcs11:token=t;object=device-1?module-path=/m.so&pin-value=1234", CertFile: "/s/certs/a.pem",
 		CertificateID: strings.Repeat("a", 64), Subject: "CN=dev-1", NotBefore: nb, NotAfter: nb.Add(90 * 24 * time.Hour)}
 	prot := &keystore.Protection{Backend: "pkcs11", Hardware: true, Attributes: []keystore.Attribute{{Name: "sensitive", Value: "true"}}}
-	rec := &DaemonRecord{PID: 42, KeyURI: cur.KeyURI, Protection: prot, Connection: ConnectionRecord{State: "connected"}}
+	rec := &DaemonRecord{PID: 42, KeyURI: keystore.RedactURI(cur.KeyURI), Protection: prot, Connection: ConnectionRecord{State: "connected"}}
 	idle := &rotation.State{Phase: rotation.PhaseIdle, Current: cur,
 		LastResult: &rotation.Result{Outcome: rotation.Succeeded, Trigger: rotation.Trigger{Kind: rotation.TriggerJob, JobID: "j1"}}}
 	for _, tc := range []struct {
