@@ -185,7 +185,6 @@ func first(s []string) string {
 	return s[0]
 }
 
-
 // evalValue evaluates a template value to a string.
 func evalValue(raw json.RawMessage, vals map[string]string) (string, error) {
 	var v any
