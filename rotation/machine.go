@@ -44,15 +44,21 @@ func (m Machine) grace() time.Duration {
 }
 
 // KeyName is the name of the key a rotation with this serial makes, started
-// at now: device-20260301T120000Z-7. A new name for every key means a new key
-// never replaces an old one in its store, and the serial keeps two rotations
-// in one second apart.
-func (m Machine) KeyName(serial int, now time.Time) string {
+// at now: device-20260301T120000Z-7-3f9a1c. A new name for every key means a
+// new key never replaces an old one in its store: the serial keeps two
+// rotations of one device apart, and the nonce (random, chosen once and saved
+// with the name) two devices or configurations that share a store, such as
+// one PKCS#11 token.
+func (m Machine) KeyName(serial int, now time.Time, nonce string) string {
 	p := m.KeyPrefix
 	if p == "" {
 		p = DefaultKeyPrefix
 	}
-	return p + "-" + now.UTC().Format("20060102T150405Z") + "-" + strconv.Itoa(serial)
+	n := p + "-" + now.UTC().Format("20060102T150405Z") + "-" + strconv.Itoa(serial)
+	if nonce != "" {
+		n += "-" + nonce
+	}
+	return n
 }
 
 // EventKind names what happened.

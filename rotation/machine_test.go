@@ -235,7 +235,7 @@ func TestJournalIsBounded(t *testing.T) {
 }
 
 func TestKeyName(t *testing.T) {
-	if got := (Machine{}).KeyName(7, time.Date(2026, 3, 1, 12, 0, 5, 0, time.FixedZone("x", 3600))); got != "device-20260301T110005Z-7" {
+	if got := (Machine{}).KeyName(7, time.Date(2026, 3, 1, 12, 0, 5, 0, time.FixedZone("x", 3600)), "3f9a1c"); got != "device-20260301T110005Z-7-3f9a1c" {
 		t.Errorf("KeyName = %s", got)
 	}
 }

@@ -2,7 +2,9 @@ package rotation
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -213,7 +215,9 @@ func (r *Runner) rotate(ctx context.Context, s *State, t Trigger) (*State, error
 	if s.InProgress() {
 		serial = s.Serial // the URI is not used: the rotation in progress continues
 	}
-	uri, err := r.Store.KeyURI(r.Machine.KeyName(serial, now))
+	var nonce [3]byte
+	_, _ = rand.Read(nonce[:])
+	uri, err := r.Store.KeyURI(r.Machine.KeyName(serial, now, hex.EncodeToString(nonce[:])))
 	if err != nil {
 		return s, fmt.Errorf("rotation: naming the new key: %w", err)
 	}
@@ -315,7 +319,11 @@ func (r *Runner) paused(s *State, err error) error {
 	if !s.InProgress() {
 		return err
 	}
-	return fmt.Errorf("rotation: stopped in phase %s (%w); it resumes there on the next `thingcert rotate` or `thingcert run`", s.Phase, err)
+	last := ""
+	if s.LastError != "" {
+		last = fmt.Sprintf(" after %d failed attempts (the last: %s)", s.Attempt, s.LastError)
+	}
+	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there on the next `thingcert rotate` or `thingcert run`", s.Phase, last, err)
 }
 
 func (r *Runner) save(ctx context.Context, s *State) error {

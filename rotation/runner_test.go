@@ -347,3 +347,49 @@ func TestLockKeepsOthersOut(t *testing.T) {
 		t.Errorf("rotate while locked: %v", err)
 	}
 }
+
+// TestDevicesSharingAStore: two identities whose keys live in one store (one
+// token for two configurations) rotate in the same second without touching
+// each other's keys, even when one rolls back.
+func TestDevicesSharingAStore(t *testing.T) {
+	a := osDevice(t)
+	b := newDevice(t, OSFS{}, filepath.Join(t.TempDir(), "state-b"))
+	b.keyDir, b.clock = a.keyDir, a.clock
+	b.openStore()
+	b.newRunner()
+	// b's first identity moves into the shared store.
+	bs := b.mustLoad(t)
+	k, err := b.store.Generate(context.Background(), must(b.store.KeyURI("device-b-first")), "ecdsa-p256")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := b.cloud.register(k.Public(), t0.Add(-time.Hour), t0.Add(year))
+	path, _ := b.runner.State.WriteChain(CertificateID(cert), []*x509.Certificate{cert})
+	bs.Current = &IdentityRecord{KeyURI: k.URI(), CertFile: path, CertificateID: CertificateID(cert), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter}
+	if err := b.runner.State.Save(bs); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.connectCurrent(); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := a.runner.Rotate(context.Background(), Trigger{Kind: TriggerOperator})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.cloud.refuseNew = true // b's rotation rolls back and deletes its new key
+	if _, err := b.runner.Rotate(context.Background(), Trigger{Kind: TriggerOperator}); !errors.Is(err, ErrRolledBack) {
+		t.Fatalf("b: %v", err)
+	}
+	if sa.Serial != 1 {
+		t.Fatalf("serial %d", sa.Serial)
+	}
+	a.assertWorking(t)
+	b.assertWorking(t)
+}
+
+func must(s string, err error) string {
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
