@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"math/big"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -475,5 +476,70 @@ func TestRunStopDuringRotationThenRestart(t *testing.T) {
 		if t.Failed() {
 			return
 		}
+	}
+}
+
+// TestRunTalksToSystemd runs the daemon as systemd would (NOTIFY_SOCKET,
+// WATCHDOG_USEC, JOURNAL_STREAM) and reads what it sends: READY with a
+// status, watchdog pings, RELOADING then READY on SIGHUP, STOPPING on
+// SIGTERM; its log lines carry journald priorities.
+func TestRunTalksToSystemd(t *testing.T) {
+	d := newDaemonDevice(t)
+	sock := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msgs := make(chan string, 1024)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	want := func(prefix string) string {
+		t.Helper()
+		timeout := time.After(60 * time.Second)
+		for {
+			select {
+			case m, ok := <-msgs:
+				if !ok {
+					t.Fatalf("notification socket closed before %q", prefix)
+				}
+				if strings.HasPrefix(m, prefix) {
+					return m
+				}
+			case <-timeout:
+				t.Fatalf("no %q notification within a minute", prefix)
+			}
+		}
+	}
+	p := d.start("NOTIFY_SOCKET="+sock, "WATCHDOG_USEC=400000", "JOURNAL_STREAM=8:1234")
+	if m := want("READY=1"); !strings.Contains(m, "\nSTATUS=connecting to ") {
+		t.Errorf("READY without the status: %q", m)
+	}
+	want("WATCHDOG=1")
+	if m := want("STATUS=connected"); !strings.Contains(m, " as "+daemonThing) {
+		t.Errorf("connected status %q", m)
+	}
+	eventually(t, "the daemon to provision and connect", d.connected)
+	p.signal(syscall.SIGHUP)
+	want("RELOADING=1\nMONOTONIC_USEC=")
+	want("READY=1")
+	want("WATCHDOG=1")
+	p.signal(syscall.SIGTERM)
+	want("STOPPING=1")
+	if code := p.exit(); code != 0 {
+		t.Fatalf("exit code %d", code)
+	}
+	log := p.logText()
+	if !strings.HasPrefix(log, "<6>level=INFO ") || strings.Contains(log, "time=") {
+		t.Errorf("under journald the log should carry priorities and no time:\n%s", log)
 	}
 }
