@@ -380,6 +380,8 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 	}
 	var (
 		running     *task
+		stopRunning context.CancelFunc // ends the running task early (a connect, for a reload)
+		interrupted bool               // stopRunning was called
 		done        = make(chan taskResult, 1)
 		timerc      <-chan time.Time
 		watchdog    <-chan time.Time
@@ -395,7 +397,15 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 	}
 	// stopTimer forgets the renewal timer, so the next round decides again.
 	stopTimer := func() { timerc = nil }
-	queued := func(k taskKind, job string) bool {
+	var queued func(k taskKind, job string) bool
+	enqueue := func(ts ...task) {
+		for _, t := range ts {
+			if !queued(t.kind, t.jobID) {
+				queue = append(queue, t)
+			}
+		}
+	}
+	queued = func(k taskKind, job string) bool {
 		if running != nil && running.kind == k && running.jobID == job {
 			return true
 		}
@@ -413,7 +423,12 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			queue = queue[1:]
 			running = &t
 			stopTimer()
-			go func() { done <- d.runTask(ctx, t) }()
+			tctx, cancel := context.WithCancel(ctx)
+			stopRunning, interrupted = cancel, false
+			go func() {
+				defer cancel()
+				done <- d.runTask(tctx, t)
+			}()
 		}
 		if running == nil && timerc == nil {
 			if len(queue) > 0 {
@@ -431,7 +446,14 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			return d.shutdown(ctx, running, done)
 		case r := <-done:
 			running = nil
-			if r.err != nil && ctx.Err() == nil && !errors.Is(r.err, rotation.ErrRolledBack) {
+			switch {
+			case interrupted && ctx.Err() == nil:
+				// Stopped for a reload: do it again after (unless the reload
+				// queued it already).
+				if !queued(r.task.kind, r.task.jobID) {
+					queue = append([]task{r.task}, queue...)
+				}
+			case r.err != nil && ctx.Err() == nil && !errors.Is(r.err, rotation.ErrRolledBack):
 				failures++
 				delay := Backoff{Min: 5 * time.Second, Max: 5 * time.Minute}.Delay(failures-1, d.rand())
 				notBefore = d.now().Add(delay)
@@ -439,18 +461,25 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 				if r.task.kind != taskCheckJobs {
 					queue = append([]task{r.task}, queue...)
 				}
-			} else if r.err == nil {
+			case r.err == nil:
 				failures = 0
 			}
 			d.afterTask(r)
 			if pendingPlan != nil {
-				queue = append(queue, d.apply(ctx, pendingPlan, svc)...)
+				enqueue(d.apply(ctx, pendingPlan, svc)...)
 				pendingPlan = nil
 			}
 		case <-d.reloadc:
 			p := d.prepareReload()
 			switch {
 			case p == nil:
+			case running != nil && (running.kind == taskConnect || running.kind == taskCheckJobs):
+				// A connect may never succeed with the old settings (the
+				// reload may be what fixes them): stop it, apply, start again.
+				d.applyServices(p, svc)
+				pendingPlan = p
+				interrupted = true
+				stopRunning()
 			case running != nil:
 				// Logging and metrics change now; the connection and the
 				// rotation settings when the task ends (a rotation waiting to
@@ -459,7 +488,7 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 				d.log.Info("configuration reload checked; logging and metrics applied, the rest when the current task ends", "task", running.kind)
 				pendingPlan = p
 			default:
-				queue = append(queue, d.apply(ctx, p, svc)...)
+				enqueue(d.apply(ctx, p, svc)...)
 			}
 			stopTimer()
 		case id := <-d.jobc:

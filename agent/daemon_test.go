@@ -534,3 +534,26 @@ func TestDaemonProvisioningRollsBack(t *testing.T) {
 		t.Fatalf("no backoff before the next provisioning: next retry %v, %v", s.NextRetry, err)
 	}
 }
+
+// TestDaemonReloadFixesTheAddress: a daemon that cannot connect (a wrong
+// address) takes a reload that fixes it at once, rather than after a connect
+// that would never succeed.
+func TestDaemonReloadFixesTheAddress(t *testing.T) {
+	d := newDmnDevice(t, emulator.Config{}, "")
+	good := d.config()
+	bad := *good
+	bad.Address = "127.0.0.1:" + strconv.Itoa(freePort(t)) // nothing listens
+	dm, _ := d.run(agent.DaemonOptions{Config: &bad, Reload: func() (*config.Config, error) { return good, nil }})
+	ev := d.await("a failed connect", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventConnectFailed })
+	if !errors.Is(ev.Err, agent.ErrUnreachable) {
+		t.Errorf("connect to a closed port: %v", ev.Err)
+	}
+	dm.Reload()
+	d.await("the reload", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventReloaded })
+	d.await("provisioning", rotationEnded(rotation.TriggerProvision))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := dm.Publish(ctx, "dt/"+dmnThing+"/x", agent.AtLeastOnce, []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+}
