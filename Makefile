@@ -1,10 +1,11 @@
 # `make test` installs the test peers when they are missing (as root, with
 # apt-get) and runs every test against them. Peer-needing tests fail, not skip,
-# under it: a green run means SoftHSM2, swtpm, mosquitto and openssl were used.
+# under it: a green run means SoftHSM2, swtpm, tpm2-tools, mosquitto, openssl
+# and systemd-analyze (which checks the shipped unit) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl
-PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze
 TEST_TIMEOUT ?= 15m
 
 .PHONY: test peers vet build bench

@@ -400,10 +400,14 @@ func TestSwapIdentityAndReconnect(t *testing.T) {
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
 			b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+			// Two keys: rotation holds the old and the new one at once. The
+			// refused identity is the old key with a certificate from a CA the
+			// broker does not trust.
 			key := ks.keys(t)
-			oldID := newIdentity(t, ca, key("old"), "device-1")
+			oldKey := key("old")
+			oldID := newIdentity(t, ca, oldKey, "device-1")
 			newID := newIdentity(t, ca, key("new"), "device-1")
-			badID := newIdentity(t, otherCA, key("bad"), "device-1")
+			badID := newIdentity(t, otherCA, oldKey, "device-1")
 			src := agent.NewIdentitySource(oldID)
 			c := newClient(t, agent.Config{
 				Endpoint: agent.Endpoint{Host: endpointName, Address: b.Addr}, Identity: src,

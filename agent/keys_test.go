@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"testing"
 
+	"github.com/thingcert/thingcert/internal/testpeers"
 	"github.com/thingcert/thingcert/keystore"
 	"github.com/thingcert/thingcert/keystore/backends"
 )
@@ -24,12 +25,17 @@ type keySource struct {
 
 func keySources() []keySource {
 	file := func(t *testing.T) string { return "file:" + t.TempDir() + "/keys/" }
+	softhsm := func(t *testing.T) string { return testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{}).StoreURI() }
+	swtpm := func(t *testing.T) string {
+		return "tpm:blob-dir=" + t.TempDir() + "?device=" + testpeers.StartSWTPM(t).Device()
+	}
 	return []keySource{
 		{"file-ecdsa-p256", keystore.ECDSAP256, file},
 		{"file-rsa-2048", keystore.RSA2048, file},
-		// PKCS#11 (SoftHSM2) and TPM (swtpm) rows go here, e.g.
-		// {"pkcs11-ecdsa-p256", keystore.ECDSAP256, func(t *testing.T) string {
-		//	return testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{}).StoreURI() }},
+		{"pkcs11-ecdsa-p256", keystore.ECDSAP256, softhsm},
+		{"pkcs11-rsa-2048", keystore.RSA2048, softhsm},
+		{"tpm-ecdsa-p256", keystore.ECDSAP256, swtpm},
+		{"tpm-rsa-2048", keystore.RSA2048, swtpm},
 	}
 }
 

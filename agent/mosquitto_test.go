@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -32,16 +31,17 @@ func TestMosquitto(t *testing.T) {
 	for _, ks := range keySources() {
 		t.Run(ks.name, func(t *testing.T) {
 			key := ks.keys(t)
+			pubKey, subKey := key("pub"), key("sub")
 			for _, port := range []int{8883, 443} {
 				pubName, subName := ks.name+"-pub", ks.name+"-sub"
 				pub := connect(t, agent.Config{
 					Endpoint: agent.Endpoint{Host: endpointName, Port: port, Address: m.Addr},
-					Identity: agent.NewIdentitySource(newIdentity(t, ca, key(fmt.Sprint("pub-", port)), pubName)),
+					Identity: agent.NewIdentitySource(newIdentity(t, ca, pubKey, pubName)),
 					Roots:    ca.Pool(), ThingName: pubName,
 				})
 				sub := connect(t, agent.Config{
 					Endpoint: agent.Endpoint{Host: endpointName, Address: m.Addr},
-					Identity: agent.NewIdentitySource(newIdentity(t, ca, key(fmt.Sprint("sub-", port)), subName)),
+					Identity: agent.NewIdentitySource(newIdentity(t, ca, subKey, subName)),
 					Roots:    ca.Pool(), ThingName: subName,
 				})
 				got := make(chan agent.Message, 1)

@@ -66,7 +66,7 @@ func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job,
 	if err := ctx.Err(); err != nil {
 		return Job{}, err
 	}
-	if !jobIDRE.MatchString(job.ID) {
+	if !isJobID(job.ID) {
 		return Job{}, fmt.Errorf("emulator: job ID %q: %w: use 1-64 letters, digits, '_' or '-'", job.ID, ErrInvalid)
 	}
 	var doc map[string]any
@@ -481,7 +481,7 @@ func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, no
 		return out, nil
 	}
 	jobID, op, found := strings.Cut(rest, "/")
-	if !found || strings.Contains(op, "/") || !jobIDRE.MatchString(jobID) || (op != "get" && op != "update") {
+	if !found || strings.Contains(op, "/") || !isJobID(jobID) || (op != "get" && op != "update") {
 		return nil, &jobsError{code: jobsInvalidTopic, msg: "no Jobs API operation at $aws/things/" + thing + "/jobs/" + rest}
 	}
 	j, ok := a.Jobs[jobID]

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -357,14 +356,62 @@ func (r *Registry) accountBySNILocked(sni string) *accountRec {
 	return r.st.Accounts[name]
 }
 
-var (
-	accountNameRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-	prefixRE      = regexp.MustCompile(`^[a-z0-9]{1,40}$`)
-	regionRE      = regexp.MustCompile(`^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$`)
-	thingNameRE   = regexp.MustCompile(`^[A-Za-z0-9:_-]{1,128}$`)
-	jobIDRE       = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-	templateRE    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,36}$`)
-)
+// Names are checked by hand, not by regexp: package-level regexps would be
+// compiled when any thingcert command starts, the emulator's or not, and
+// whole-process connect time is a measured figure.
+
+// isName: 1 to max ASCII letters, digits or characters of extra.
+func isName(s string, max int, extra string) bool {
+	if len(s) == 0 || len(s) > max {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte(extra, c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func isAccountName(s string) bool  { return isName(s, 64, "._-") }
+func isThingName(s string) bool    { return isName(s, 128, ":_-") }
+func isJobID(s string) bool        { return isName(s, 64, "_-") }
+func isTemplateName(s string) bool { return isName(s, 36, "_-") }
+
+// isPrefix: 1 to 40 lower-case letters or digits.
+func isPrefix(s string) bool {
+	return isName(s, 40, "") && strings.ToLower(s) == s
+}
+
+// isRegion: two letters, one or more -word parts, then -N or -NN (eu-west-1,
+// us-gov-east-1, ap-southeast-12).
+func isRegion(s string) bool {
+	parts := strings.Split(s, "-")
+	if len(parts) < 3 || len(parts[0]) != 2 {
+		return false
+	}
+	last := parts[len(parts)-1]
+	if len(last) < 1 || len(last) > 2 {
+		return false
+	}
+	for _, c := range last {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	for _, p := range parts[:len(parts)-1] {
+		if p == "" {
+			return false
+		}
+		for _, c := range p {
+			if c < 'a' || c > 'z' {
+				return false
+			}
+		}
+	}
+	return true
+}
 
 func randomPrefix() string {
 	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -383,20 +430,20 @@ func (r *Registry) AddAccount(ctx context.Context, a Account) (Account, error) {
 	if err := ctx.Err(); err != nil {
 		return Account{}, err
 	}
-	if !accountNameRE.MatchString(a.Name) {
+	if !isAccountName(a.Name) {
 		return Account{}, fmt.Errorf("emulator: account name %q: %w: use 1-64 letters, digits, '.', '_' or '-'", a.Name, ErrInvalid)
 	}
 	if a.Prefix == "" {
 		a.Prefix = randomPrefix()
 	}
 	a.Prefix = strings.ToLower(a.Prefix)
-	if !prefixRE.MatchString(a.Prefix) {
+	if !isPrefix(a.Prefix) {
 		return Account{}, fmt.Errorf("emulator: endpoint prefix %q: %w: use 1-40 lowercase letters and digits (the part before -ats.iot)", a.Prefix, ErrInvalid)
 	}
 	if a.Region == "" {
 		a.Region = defaultRegion
 	}
-	if !regionRE.MatchString(a.Region) {
+	if !isRegion(a.Region) {
 		return Account{}, fmt.Errorf("emulator: region %q: %w: write it as AWS does, e.g. us-east-1 or eu-central-1", a.Region, ErrInvalid)
 	}
 	err := r.mutate(func(now time.Time) ([]func(), error) {
@@ -657,7 +704,7 @@ func (r *Registry) RegisterCertificate(ctx context.Context, account string, cert
 	if err != nil {
 		return Certificate{}, err
 	}
-	if opts.Thing != "" && !thingNameRE.MatchString(opts.Thing) {
+	if opts.Thing != "" && !isThingName(opts.Thing) {
 		return Certificate{}, thingNameError(opts.Thing)
 	}
 	var out Certificate
@@ -788,7 +835,7 @@ func (r *Registry) IssueCertificate(ctx context.Context, account string, csrPEM 
 	if err != nil {
 		return Certificate{}, err
 	}
-	if opts.Thing != "" && !thingNameRE.MatchString(opts.Thing) {
+	if opts.Thing != "" && !isThingName(opts.Thing) {
 		return Certificate{}, thingNameError(opts.Thing)
 	}
 	var out Certificate
@@ -967,7 +1014,7 @@ func (r *Registry) CreateThing(ctx context.Context, account, name string, attrib
 	if err := ctx.Err(); err != nil {
 		return Thing{}, err
 	}
-	if !thingNameRE.MatchString(name) {
+	if !isThingName(name) {
 		return Thing{}, thingNameError(name)
 	}
 	var out Thing
@@ -1089,7 +1136,7 @@ func (r *Registry) CreateTemplate(ctx context.Context, account string, t Templat
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if !templateRE.MatchString(t.Name) {
+	if !isTemplateName(t.Name) {
 		return fmt.Errorf("emulator: template name %q: %w: use 1-36 letters, digits, '_' or '-'", t.Name, ErrInvalid)
 	}
 	if _, err := parseTemplate(t.Body); err != nil {

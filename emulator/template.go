@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"regexp"
 	"sort"
 	"strings"
 )
@@ -134,7 +133,7 @@ func evalTemplate(doc *templateDoc, params map[string]string, certID string, cer
 			if err != nil {
 				return provisionPlan{}, fmt.Errorf("resource %s ThingName: %w", name, err)
 			}
-			if !thingNameRE.MatchString(tn) {
+			if !isThingName(tn) {
 				return provisionPlan{}, fmt.Errorf("resource %s: thing name %q is not valid (1-128 letters, digits, ':', '_' or '-')", name, tn)
 			}
 			plan.ThingName = tn
@@ -185,8 +184,6 @@ func first(s []string) string {
 	}
 	return s[0]
 }
-
-var subRE = regexp.MustCompile(`\$\{([^}]+)\}`)
 
 // evalValue evaluates a template value to a string.
 func evalValue(raw json.RawMessage, vals map[string]string) (string, error) {
@@ -243,19 +240,7 @@ func eval(v any, vals map[string]string) (string, error) {
 				if !ok {
 					return "", fmt.Errorf("Fn::Sub takes a string")
 				}
-				var missing string
-				out := subRE.ReplaceAllStringFunc(text, func(m string) string {
-					name := m[2 : len(m)-1]
-					val, ok := vals[name]
-					if !ok {
-						missing = name
-					}
-					return val
-				})
-				if missing != "" {
-					return "", fmt.Errorf("Fn::Sub refers to %s, which is not a parameter of the template", missing)
-				}
-				return out, nil
+				return substitute(text, vals)
 			default:
 				return "", fmt.Errorf("%s is not supported by the emulator (it handles Ref, Fn::Join and Fn::Sub)", fn)
 			}
@@ -315,4 +300,35 @@ func SimpleTemplate(thingNamePrefix, thingNameParameter string) json.RawMessage 
 	}
 	b, _ := json.MarshalIndent(body, "", "  ")
 	return b
+}
+
+// substitute replaces each ${name} in text with its parameter value, as
+// CloudFormation's Fn::Sub does.
+func substitute(text string, vals map[string]string) (string, error) {
+	var b strings.Builder
+	for {
+		i := strings.Index(text, "${")
+		if i < 0 {
+			b.WriteString(text)
+			return b.String(), nil
+		}
+		j := strings.IndexByte(text[i+2:], '}')
+		if j < 0 {
+			b.WriteString(text)
+			return b.String(), nil
+		}
+		if j == 0 { // "${}" names nothing and stays as it is
+			b.WriteString(text[:i+3])
+			text = text[i+3:]
+			continue
+		}
+		name := text[i+2 : i+2+j]
+		val, ok := vals[name]
+		if !ok {
+			return "", fmt.Errorf("Fn::Sub refers to %s, which is not a parameter of the template", name)
+		}
+		b.WriteString(text[:i])
+		b.WriteString(val)
+		text = text[i+2+j+1:]
+	}
 }

@@ -30,6 +30,12 @@ func connectKeySources() []struct {
 		keyURI func(t *testing.T) string
 	}{
 		{"file", func(t *testing.T) string { return "file:" + filepath.Join(t.TempDir(), "keys", "device.pem") }},
+		{"softhsm", func(t *testing.T) string {
+			return testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{}).KeyURI("device")
+		}},
+		{"swtpm", func(t *testing.T) string {
+			return "tpm:blob=" + filepath.Join(t.TempDir(), "device.tpmkey") + "?device=" + testpeers.StartSWTPM(t).Device()
+		}},
 	}
 }
 

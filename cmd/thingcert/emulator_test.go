@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingcert/thingcert/internal/testpeers"
+
 	"github.com/thingcert/thingcert/emulator"
 )
 
@@ -42,23 +44,6 @@ func mustCLI(t *testing.T, args ...string) string {
 		t.Fatalf("thingcert %s: %v", strings.Join(args, " "), err)
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // writeCert makes a certificate (a CA when parent is nil) and writes it.
@@ -140,7 +125,7 @@ func TestEmulatorCommandsOfflineAndOnline(t *testing.T) {
 
 	// Online: serve, then the same commands go through the admin socket.
 	ctx, cancel := context.WithCancel(context.Background())
-	var serveOut, serveErr syncBuffer
+	var serveOut, serveErr testpeers.Buffer
 	done := make(chan error, 1)
 	go func() {
 		root := newRootCmd(&serveOut, &serveErr)

@@ -93,7 +93,7 @@ func progress(env *cliEnv, what string) (done func()) {
 				return
 			case <-t.C:
 				if !printed {
-					fmt.Fprintf(env.stderr, "%s (this can take several seconds on a hardware TPM) ", what)
+					fmt.Fprintf(env.stderr, "%s (RSA keys take seconds on a TPM chip or token) ", what)
 					printed = true
 				}
 				fmt.Fprint(env.stderr, ".")

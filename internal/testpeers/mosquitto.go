@@ -1,14 +1,12 @@
 package testpeers
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -33,7 +31,7 @@ type Mosquitto struct {
 	CAFile string
 
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *Buffer
 	done chan struct{}
 }
 
@@ -63,7 +61,7 @@ func StartMosquitto(t testing.TB, cfg MosquittoConfig) *Mosquitto {
 		}
 		return p
 	}
-	m := &Mosquitto{Dir: dir, log: &syncBuffer{}, done: make(chan struct{})}
+	m := &Mosquitto{Dir: dir, log: &Buffer{}, done: make(chan struct{})}
 	m.CAFile = write("ca.pem", cfg.CAPEM)
 	cert := write("server.pem", cfg.CertPEM)
 	key := write("server.key", cfg.KeyPEM)
@@ -141,21 +139,4 @@ func (m *Mosquitto) Stop() {
 		m.cmd.Process.Kill()
 		<-m.done
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

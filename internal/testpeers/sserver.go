@@ -18,7 +18,7 @@ import (
 type SServer struct {
 	Addr string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *Buffer
 	done chan struct{}
 }
 
@@ -37,7 +37,7 @@ func StartSServer(t testing.TB, certPEM, keyPEM []byte, args ...string) *SServer
 		t.Fatal(err)
 	}
 	port := FreePort(t)
-	s := &SServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: &syncBuffer{}, done: make(chan struct{})}
+	s := &SServer{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), out: &Buffer{}, done: make(chan struct{})}
 	all := append([]string{"s_server", "-accept", s.Addr, "-cert", cert, "-key", key, "-trace", "-naccept", "1"}, args...)
 	s.cmd = exec.Command(openssl, all...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out

@@ -1,7 +1,8 @@
 // Package keystoretest is the conformance suite every keystore backend must pass.
 // A backend's test calls Run with a Harness that makes fresh stores; the suite
 // generates each algorithm, reopens keys by URI from a new store, signs from many
-// goroutines and verifies, makes CSRs that Go and `openssl req -verify` accept,
+// goroutines and verifies, authenticates TLS 1.2 and 1.3 clients, makes CSRs
+// that Go and `openssl req -verify` accept,
 // deletes, and checks the sentinel errors and the algorithm policy.
 package keystoretest
 
@@ -96,6 +97,7 @@ func testAlgorithm(t *testing.T, h Harness, alg keystore.Algorithm) {
 	}
 
 	signConcurrently(t, again, h.Signers)
+	t.Run("tls-client-auth", func(t *testing.T) { CheckTLSClientAuth(t, again) })
 
 	for _, sa := range keystore.SignatureAlgorithms(alg) {
 		t.Run(string(sa), func(t *testing.T) {

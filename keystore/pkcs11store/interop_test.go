@@ -173,3 +173,10 @@ func objectBlock(listing, label string) string {
 	}
 	return ""
 }
+
+func must(s string, err error) string {
+	if err != nil {
+		panic(err)
+	}
+	return s
+}

@@ -3,7 +3,6 @@
 package pkcs11store
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -20,30 +19,12 @@ import (
 	"github.com/thingcert/thingcert/keystore"
 )
 
-// syncBuffer is a log sink safe for the concurrent signers below.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // The store's session is broken under it by a second handle on the same
 // module, the way another program, a module reload or a replugged token
 // breaks it in the field. The next Sign must work, on the same key.
 func TestSessionRecovery(t *testing.T) {
 	h := testpeers.StartSoftHSM(t, testpeers.SoftHSMOptions{})
-	var logs syncBuffer
+	var logs testpeers.Buffer
 	st, err := open(context.Background(), h.StoreURI(), keystore.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {
 		t.Fatal(err)

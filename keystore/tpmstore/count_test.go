@@ -6,9 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/thingcert/thingcert/internal/testpeers"
@@ -114,5 +117,28 @@ func TestOneCommandPerSign(t *testing.T) {
 	// transient object not flushed would still be listed.
 	if out := sw.Tool("tpm2_getcap", "handles-transient"); out != "" {
 		t.Errorf("transient objects left in the TPM after Close: %s", out)
+	}
+}
+
+// swtpm, like a TPM reached without the kernel's resource manager, holds three
+// transient objects: the storage root key and two keys. A third key is
+// refused with advice, not with a bare response code.
+func TestObjectMemoryExplained(t *testing.T) {
+	sw := testpeers.StartSWTPM(t)
+	ctx := context.Background()
+	s, err := Open(ctx, "tpm:blob-dir="+t.TempDir()+"?device="+sw.Device(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i, name := range []string{"current", "next", "third"} {
+		u, _ := s.KeyURI(name)
+		_, err := s.Generate(ctx, u, keystore.ECDSAP256)
+		if i < 2 && err != nil {
+			t.Fatalf("generating key %d: %v", i, err)
+		}
+		if i == 2 && (!errors.Is(err, tpm2.TPMRCObjectMemory) || !strings.Contains(err.Error(), "/dev/tpmrm0")) {
+			t.Fatalf("third key: %v; want TPM_RC_OBJECT_MEMORY with advice", err)
+		}
 	}
 }

@@ -615,6 +615,12 @@ func (s *Store) Close() error {
 
 // wrap names the key and keeps the sentinel a caller tests for.
 func (s *Store) wrap(what, uri string, err error) error {
+	if errors.Is(err, tpm2.TPMRCObjectMemory) {
+		// Keys stay loaded so that Sign is one command; without the kernel's
+		// resource manager a TPM holds only about three objects, the storage
+		// root key among them.
+		return fmt.Errorf("tpmstore: %s %s on %s: %w: the TPM has no room for another loaded key; use /dev/tpmrm0 (the kernel's resource manager), or close keys that are not in use (without it, two keys can be open at once)", what, uri, s.dev.name, err)
+	}
 	return fmt.Errorf("tpmstore: %s %s on %s: %w", what, uri, s.dev.name, err)
 }
 

@@ -1,0 +1,554 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/atomicfile"
+	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// DaemonFile is the file in the state folder where a running daemon records
+// what only it knows: that it runs, its connection, and how its key is
+// protected. `thingcert status` reads it beside the rotation state, so status
+// never needs the key store or the network.
+const DaemonFile = "daemon.json"
+
+// DaemonRecord is the content of DaemonFile.
+type DaemonRecord struct {
+	PID int `json:"pid"`
+	// BootID and StartTicks tell this process from a later one that got the
+	// same PID (after a reboot or a wrap): /proc/sys/kernel/random/boot_id and
+	// field 22 of /proc/PID/stat.
+	BootID     string    `json:"boot_id,omitempty"`
+	StartTicks uint64    `json:"start_ticks,omitempty"`
+	Started    time.Time `json:"started"`
+	// Stopped is set when the daemon ended cleanly.
+	Stopped time.Time `json:"stopped,omitzero"`
+	Config  string    `json:"config,omitempty"`
+	Version string    `json:"version,omitempty"`
+	// Connection is the MQTT connection as last seen.
+	Connection ConnectionRecord `json:"connection"`
+	// KeyURI (redacted) and Protection describe the key the daemon connects
+	// with, as its store reported it when the daemon opened it.
+	KeyURI     string               `json:"key_uri,omitempty"`
+	Protection *keystore.Protection `json:"protection,omitempty"`
+	// Reloaded is when the configuration was last reloaded; ReloadError why
+	// the last reload was refused, if it was.
+	Reloaded    time.Time `json:"reloaded,omitzero"`
+	ReloadError string    `json:"reload_error,omitempty"`
+	Updated     time.Time `json:"updated"`
+}
+
+// ConnectionRecord is the connection's state in DaemonRecord.
+type ConnectionRecord struct {
+	State    string    `json:"state"`
+	Since    time.Time `json:"since,omitzero"`
+	Endpoint string    `json:"endpoint,omitempty"`
+	ClientID string    `json:"client_id,omitempty"`
+	// Error and Kind are the last failure (Kind as FailureKind names it).
+	Error    string    `json:"error,omitempty"`
+	Kind     string    `json:"kind,omitempty"`
+	Failures int       `json:"failures,omitempty"`
+	Retry    time.Time `json:"retry,omitzero"`
+}
+
+// WriteDaemonRecord saves rec atomically in dir.
+func WriteDaemonRecord(dir string, rec *DaemonRecord) error {
+	data, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(dir, DaemonFile)
+	if err := atomicfile.WriteFile(path, append(data, '\n'), 0o600); err != nil {
+		return fmt.Errorf("agent: saving %s: %w", path, err)
+	}
+	return nil
+}
+
+// ReadDaemonRecord reads dir's DaemonFile; (nil, nil) if there is none.
+func ReadDaemonRecord(dir string) (*DaemonRecord, error) {
+	path := filepath.Join(dir, DaemonFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
+	var rec DaemonRecord
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return nil, fmt.Errorf("agent: %s is damaged (%v); it is rewritten when `thingcert run` starts", path, err)
+	}
+	return &rec, nil
+}
+
+// Running reports whether the process the record names still runs. A record
+// left by a daemon that was killed, or one from before a reboot, is not
+// running even if its PID was reused.
+func (rec *DaemonRecord) Running() bool {
+	if rec == nil || rec.PID <= 0 || !rec.Stopped.IsZero() {
+		return false
+	}
+	if boot, err := bootID(); err == nil && rec.BootID != "" && boot != rec.BootID {
+		return false
+	}
+	if rec.StartTicks != 0 {
+		if ticks, err := processStartTicks(rec.PID); err == nil {
+			return ticks == rec.StartTicks
+		}
+	}
+	err := syscall.Kill(rec.PID, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+func bootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b)), err
+}
+
+// processStartTicks is when pid started, in clock ticks since boot
+// (proc(5), /proc/PID/stat field 22).
+func processStartTicks(pid int) (uint64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses: count from
+	// the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("agent: unexpected /proc/PID/stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return 0, errors.New("agent: short /proc/PID/stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64) // field 22 is the 20th after the name
+}
+
+// Status is the health of a device's identity, as `thingcert status` shows
+// it. It is made from the configuration, the state folder and the clock only.
+type Status struct {
+	Now       time.Time `json:"now"`
+	ThingName string    `json:"thing_name"`
+	Endpoint  string    `json:"endpoint"`
+	ClientID  string    `json:"client_id"`
+	StateDir  string    `json:"state_dir"`
+	// Provisioned is false until the device has an identity of its own (it
+	// may have a claim identity).
+	Provisioned bool            `json:"provisioned"`
+	Identity    *IdentityStatus `json:"identity,omitempty"`
+	Renewal     *RenewalStatus  `json:"renewal,omitempty"`
+	Rotation    RotationStatus  `json:"rotation"`
+	// LastRotation is how the last rotation ended.
+	LastRotation *rotation.Result `json:"last_rotation,omitempty"`
+	// Retiring are replaced identities kept for their grace period.
+	Retiring []RetiringStatus `json:"retiring,omitempty"`
+	Agent    AgentStatus      `json:"agent"`
+	// Problems is what needs attention, in words; empty when healthy.
+	Problems []string `json:"problems,omitempty"`
+}
+
+// IdentityStatus is the current identity.
+type IdentityStatus struct {
+	// KeyURI is redacted (no PIN).
+	KeyURI string `json:"key_uri"`
+	// Backend is the key's store: file, pkcs11 or tpm.
+	Backend string `json:"backend"`
+	// Protection is as the daemon recorded it when it opened the key; nil if
+	// no daemon has opened this key yet.
+	Protection    *keystore.Protection `json:"protection,omitempty"`
+	Claim         bool                 `json:"claim,omitempty"`
+	CertificateID string               `json:"certificate_id"`
+	CertFile      string               `json:"cert_file"`
+	Subject       string               `json:"subject"`
+	NotBefore     time.Time            `json:"not_before"`
+	NotAfter      time.Time            `json:"not_after"`
+	AgeSeconds    int64                `json:"age_seconds"`
+	// ExpiresInSeconds is negative once expired.
+	ExpiresInSeconds int64 `json:"expires_in_seconds"`
+}
+
+// RenewalStatus is the renewal policy's decision for the current identity.
+type RenewalStatus struct {
+	At        time.Time `json:"at"`
+	Deadline  time.Time `json:"deadline"`
+	Reason    string    `json:"reason"`
+	Emergency bool      `json:"emergency,omitempty"`
+	// Due is set when the time has come (the daemon starts a rotation).
+	Due bool `json:"due"`
+	// AfterFailure is set when the time was pushed back by the backoff after
+	// a rotation rolled back.
+	AfterFailure bool   `json:"after_failure,omitempty"`
+	Description  string `json:"description"`
+}
+
+// RotationStatus is the rotation in progress, if any.
+type RotationStatus struct {
+	InProgress bool              `json:"in_progress"`
+	Phase      rotation.Phase    `json:"phase"`
+	Trigger    *rotation.Trigger `json:"trigger,omitempty"`
+	// Attempt counts failed attempts at the current step; NextRetry is when
+	// it is tried again and LastError why it failed.
+	Attempt   int       `json:"attempt,omitempty"`
+	NextRetry time.Time `json:"next_retry,omitzero"`
+	LastError string    `json:"last_error,omitempty"`
+	// PendingKeyURI (redacted) and PendingCertificateID are the new identity
+	// as far as it is made.
+	PendingKeyURI        string `json:"pending_key_uri,omitempty"`
+	PendingCertificateID string `json:"pending_certificate_id,omitempty"`
+	// LastStep is the latest journal entry.
+	LastStep *rotation.Entry `json:"last_step,omitempty"`
+}
+
+// RetiringStatus is a replaced identity awaiting deletion.
+type RetiringStatus struct {
+	CertificateID string    `json:"certificate_id"`
+	KeyURI        string    `json:"key_uri"`
+	RetireAt      time.Time `json:"retire_at,omitzero"`
+}
+
+// AgentStatus is what the daemon recorded.
+type AgentStatus struct {
+	Running    bool              `json:"running"`
+	PID        int               `json:"pid,omitempty"`
+	Started    time.Time         `json:"started,omitzero"`
+	Stopped    time.Time         `json:"stopped,omitzero"`
+	Connection *ConnectionRecord `json:"connection,omitempty"`
+	// ReloadError is why the last configuration reload was refused.
+	ReloadError string `json:"reload_error,omitempty"`
+}
+
+// ReadStatus reads the state folder named by cfg and describes it at now. It
+// opens no key store and makes no connection, so it is safe at any time,
+// also while the daemon rotates. A state folder with no state yet is not an
+// error: the status says the device is not provisioned.
+func ReadStatus(cfg *config.Config, now time.Time) (*Status, error) {
+	st, err := rotation.StateStore{Dir: cfg.StateDir}.Load()
+	if errors.Is(err, rotation.ErrNoState) {
+		st = nil
+	} else if err != nil {
+		return nil, err
+	}
+	rec, err := ReadDaemonRecord(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return StatusOf(cfg, st, rec, rec.Running(), now), nil
+}
+
+// StatusOf is the status of state st (nil: none yet) under cfg at now, with
+// the daemon's record rec (nil: never ran) and whether it runs. It is a pure
+// function.
+func StatusOf(cfg *config.Config, st *rotation.State, rec *DaemonRecord, running bool, now time.Time) *Status {
+	s := &Status{
+		Now:       now,
+		ThingName: cfg.ThingName,
+		Endpoint:  Endpoint{Host: cfg.Endpoint, Port: cfg.Port, Address: cfg.Address}.String(),
+		ClientID:  cfg.ClientID,
+		StateDir:  cfg.StateDir,
+		Rotation:  RotationStatus{Phase: rotation.PhaseIdle},
+	}
+	problem := func(format string, args ...any) { s.Problems = append(s.Problems, fmt.Sprintf(format, args...)) }
+	if rec != nil {
+		s.Agent = AgentStatus{Running: running, PID: rec.PID, Started: rec.Started, Stopped: rec.Stopped, ReloadError: rec.ReloadError}
+		if running {
+			c := rec.Connection
+			s.Agent.Connection = &c
+		}
+		if running && rec.ReloadError != "" {
+			problem("the last configuration reload was refused: %s", rec.ReloadError)
+		}
+	}
+	if st == nil || st.Current == nil {
+		problem("no identity yet: run `thingcert run` (or `thingcert provision`) with a claim, or give key and cert in the configuration")
+		return s
+	}
+	cur := st.Current
+	s.Provisioned = !cur.Claim
+	id := &IdentityStatus{
+		KeyURI:           keystore.RedactURI(cur.KeyURI),
+		Backend:          backendOf(cur.KeyURI),
+		Claim:            cur.Claim,
+		CertificateID:    cur.CertificateID,
+		CertFile:         cur.CertFile,
+		Subject:          cur.Subject,
+		NotBefore:        cur.NotBefore,
+		NotAfter:         cur.NotAfter,
+		AgeSeconds:       int64(now.Sub(cur.NotBefore) / time.Second),
+		ExpiresInSeconds: int64(cur.NotAfter.Sub(now) / time.Second),
+	}
+	if rec != nil && rec.KeyURI == keystore.RedactURI(cur.KeyURI) {
+		id.Protection = rec.Protection
+	}
+	s.Identity = id
+	if cur.Claim {
+		problem("the device has only its claim identity: provisioning has not finished")
+	}
+	if !now.Before(cur.NotAfter) {
+		problem("the certificate expired at %s: the device cannot connect with it; provision again with the claim (claim.recover) or install a new certificate", cur.NotAfter.UTC().Format(time.RFC3339))
+	}
+
+	runner := rotation.Runner{Policy: cfg.Policy(), DeviceID: cfg.ClientID}
+	if !cur.Claim {
+		plain := cfg.Policy().Decide(rotation.Input{NotBefore: cur.NotBefore, NotAfter: cur.NotAfter, Now: now,
+			Seed: rotation.JitterSeed(cfg.ClientID, cur.CertificateID)})
+		d, due := runner.Due(st, now)
+		s.Renewal = &RenewalStatus{At: d.At, Deadline: d.Deadline, Reason: string(d.Reason), Emergency: d.Emergency,
+			Due: due, AfterFailure: d.At.After(plain.At), Description: d.String()}
+		if d.Emergency && now.Before(cur.NotAfter) {
+			problem("the certificate expires at %s, inside the emergency window: renewal is urgent", cur.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
+
+	r := &s.Rotation
+	r.Phase = st.Phase
+	r.InProgress = st.InProgress()
+	if r.InProgress {
+		r.Trigger = st.Trigger
+		r.Attempt = st.Attempt
+		r.NextRetry = st.NextRetry
+		r.LastError = st.LastError
+		if p := st.Pending; p != nil {
+			r.PendingKeyURI = keystore.RedactURI(p.KeyURI)
+			r.PendingCertificateID = p.CertificateID
+		}
+		if st.Attempt > 0 && st.LastError != "" {
+			problem("rotation step %s failed %d time(s), retrying: %s", st.Phase, st.Attempt, st.LastError)
+		}
+	}
+	if n := len(st.Journal); n > 0 {
+		e := st.Journal[n-1]
+		r.LastStep = &e
+	}
+	s.LastRotation = st.LastResult
+	if lr := st.LastResult; lr != nil && lr.Outcome == rotation.RolledBack && !r.InProgress {
+		problem("the last rotation (%s) rolled back in phase %s: %s", lr.Trigger, lr.Phase, lr.Error)
+	}
+	for _, p := range st.Previous {
+		s.Retiring = append(s.Retiring, RetiringStatus{CertificateID: p.CertificateID, KeyURI: keystore.RedactURI(p.KeyURI), RetireAt: p.RetireAt})
+	}
+	return s
+}
+
+func backendOf(uri string) string {
+	u, err := keystore.ParseURI(uri)
+	if err != nil {
+		return "unknown"
+	}
+	return u.Scheme
+}
+
+// WriteText prints the status for a person.
+func (s *Status) WriteText(w io.Writer) error {
+	var b strings.Builder
+	line := func(k, format string, args ...any) { fmt.Fprintf(&b, "%-15s %s\n", k, fmt.Sprintf(format, args...)) }
+	at := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339) + " (" + Relative(t, s.Now) + ")"
+	}
+	line("thing", "%s", s.ThingName)
+	line("endpoint", "%s", s.Endpoint)
+	line("client ID", "%s", s.ClientID)
+	line("state", "%s", s.StateDir)
+	if id := s.Identity; id != nil {
+		kind := "device identity"
+		if id.Claim {
+			kind = "claim identity (provisioning not finished)"
+		}
+		line("identity", "%s", kind)
+		line("  key", "%s", id.KeyURI)
+		line("  protection", "%s", protectionText(id.Backend, id.Protection))
+		line("  certificate", "%s", id.CertificateID)
+		line("  subject", "%s", id.Subject)
+		line("  not before", "%s", at(id.NotBefore))
+		line("  not after", "%s", at(id.NotAfter))
+		line("  age", "%s", Human(time.Duration(id.AgeSeconds)*time.Second))
+	} else {
+		line("identity", "none (not provisioned)")
+	}
+	if rn := s.Renewal; rn != nil {
+		why := rn.Reason
+		if !rn.At.Equal(rn.Deadline) {
+			why += ", jittered from " + rn.Deadline.UTC().Format(time.RFC3339)
+		}
+		if rn.AfterFailure {
+			why += ", pushed back after a failed rotation"
+		}
+		if rn.Emergency {
+			why += ", emergency"
+		}
+		due := ""
+		if rn.Due {
+			due = "due now; "
+		}
+		line("next renewal", "%s%s: %s", due, at(rn.At), why)
+	}
+	r := s.Rotation
+	if r.InProgress {
+		trig := ""
+		if r.Trigger != nil {
+			trig = " for " + r.Trigger.String() + " since " + at(r.Trigger.At)
+		}
+		line("rotation", "in progress: phase %s%s", r.Phase, trig)
+		if r.PendingKeyURI != "" {
+			line("  new key", "%s", r.PendingKeyURI)
+		}
+		if r.PendingCertificateID != "" {
+			line("  new cert", "%s", r.PendingCertificateID)
+		}
+		if r.Attempt > 0 {
+			line("  retry", "attempt %d failed, next at %s: %s", r.Attempt, at(r.NextRetry), r.LastError)
+		}
+	} else {
+		line("rotation", "none in progress")
+	}
+	if lr := s.LastRotation; lr != nil {
+		txt := fmt.Sprintf("%s %s by %s", lr.Outcome, at(lr.At), lr.Trigger)
+		if lr.OldCertificateID != "" || lr.NewCertificateID != "" {
+			txt += fmt.Sprintf(": %s → %s", short(lr.OldCertificateID), short(lr.NewCertificateID))
+		}
+		if lr.Error != "" {
+			txt += ": " + lr.Error
+		}
+		line("last rotation", "%s", txt)
+	} else {
+		line("last rotation", "never")
+	}
+	for _, p := range s.Retiring {
+		when := "after the cloud is told"
+		if !p.RetireAt.IsZero() {
+			when = "deleted from " + at(p.RetireAt)
+		}
+		line("retiring", "%s %s, %s", short(p.CertificateID), p.KeyURI, when)
+	}
+	a := s.Agent
+	switch {
+	case a.Running && a.Connection != nil:
+		c := a.Connection
+		txt := fmt.Sprintf("running (pid %d, since %s), %s", a.PID, at(a.Started), c.State)
+		if !c.Since.IsZero() {
+			txt += " since " + at(c.Since)
+		}
+		if c.Error != "" && c.State != StateConnected.String() {
+			txt += ": " + c.Error
+		}
+		line("agent", "%s", txt)
+	case a.PID != 0 && !a.Stopped.IsZero():
+		line("agent", "not running (stopped %s)", at(a.Stopped))
+	case a.PID != 0:
+		line("agent", "not running (pid %d ended without stopping cleanly)", a.PID)
+	default:
+		line("agent", "not running")
+	}
+	if len(s.Problems) == 0 {
+		line("health", "ok")
+	}
+	for _, p := range s.Problems {
+		line("problem", "%s", p)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func protectionText(backend string, p *keystore.Protection) string {
+	if p == nil {
+		switch backend {
+		case keystore.SchemeFile:
+			return "file (software key; not recorded yet)"
+		case keystore.SchemeTPM:
+			return "TPM 2.0 (not recorded yet)"
+		case keystore.SchemePKCS11:
+			return "PKCS#11 token (not recorded yet)"
+		}
+		return backend
+	}
+	kind := "software"
+	if p.Hardware {
+		kind = "hardware, not exportable"
+	}
+	var attrs []string
+	for _, a := range p.Attributes {
+		if a.Value == "" || a.Value == "true" {
+			attrs = append(attrs, a.Name)
+		} else {
+			attrs = append(attrs, a.Name+"="+a.Value)
+		}
+	}
+	s := p.Backend + " (" + kind + ")"
+	if len(attrs) > 0 {
+		s += ": " + strings.Join(attrs, ", ")
+	}
+	return s
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12] + "…"
+	}
+	if id == "" {
+		return "-"
+	}
+	return id
+}
+
+// Relative says how far t is from now: "in 3d 4h", "5m ago".
+func Relative(t, now time.Time) string {
+	d := t.Sub(now)
+	if d >= 0 {
+		return "in " + Human(d)
+	}
+	return Human(-d) + " ago"
+}
+
+// Human is a duration for people, to two units: 3d 4h, 5m 10s, 250ms.
+func Human(d time.Duration) string {
+	neg := d < 0
+	if neg {
+		d = -d
+	}
+	var s string
+	switch {
+	case d < time.Second:
+		s = d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		s = d.Round(100 * time.Millisecond).String()
+	default:
+		units := []struct {
+			d    time.Duration
+			name string
+		}{{24 * time.Hour, "d"}, {time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}}
+		for i, u := range units {
+			if d < u.d {
+				continue
+			}
+			n := d / u.d
+			s = fmt.Sprintf("%d%s", n, u.name)
+			if i+1 < len(units) {
+				if m := (d - n*u.d) / units[i+1].d; m > 0 {
+					s += fmt.Sprintf(" %d%s", m, units[i+1].name)
+				}
+			}
+			break
+		}
+	}
+	if neg {
+		return "-" + s
+	}
+	return s
+}

@@ -1,0 +1,305 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/thingcert/thingcert/keystore"
+)
+
+// Metrics are the daemon's figures for fleets that scrape their devices:
+// certificate expiry and age, the next renewal, rotations, the connection and
+// signing errors. They live in their own registry (never Prometheus's global
+// one), so two daemons in one process, or tests, do not mix. All methods are
+// safe for concurrent use, and do nothing on a nil *Metrics.
+type Metrics struct {
+	reg *prometheus.Registry
+	now func() time.Time
+
+	mu                  sync.Mutex
+	notBefore, notAfter time.Time
+
+	certNotBefore    prometheus.Gauge
+	certNotAfter     prometheus.Gauge
+	certInfo         *prometheus.GaugeVec
+	nextRenewal      prometheus.Gauge
+	renewalEmergency prometheus.Gauge
+	rotating         prometheus.Gauge
+	rotationStarts   *prometheus.CounterVec
+	rotationResults  *prometheus.CounterVec
+	stepFailures     *prometheus.CounterVec
+	connState        *prometheus.GaugeVec
+	connFailures     *prometheus.CounterVec
+	connLosses       prometheus.Counter
+	signErrors       prometheus.Counter
+}
+
+// Connection states as the thingcert_connection_state metric names them.
+var metricStates = []State{StateDisconnected, StateConnecting, StateConnected, StateWaiting}
+
+// NewMetrics makes the metrics, in a registry of their own that also holds
+// the Go runtime and process collectors (resident memory, file descriptors).
+// now is the clock for the certificate's age; nil is time.Now.
+func NewMetrics(now func() time.Time) *Metrics {
+	if now == nil {
+		now = time.Now
+	}
+	m := &Metrics{reg: prometheus.NewRegistry(), now: now}
+	g := func(name, help string) prometheus.Gauge {
+		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "thingcert", Name: name, Help: help})
+	}
+	m.certNotBefore = g("certificate_not_before_timestamp_seconds", "Start of the current device certificate's validity (Unix time).")
+	m.certNotAfter = g("certificate_not_after_timestamp_seconds", "Expiry of the current device certificate (Unix time).")
+	m.certInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_info",
+		Help: "The current device certificate (value 1): its AWS IoT certificate ID and the key's backend."}, []string{"certificate_id", "backend"})
+	m.nextRenewal = g("renewal_next_timestamp_seconds", "When the renewal policy starts the next rotation (Unix time).")
+	m.renewalEmergency = g("renewal_emergency", "1 when the certificate is inside its emergency window or expired.")
+	m.rotating = g("rotation_in_progress", "1 while a rotation is in progress.")
+	m.rotationStarts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_attempts_total",
+		Help: "Rotations started (or resumed after a restart), by trigger."}, []string{"trigger"})
+	m.rotationResults = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_results_total",
+		Help: "Rotations ended, by trigger and outcome (succeeded, rolled-back)."}, []string{"trigger", "outcome"})
+	m.stepFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_step_failures_total",
+		Help: "Failed attempts at a rotation step (retried or rolled back), by phase."}, []string{"phase"})
+	m.connState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "thingcert", Name: "connection_state",
+		Help: "1 for the MQTT connection's current state, 0 for the others."}, []string{"state"})
+	m.connFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "connection_failures_total",
+		Help: "Failed connection attempts and lost connections, by kind (the agent's diagnosis)."}, []string{"kind"})
+	m.connLosses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "thingcert", Name: "connection_losses_total",
+		Help: "Established connections that ended without the daemon asking."})
+	m.signErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "thingcert", Name: "signing_errors_total",
+		Help: "Signatures the device key failed to make (TLS handshakes, CSRs)."})
+	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_age_seconds",
+		Help: "Age of the current device certificate (now minus not-before)."}, func() float64 {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.notBefore.IsZero() {
+			return 0
+		}
+		return m.now().Sub(m.notBefore).Seconds()
+	})
+	left := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_expires_in_seconds",
+		Help: "Time left until the current device certificate expires (negative once expired)."}, func() float64 {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if m.notAfter.IsZero() {
+			return 0
+		}
+		return m.notAfter.Sub(m.now()).Seconds()
+	})
+	m.reg.MustRegister(m.certNotBefore, m.certNotAfter, m.certInfo, age, left, m.nextRenewal, m.renewalEmergency,
+		m.rotating, m.rotationStarts, m.rotationResults, m.stepFailures, m.connState, m.connFailures, m.connLosses, m.signErrors,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "thingcert"}))
+	for _, s := range metricStates {
+		m.connState.WithLabelValues(s.String()).Set(0)
+	}
+	m.connState.WithLabelValues(StateDisconnected.String()).Set(1)
+	return m
+}
+
+// Registry is the metrics' own registry, for tests or to serve them elsewhere.
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the metrics in Prometheus's text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// SetCertificate records the current certificate.
+func (m *Metrics) SetCertificate(certID, backend string, notBefore, notAfter time.Time) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.notBefore, m.notAfter = notBefore, notAfter
+	m.mu.Unlock()
+	m.certNotBefore.Set(unixSeconds(notBefore))
+	m.certNotAfter.Set(unixSeconds(notAfter))
+	m.certInfo.Reset()
+	if certID != "" {
+		m.certInfo.WithLabelValues(certID, backend).Set(1)
+	}
+}
+
+// SetNextRenewal records when the policy renews next.
+func (m *Metrics) SetNextRenewal(at time.Time, emergency bool) {
+	if m == nil {
+		return
+	}
+	m.nextRenewal.Set(unixSeconds(at))
+	m.renewalEmergency.Set(boolFloat(emergency))
+}
+
+// RotationStarted counts a rotation starting (or resuming) for trigger.
+func (m *Metrics) RotationStarted(trigger string) {
+	if m == nil {
+		return
+	}
+	m.rotating.Set(1)
+	m.rotationStarts.WithLabelValues(trigger).Inc()
+}
+
+// RotationStepFailed counts a failed attempt at phase's action.
+func (m *Metrics) RotationStepFailed(phase string) {
+	if m == nil {
+		return
+	}
+	m.stepFailures.WithLabelValues(phase).Inc()
+}
+
+// RotationEnded counts a rotation's outcome; an empty outcome means it
+// stopped without ending (the daemon is shutting down).
+func (m *Metrics) RotationEnded(trigger, outcome string) {
+	if m == nil {
+		return
+	}
+	m.rotating.Set(0)
+	if outcome != "" {
+		m.rotationResults.WithLabelValues(trigger, outcome).Inc()
+	}
+}
+
+// ConnectionChanged records a change of the connection's state, counting
+// failures by their diagnosis.
+func (m *Metrics) ConnectionChanged(ch StateChange, lost bool) {
+	if m == nil {
+		return
+	}
+	for _, s := range metricStates {
+		m.connState.WithLabelValues(s.String()).Set(boolFloat(s == ch.State))
+	}
+	if lost {
+		m.connLosses.Inc()
+	}
+	if ch.Err != nil {
+		m.connFailures.WithLabelValues(FailureKind(ch.Err)).Inc()
+	}
+}
+
+// SigningError counts a signature the device key failed to make.
+func (m *Metrics) SigningError() {
+	if m == nil {
+		return
+	}
+	m.signErrors.Inc()
+}
+
+// FailureKind names a connection failure in a few words, for metrics and the
+// status file: "unreachable", "server-untrusted", "client-cert-refused", ...
+func FailureKind(err error) string {
+	for _, k := range []struct {
+		err  error
+		name string
+	}{
+		{ErrUnreachable, "unreachable"}, {ErrServerUntrusted, "server-untrusted"}, {ErrServerName, "server-name"},
+		{ErrClientCertRefused, "client-cert-refused"}, {ErrKey, "key"}, {ErrTLS, "tls"},
+		{ErrConnectRefused, "connect-refused"}, {ErrClosedAfterConnect, "closed-after-connect"},
+		{ErrTimeout, "timeout"}, {ErrConnectionLost, "lost"},
+	} {
+		if errors.Is(err, k.err) {
+			return k.name
+		}
+	}
+	return "other"
+}
+
+func unixSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// ErrNotLoopback: a metrics address that is not on the loopback interface.
+var ErrNotLoopback = errors.New("metrics listen address is not a loopback address")
+
+// ListenMetrics opens the metrics listener. Only loopback addresses are
+// accepted (127.0.0.0/8, ::1, localhost): a device's metrics are for a local
+// scraper or an SSH tunnel, never for the network. The check is made on the
+// address actually bound, so a name that resolves elsewhere is refused too.
+func ListenMetrics(ctx context.Context, addr string) (net.Listener, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics address %q: want HOST:PORT such as 127.0.0.1:9464", addr)
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return nil, fmt.Errorf("agent: metrics address %q: %w; use 127.0.0.1:PORT or [::1]:PORT and scrape through an SSH tunnel or a local agent", addr, ErrNotLoopback)
+	}
+	var lc net.ListenConfig
+	l, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	if ta, ok := l.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		l.Close()
+		return nil, fmt.Errorf("agent: metrics address %q bound %s: %w", addr, l.Addr(), ErrNotLoopback)
+	}
+	return l, nil
+}
+
+// Serve serves /metrics on l until ctx ends.
+func (m *Metrics) Serve(ctx context.Context, l net.Listener, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", m.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	})
+	defer stop()
+	err := srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// CountSigningErrors wraps a key so that its failed signatures are counted.
+// The wrapper is a keystore.Key; it keeps the key's protection report.
+func (m *Metrics) CountSigningErrors(k keystore.Key) keystore.Key {
+	if m == nil || k == nil {
+		return k
+	}
+	return countingKey{Key: k, m: m}
+}
+
+type countingKey struct {
+	keystore.Key
+	m *Metrics
+}
+
+func (k countingKey) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	sig, err := k.Key.Sign(r, digest, opts)
+	if err != nil {
+		k.m.SigningError()
+	}
+	return sig, err
+}
+
+func (k countingKey) Protection(ctx context.Context) (keystore.Protection, error) {
+	if p, ok := k.Key.(keystore.ProtectionReporter); ok {
+		return p.Protection(ctx)
+	}
+	return keystore.Protection{}, keystore.ErrUnsupported
+}
