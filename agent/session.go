@@ -74,6 +74,7 @@ func (s *Session) Switch(ctx context.Context, id rotation.Identity) error {
 		}
 		ids.Swap(aid)
 		_, err := cur.Reconnect(ctx)
+		s.attempted(cur.ClientID())
 		return err
 	}
 	if cur != nil {
@@ -94,7 +95,9 @@ func (s *Session) Switch(ctx context.Context, id rotation.Identity) error {
 	if err := s.pace(ctx, c.ClientID()); err != nil {
 		return err
 	}
-	if _, err := c.Connect(ctx); err != nil {
+	_, err = c.Connect(ctx)
+	s.attempted(c.ClientID())
+	if err != nil {
 		return err
 	}
 	s.mu.Lock()
@@ -103,28 +106,34 @@ func (s *Session) Switch(ctx context.Context, id rotation.Identity) error {
 	return nil
 }
 
-// pace waits until a CONNECT with clientID keeps to MinConnectInterval, and
-// counts this one.
+// pace waits until a CONNECT with clientID keeps to MinConnectInterval. The
+// interval is counted from the end of the previous attempt (see connected),
+// which is after the broker counted it.
 func (s *Session) pace(ctx context.Context, clientID string) error {
 	interval := s.MinConnectInterval
 	if interval == 0 {
 		interval = time.Second
 	}
-	now := time.Now()
-	if interval > 0 && clientID == s.lastID {
-		if wait := s.lastConnect.Add(interval).Sub(now); wait > 0 {
-			t := time.NewTimer(wait)
-			defer t.Stop()
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-t.C:
-			}
-			now = time.Now()
-		}
+	if interval <= 0 || clientID != s.lastID {
+		return nil
 	}
-	s.lastConnect, s.lastID = now, clientID
-	return nil
+	wait := time.Until(s.lastConnect.Add(interval))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// attempted records a CONNECT attempt that has just ended, accepted or not.
+func (s *Session) attempted(clientID string) {
+	s.lastConnect, s.lastID = time.Now(), clientID
 }
 
 // Confirm asks the cloud over the current connection to show it accepts it.

@@ -513,3 +513,98 @@ func TestRecoverRevokedDevice(t *testing.T) {
 		t.Errorf("after recovery: current %s, previous %+v", s.Current.CertificateID[:12], s.Previous)
 	}
 }
+
+// TestShellStory is the issue's acceptance from the shell, every step a real
+// process: `thingcert emulator serve`, its admin commands, a claim made with
+// `thingcert key generate` and openssl, `thingcert provision`, `thingcert
+// rotate --force`, and `thingcert connect` publishing with the result.
+func TestShellStory(t *testing.T) {
+	openssl := testpeers.Need(t, "openssl")[0]
+	bin := buildThingcert(t)
+	dir := t.TempDir()
+	sh := func(name string, args ...string) string {
+		t.Helper()
+		c := exec.Command(name, args...)
+		c.Dir = dir
+		out, err := c.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %v: %v\n%s", filepath.Base(name), args, err, out)
+		}
+		return string(out)
+	}
+	port := testpeers.FreePort(t)
+	emu := exec.Command(bin, "emulator", "serve", "--state", filepath.Join(dir, "emu"), "--account", "dev:demo", "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	stdout, _ := emu.StdoutPipe()
+	emu.Stderr = &testpeers.Buffer{}
+	if err := emu.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = emu.Process.Kill(); _ = emu.Wait() })
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		var once sync.Once
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "endpoint ") {
+				once.Do(func() { close(ready) })
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the emulator did not start")
+	}
+	sh(bin, "emulator", "create-template", "--state", "emu", "--account", "dev", "--name", "fleet", "--thing-name-prefix", "dev-", "--thing-name-param", "SerialNumber")
+	sh(bin, "key", "generate", "--key", "file:"+filepath.Join(dir, "claim", "claim.pem"))
+	sh(openssl, "req", "-new", "-x509", "-key", "claim/claim.pem", "-subj", "/CN=claim", "-days", "30", "-out", "claim/claim.crt")
+	sh(bin, "emulator", "register-cert", "--state", "emu", "--account", "dev", "--cert", "claim/claim.crt", "--without-ca")
+	cfg := fmt.Sprintf(`endpoint: demo-ats.iot.us-east-1.amazonaws.com
+address: 127.0.0.1:%d
+ca: emu/root-ca.pem
+thing_name: dev-0042
+store: file:%s/keys/
+claim:
+  key: file:%s/claim/claim.pem
+  cert: claim/claim.crt
+  client_id: claim-0042
+provisioning:
+  template: fleet
+  parameters:
+    SerialNumber: "0042"
+state_dir: state
+log:
+  level: warn
+`, port, dir, dir)
+	if err := os.WriteFile(filepath.Join(dir, "thingcert.yaml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := sh(bin, "provision", "--config", "thingcert.yaml"); !strings.Contains(out, "provisioned") {
+		t.Fatalf("provision:\n%s", out)
+	}
+	out := sh(bin, "rotate", "--config", "thingcert.yaml", "--force", "--json")
+	var r identityReport
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.Action != "rotated" {
+		t.Fatalf("rotate --force --json: %v\n%s", err, out)
+	}
+	// rotate's last CONNECT was a moment ago, and the emulator, like AWS IoT,
+	// allows one per second per client ID: a refusal for that is retried.
+	for attempt := 1; ; attempt++ {
+		c := exec.Command(bin, "connect", "--endpoint", "demo-ats.iot.us-east-1.amazonaws.com", "--address", fmt.Sprintf("127.0.0.1:%d", port),
+			"--ca", "emu/root-ca.pem", "--key", r.KeyURI, "--cert", r.CertFile, "--publish", "dt/dev-0042/hello", "--message", "hi")
+		c.Dir = dir
+		b, err := c.CombinedOutput()
+		out = string(b)
+		if err == nil || attempt == 3 || !strings.Contains(out, "CONNECT refused") {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if !strings.Contains(out, "PUBACK received") || !strings.Contains(out, r.CertificateID) {
+		t.Fatalf("connect with the rotated identity:\n%s", out)
+	}
+	hist := sh(bin, "emulator", "history", "--state", "emu")
+	if !strings.Contains(hist, "accepted") || !strings.Contains(hist, r.CertificateID) {
+		t.Fatalf("history:\n%s", hist)
+	}
+}
