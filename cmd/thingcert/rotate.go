@@ -28,9 +28,14 @@ it; if the new identity cannot connect, or the cloud does not confirm it, the
 device goes back to its current identity. The old key and certificate are
 deleted after the grace period (rotation.grace_period), by a later run.
 
+A job whose document is {"operation": "rotate-certificate"} also starts a
+rotation (rotation.jobs, on by default): the job is marked IN_PROGRESS, then
+SUCCEEDED with the old and new certificate IDs, or FAILED with the reason.
+
 A rotation that was interrupted (killed, powered off, or out of --timeout) is
 resumed where it stopped. Without --force, a rotation that is not due prints
-when it will be and exits 0.`,
+when it will be and exits 0. If the cloud refuses the device's certificate
+(revoked) and claim.recover is set, the claim provisions the device again.`,
 		Example: `  thingcert rotate --config /etc/thingcert/thingcert.yaml
   thingcert rotate --config /etc/thingcert/thingcert.yaml --force --json`,
 		Args: cobra.NoArgs,
