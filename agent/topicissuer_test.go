@@ -152,4 +152,3 @@ func (ca *otherCA) pool() *x509.CertPool {
 	p.AddCert(ca.cert)
 	return p
 }
-
