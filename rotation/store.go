@@ -209,8 +209,12 @@ func (s StateStore) Tidy(st *State) error {
 		}
 		for _, n := range names {
 			p := filepath.Join(d, n)
-			ours := strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") ||
-				d != s.Dir && strings.HasSuffix(n, ".pem") && validCertID(strings.TrimSuffix(n, ".pem"))
+			// In the state folder only the state file's own temporary files are
+			// ours: other writers (the daemon's record) share the folder and may
+			// be between writing and renaming theirs right now.
+			ours := d == s.Dir && strings.HasPrefix(n, "."+StateFile+".tmp-") ||
+				d != s.Dir && (strings.HasPrefix(n, ".") && strings.Contains(n, ".tmp-") ||
+					strings.HasSuffix(n, ".pem") && validCertID(strings.TrimSuffix(n, ".pem")))
 			if ours && !keep[p] {
 				if err := s.RemoveFile(p); err != nil {
 					errs = append(errs, err)
