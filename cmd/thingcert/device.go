@@ -237,20 +237,23 @@ func printIdentity(env *cliEnv, r identityReport) {
 }
 
 // testStopHook, for tests only, stops the process right after the state was
-// saved in a chosen phase: THINGCERT_TEST_STOP_AFTER=<phase>[:<serial>]. The
-// process says so on stderr and waits to be killed, so a test can SIGKILL it
-// at that exact point.
+// saved in a chosen phase: THINGCERT_TEST_STOP_AFTER=<phase>[:<serial>[:<attempt>]]
+// (attempt: the save that records that many failed attempts, for a retry).
+// The process says so on stderr and waits to be killed, so a test can SIGKILL
+// it at that exact point.
 func testStopHook(env *cliEnv) func(context.Context, *rotation.State) error {
 	v := os.Getenv("THINGCERT_TEST_STOP_AFTER")
 	if v == "" {
 		return nil
 	}
-	phase, serial, _ := strings.Cut(v, ":")
+	parts := strings.SplitN(v, ":", 3)
 	return func(ctx context.Context, s *rotation.State) error {
-		if string(s.Phase) != phase || serial != "" && fmt.Sprint(s.Serial) != serial {
+		if string(s.Phase) != parts[0] ||
+			len(parts) > 1 && parts[1] != "" && fmt.Sprint(s.Serial) != parts[1] ||
+			len(parts) > 2 && fmt.Sprint(s.Attempt) != parts[2] {
 			return nil
 		}
-		fmt.Fprintf(env.stderr, "thingcert: test: stopped after saving phase %s (serial %d)\n", s.Phase, s.Serial)
+		fmt.Fprintf(env.stderr, "thingcert: test: stopped after saving phase %s (serial %d, attempt %d)\n", s.Phase, s.Serial, s.Attempt)
 		<-ctx.Done()
 		return ctx.Err()
 	}

@@ -67,17 +67,27 @@ func refused(err error) bool {
 func recoverByClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, why error) error {
 	d.log.Warn("the device's identity was refused; provisioning again with the claim (claim.recover)", "error", why)
 	claim := rotation.IdentityRecord{KeyURI: d.cfg.Claim.Key, CertFile: d.cfg.Claim.Cert, Claim: true}
-	s, err := d.runner.Recover(ctx, claim, oneLine(why.Error()))
+	if _, err := d.runner.Recover(ctx, claim, oneLine(why.Error())); err != nil {
+		return err
+	}
+	return provisionWithClaim(ctx, env, d, f, "recovered: provisioned again with the claim")
+}
+
+// provisionWithClaim connects with the claim, which the state names as the
+// current identity, and provisions.
+func provisionWithClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, action string) error {
+	s, err := d.runner.Load()
 	if err != nil {
 		return err
 	}
 	if err := d.connectCurrent(ctx, s); err != nil {
 		return err
 	}
+	claim := rotation.IdentityRecord{KeyURI: d.cfg.Claim.Key, CertFile: d.cfg.Claim.Cert, Claim: true}
 	if s, err = d.runner.Provision(ctx, claim); err != nil {
 		return err
 	}
-	return d.output(env, f, s, "recovered: provisioned again with the claim")
+	return d.output(env, f, s, action)
 }
 
 func notDue(dec rotation.Decision) string {
@@ -98,6 +108,11 @@ func runRotate(ctx context.Context, env *cliEnv, cfg *config.Config, f rotationF
 		return err
 	}
 	if s.Current.Claim {
+		if cfg.Claim != nil && cfg.Claim.Recover {
+			// A recovery that was interrupted, or a device that never
+			// provisioned: with claim.recover the claim may provision it.
+			return provisionWithClaim(ctx, env, d, f, "recovered: provisioned again with the claim")
+		}
 		return fmt.Errorf("the device is not provisioned yet (it holds only its claim): run `thingcert provision --config %s`", cfg.Path)
 	}
 	now := time.Now()

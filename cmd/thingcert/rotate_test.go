@@ -196,8 +196,15 @@ func (d *cliDevice) run(args ...string) (out string, code int) {
 // kills it with SIGKILL.
 func (d *cliDevice) killAfter(phase rotation.Phase, serial int, args ...string) {
 	d.t.Helper()
+	d.killAt(fmt.Sprintf("%s:%d", phase, serial), phase, args...)
+}
+
+// killAt is killAfter for any THINGCERT_TEST_STOP_AFTER value.
+func (d *cliDevice) killAt(stop string, phase rotation.Phase, args ...string) {
+	d.t.Helper()
+	serial := stop
 	c := d.command(args...)
-	c.Env = append(c.Env, fmt.Sprintf("THINGCERT_TEST_STOP_AFTER=%s:%d", phase, serial))
+	c.Env = append(c.Env, "THINGCERT_TEST_STOP_AFTER="+stop)
 	stderr, err := c.StderrPipe()
 	if err != nil {
 		d.t.Fatal(err)
@@ -238,7 +245,7 @@ func (d *cliDevice) killAfter(phase rotation.Phase, serial int, args ...string) 
 	case err := <-exited:
 		mu.Lock()
 		defer mu.Unlock()
-		d.t.Fatalf("thingcert %v ended (%v) before saving phase %s (serial %d):\n%s", args, err, phase, serial, log.String())
+		d.t.Fatalf("thingcert %v ended (%v) before stopping at %s:\n%s", args, err, serial, log.String())
 	case <-time.After(60 * time.Second):
 		_ = c.Process.Kill()
 		d.t.Fatalf("thingcert %v never reached phase %s", args, phase)
@@ -286,6 +293,90 @@ func TestKillAtEveryTransition(t *testing.T) {
 	bin := buildThingcert(t)
 	f := startFleet(t)
 	runKillTests(t, bin, f, "1", fileBackend())
+	runKillExtras(t, bin, f)
+}
+
+// runKillExtras kills at the saves that are not phase changes: a failed
+// attempt recorded for a retry, the deletion of a replaced identity after
+// its grace period, and the return to the claim for a recovery.
+func runKillExtras(t *testing.T, bin string, f *fleet) {
+	t.Run("csr-submitted retry", func(t *testing.T) {
+		d := newCLIDevice(t, bin, f, "1901", fileBackend())
+		if out, code := d.run("provision", "--config", d.config); code != 0 {
+			t.Fatalf("provision: %d\n%s", code, out)
+		}
+		before := d.works()
+		remove, err := f.emu.InjectFault(emulator.Fault{Topic: "$aws/certificates/create-from-csr/json", Times: 1, Rewrite: func(topic string, _ []byte) (string, []byte) {
+			return strings.Replace(topic, "/accepted", "/rejected", 1), []byte(`{"statusCode":429,"errorCode":"ThrottlingException","errorMessage":"Rate exceeded"}`)
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer remove()
+		d.killAt(fmt.Sprintf("%s:%d:1", rotation.PhaseCSRSubmitted, before.Serial+1), rotation.PhaseCSRSubmitted, "rotate", "--config", d.config, "--force")
+		if s := d.state(); s.Attempt != 1 || !strings.Contains(s.LastError, "ThrottlingException") {
+			t.Fatalf("saved before the kill: attempt %d, last error %q", s.Attempt, s.LastError)
+		}
+		if out, code := d.run("rotate", "--config", d.config); code != 0 {
+			t.Fatalf("rotate after the kill: %d\n%s", code, out)
+		}
+		if s := d.works(); s.Current.CertificateID == before.Current.CertificateID {
+			t.Error("the retried rotation did not complete")
+		}
+	})
+	t.Run("idle retire", func(t *testing.T) {
+		d := newCLIDevice(t, bin, f, "1902", fileBackend())
+		cfg, _ := os.ReadFile(d.config)
+		os.WriteFile(d.config, []byte(strings.Replace(string(cfg), "rotation:\n", "rotation:\n  grace_period: 1s\n", 1)), 0o644)
+		if out, code := d.run("provision", "--config", d.config); code != 0 {
+			t.Fatalf("provision: %d\n%s", code, out)
+		}
+		if out, code := d.run("rotate", "--config", d.config, "--force"); code != 0 {
+			t.Fatalf("rotate: %d\n%s", code, out)
+		}
+		s := d.state()
+		if len(s.Previous) != 1 || len(d.keys()) != 2 {
+			t.Fatalf("before the grace period ends: previous %+v, keys %v", s.Previous, d.keys())
+		}
+		for time.Now().Before(s.Previous[0].RetireAt) {
+			time.Sleep(50 * time.Millisecond) // the grace period, 1 s
+		}
+		// Not due, no job: the first save of this run is the retirement.
+		d.killAfter(rotation.PhaseIdle, s.Serial, "rotate", "--config", d.config)
+		if out, code := d.run("rotate", "--config", d.config); code != 0 || !strings.Contains(out, "not due") {
+			t.Fatalf("rotate after the kill: %d\n%s", code, out)
+		}
+		s = d.works()
+		if len(s.Previous) != 0 || len(d.keys()) != 1 {
+			t.Errorf("after the grace period: previous %+v, keys %v", s.Previous, d.keys())
+		}
+		if certs, _ := filepath.Glob(filepath.Join(d.dir, "state", "certs", "*.pem")); len(certs) != 1 {
+			t.Errorf("certificate files %v, want the current one only", certs)
+		}
+	})
+	t.Run("idle recover", func(t *testing.T) {
+		d := newCLIDevice(t, bin, f, "1903", fileBackend())
+		cfg, _ := os.ReadFile(d.config)
+		os.WriteFile(d.config, []byte(strings.Replace(string(cfg), "  client_id: claim-", "  recover: true\n  client_id: claim-", 1)), 0o644)
+		if out, code := d.run("provision", "--config", d.config); code != 0 {
+			t.Fatalf("provision: %d\n%s", code, out)
+		}
+		old := d.works()
+		if err := f.emu.SetCertificateStatus(context.Background(), rotAccount, old.Current.CertificateID, emulator.StatusRevoked); err != nil {
+			t.Fatal(err)
+		}
+		// The first save is the return to the claim.
+		d.killAfter(rotation.PhaseIdle, old.Serial, "rotate", "--config", d.config)
+		if s := d.state(); !s.Current.Claim {
+			t.Fatalf("saved before the kill: current %+v", s.Current)
+		}
+		if out, code := d.run("rotate", "--config", d.config); code != 0 || !strings.Contains(out, "recovered") {
+			t.Fatalf("rotate after the kill: %d\n%s", code, out)
+		}
+		if s := d.works(); s.Current.CertificateID == old.Current.CertificateID {
+			t.Error("not recovered")
+		}
+	})
 }
 
 // runKillTests is the kill test for one kind of key store.
