@@ -142,3 +142,47 @@ func TestObjectMemoryExplained(t *testing.T) {
 		}
 	}
 }
+
+// A process killed with keys loaded leaves them in a TPM reached without the
+// resource manager. The next opener flushes them, so it has the TPM's object
+// slots to itself.
+func TestOrphansFlushedOnOpen(t *testing.T) {
+	sw := testpeers.StartSWTPM(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	raw, err := OpenTransport(ctx, sw.Device())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := NewDevice(sw.Device(), raw)
+	s, err := NewStore(ctx, dead, "tpm:blob-dir="+dir+"?device="+sw.Device(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uris []string
+	for _, name := range []string{"a", "b"} {
+		u, _ := s.KeyURI(name)
+		if _, err := s.Generate(ctx, u, keystore.ECDSAP256); err != nil {
+			t.Fatal(err)
+		}
+		uris = append(uris, u)
+	}
+	// The "kill": the connection goes without a single FlushContext.
+	raw.Close()
+
+	s2, err := Open(ctx, "tpm:blob-dir="+dir+"?device="+sw.Device(), keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	for _, u := range uris {
+		k, err := s2.Open(ctx, u)
+		if err != nil {
+			t.Fatalf("reopening %s after the earlier process died with keys loaded: %v", u, err)
+		}
+		digest := sha256.Sum256([]byte("x"))
+		if _, err := k.Sign(rand.Reader, digest[:], crypto.SHA256); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

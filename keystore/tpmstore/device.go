@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/go-tpm/tpm2"
@@ -52,7 +53,48 @@ func OpenDevice(ctx context.Context, device string) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewDevice(device, t), nil
+	d := NewDevice(device, t)
+	if !strings.HasPrefix(device, "/dev/tpmrm") {
+		if err := d.Run(ctx, flushOrphans); err != nil {
+			_ = t.Close()
+			return nil, fmt.Errorf("tpmstore: %s: flushing objects left loaded by an earlier process: %w", device, err)
+		}
+	}
+	return d, nil
+}
+
+// flushOrphans flushes every transient object in the TPM. Without the
+// kernel's resource manager (/dev/tpm0, swtpm over TCP) a TPM has one opener
+// at a time, so what is loaded when thingcert opens it belongs to nobody: a
+// process that was killed or lost power before it could flush its keys, or a
+// tool that left them. Left there, they would fill the TPM's few object slots
+// and the next key load would fail. Call with the turn held.
+func flushOrphans(t transport.TPM) error {
+	for {
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(tpm2.TPMHTTransient) << 24, PropertyCount: 64}.Execute(t)
+		if err != nil {
+			return fmt.Errorf("listing transient objects: %w", err)
+		}
+		hl, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return fmt.Errorf("listing transient objects: %w", err)
+		}
+		var flushed int
+		for _, h := range hl.Handle {
+			if uint32(h)>>24 != uint32(tpm2.TPMHTTransient) {
+				continue
+			}
+			if _, err := (tpm2.FlushContext{FlushHandle: h}).Execute(t); err != nil {
+				return fmt.Errorf("flushing 0x%08x: %w", uint32(h), err)
+			}
+			flushed++
+		}
+		// Flushing shifts nothing, so asking again from the start finds what a
+		// capped answer left out.
+		if !rsp.MoreData || flushed == 0 {
+			return nil
+		}
+	}
 }
 
 // NewDevice wraps an open transport; the Device owns it and closes it. name is
