@@ -235,7 +235,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	lock, err := lockRun(cfg.StateDir)
+	lock, err := LockRun(cfg.StateDir)
 	if err != nil {
 		return err
 	}

@@ -170,13 +170,15 @@ func newRunner(p *devicePlan, stores *keyStores, conn rotation.Connector, s *Ses
 	}
 }
 
-// runLockFile keeps a second `thingcert run` off a state folder: two daemons
-// with one client ID would take the connection from each other forever.
+// runLockFile keeps a second `thingcert run`, or a `thingcert provision` or
+// `rotate` by hand, off a state folder the agent is using: two processes with
+// one client ID would take the connection from each other forever.
 const runLockFile = "run.lock"
 
-// lockRun takes the state folder's run lock (flock, released by the kernel
-// when the process dies).
-func lockRun(dir string) (io.Closer, error) {
+// LockRun takes the state folder's run lock (flock, released by the kernel
+// when the process dies). `thingcert run` holds it for its life, the
+// provision and rotate commands while they work.
+func LockRun(dir string) (io.Closer, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("agent: state folder %s: %w", dir, err)
 	}
@@ -189,11 +191,11 @@ func lockRun(dir string) (io.Closer, error) {
 		holder, _ := io.ReadAll(io.LimitReader(f, 32))
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			who := "another `thingcert run`"
+			who := "another thingcert process"
 			if pid, perr := strconv.Atoi(string(holder)); perr == nil {
 				who += fmt.Sprintf(" (pid %d)", pid)
 			}
-			return nil, fmt.Errorf("agent: %s already runs on state folder %s; stop it first (systemctl stop thingcert)", who, dir)
+			return nil, fmt.Errorf("agent: %s is using state folder %s: if it is the agent (`thingcert run`), stop it first (systemctl stop thingcert) or rotate through a job", who, dir)
 		}
 		return nil, fmt.Errorf("agent: locking %s: %w", path, err)
 	}

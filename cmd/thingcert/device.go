@@ -27,6 +27,7 @@ type device struct {
 	session *agent.Session
 	runner  *rotation.Runner
 	log     *slog.Logger
+	lock    io.Closer // the state folder's run lock, shared with the agent
 }
 
 // newLogger is the configured logger on stderr.
@@ -43,11 +44,18 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 // connects yet.
 func openDevice(ctx context.Context, env *cliEnv, cfg *config.Config) (*device, error) {
 	log := newLogger(env.stderr, cfg.Log)
+	// The agent holds this lock while it runs: a rotation by hand beside it
+	// would fight it over the client ID and the state folder.
+	lock, err := agent.LockRun(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	store, err := backends.Open(ctx, cfg.Store, keystore.Options{Logger: log})
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("store %s (config key store): %w", keystore.RedactURI(cfg.Store), err)
 	}
-	d := &device{cfg: cfg, store: store, log: log}
+	d := &device{cfg: cfg, store: store, log: log, lock: lock}
 	var roots *x509.CertPool
 	if cfg.CA != "" {
 		if roots, err = agent.LoadCAFile(cfg.CA); err != nil {
@@ -125,6 +133,7 @@ func (d *device) close(ctx context.Context) {
 		s.Close()
 	}
 	d.store.Close()
+	d.lock.Close()
 }
 
 // state loads the state folder, adopting the config's key and cert when it

@@ -401,8 +401,13 @@ func TestRunProvisionsReloadsAndStops(t *testing.T) {
 	p.waitLog(0, "thingcert agent started")
 	eventually(t, "the daemon to reconnect", d.connected)
 	out, err := exec.Command(thingcertBinary(t), "run", "--config", d.config, "--socket", "none").CombinedOutput()
-	if err == nil || !strings.Contains(string(out), "already runs") {
+	if err == nil || !strings.Contains(string(out), "is using state folder") {
 		t.Errorf("a second thingcert run on the same state folder: %v\n%s", err, out)
+	}
+	// So is a rotation by hand: it would take the client ID from the agent.
+	out, err = exec.Command(thingcertBinary(t), "rotate", "--config", d.config, "--force").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "stop it first") {
+		t.Errorf("thingcert rotate beside the running agent: %v\n%s", err, out)
 	}
 	p.signal(syscall.SIGINT)
 	if code := p.exit(); code != 0 {
