@@ -7,13 +7,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
 	"sync"
 	"sync/atomic"
 
+	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/keystore"
 )
 
@@ -76,29 +76,14 @@ func LoadCertificateChain(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: certificate file: %w", err)
 	}
-	var chain []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			// A key in the certificate file is a mistake worth naming: it means the
-			// key exists outside its store.
-			if b.Type == "PRIVATE KEY" || b.Type == "EC PRIVATE KEY" || b.Type == "RSA PRIVATE KEY" {
-				return nil, fmt.Errorf("agent: certificate file %s holds a private key; keep keys in a key store and give only the certificate here", path)
-			}
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("agent: certificate file %s: certificate %d: %w", path, len(chain)+1, err)
-		}
-		chain = append(chain, c)
+	// A key in the certificate file is a mistake worth naming: it means the key
+	// exists outside its store.
+	if pemcert.HasPrivateKey(data) {
+		return nil, fmt.Errorf("agent: certificate file %s holds a private key; keep keys in a key store and give only the certificate here", path)
 	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("agent: certificate file %s: %w", path, errNoCertificates)
+	chain, err := pemcert.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("agent: certificate file %s: %w", path, err)
 	}
 	return chain, nil
 }

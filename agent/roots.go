@@ -3,12 +3,12 @@ package agent
 import (
 	"bytes"
 	"crypto/x509"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"os"
 
 	"golang.org/x/crypto/x509roots/fallback/bundle"
+
+	"github.com/thingcert/thingcert/internal/pemcert"
 )
 
 // AmazonRootSubjects are the subjects of the CAs that anchor AWS IoT Core's ATS
@@ -89,28 +89,13 @@ func LoadCAFile(path string) (*x509.CertPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: CA file: %w", err)
 	}
-	pool := x509.NewCertPool()
-	n := 0
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("agent: CA file %s: certificate %d: %w", path, n+1, err)
-		}
-		pool.AddCert(c)
-		n++
+	certs, err := pemcert.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CA file %s: %w", path, err)
 	}
-	if n == 0 {
-		return nil, fmt.Errorf("agent: CA file %s: %w", path, errNoCertificates)
+	pool := x509.NewCertPool()
+	for _, c := range certs {
+		pool.AddCert(c)
 	}
 	return pool, nil
 }
-
-var errNoCertificates = errors.New("no PEM CERTIFICATE block found")

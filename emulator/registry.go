@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/thingcert/thingcert/internal/atomicfile"
+	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/keystore"
 )
 
@@ -505,27 +506,11 @@ func (r *Registry) IssuingCAPEM() []byte { return slices.Clone(r.issuing.pem) }
 func (r *Registry) StateDir() string { return r.dir }
 
 func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	rest := data
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("emulator: %w: a PEM certificate does not parse: %v", ErrInvalid, err)
-		}
-		out = append(out, c)
+	certs, err := pemcert.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("emulator: %w: %v", ErrInvalid, err)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("emulator: %w: no PEM CERTIFICATE block found", ErrInvalid)
-	}
-	return out, nil
+	return certs, nil
 }
 
 func parseOneCert(data []byte) (*x509.Certificate, error) {

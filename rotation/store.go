@@ -13,6 +13,8 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strings"
+
+	"github.com/thingcert/thingcert/internal/pemcert"
 )
 
 // Names inside the state folder.
@@ -158,24 +160,9 @@ func (s StateStore) ReadChain(path string) ([]*x509.Certificate, error) {
 
 // ParseChainPEM reads the CERTIFICATE blocks of a PEM file, leaf first.
 func ParseChainPEM(data []byte, where string) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("rotation: %s: certificate %d: %w", where, len(chain)+1, err)
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, fmt.Errorf("rotation: %s holds no PEM certificate", where)
+	chain, err := pemcert.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: %s: %w", where, err)
 	}
 	return chain, nil
 }
