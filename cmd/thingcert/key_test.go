@@ -1,6 +1,9 @@
 package main
 
 import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,5 +119,69 @@ func TestUsageErrors(t *testing.T) {
 	_, stderr, code = run(t, "csr", "--key", "file:/x/k.pem", "--bogus")
 	if code != 2 || !strings.Contains(stderr, "--help") {
 		t.Errorf("unknown flag: exit %d %q", code, stderr)
+	}
+}
+
+// keyCLIFlow is the acceptance flow every key store passes through the CLI:
+// generate (the public key is printed), show (checkShow reads what `key show`
+// says of the key's protection), a CSR that `openssl req -verify` accepts and
+// that carries the printed public key, a second generate at the same URI
+// refused, delete, and show refusing the deleted key.
+func keyCLIFlow(t *testing.T, uri, alg string, checkShow func(t *testing.T, out string)) {
+	t.Helper()
+	out, stderr, code := run(t, "key", "generate", "--key", uri, "--alg", alg)
+	if code != 0 {
+		t.Fatalf("key generate: exit %d: %s", code, stderr)
+	}
+	blk, _ := pem.Decode([]byte(out))
+	if blk == nil || blk.Type != "PUBLIC KEY" {
+		t.Fatalf("key generate printed no public key: %q", out)
+	}
+	pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, stderr, code = run(t, "key", "show", "--key", uri)
+	if code != 0 {
+		t.Fatalf("key show: exit %d: %s", code, stderr)
+	}
+	checkShow(t, out)
+	out, stderr, code = run(t, "csr", "--key", uri, "--subject", "CN=dev")
+	if code != 0 {
+		t.Fatalf("csr: exit %d: %s", code, stderr)
+	}
+	testpeers.VerifyCSR(t, []byte(out))
+	blk, _ = pem.Decode([]byte(out))
+	csr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !csr.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(pub) {
+		t.Fatal("the CSR carries another public key than key generate printed")
+	}
+	if _, stderr, code = run(t, "key", "generate", "--key", uri, "--alg", alg); code == 0 || !strings.Contains(stderr, "already exists") {
+		t.Errorf("a second generate at the same URI: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code = run(t, "key", "delete", "--key", uri); code != 0 {
+		t.Fatalf("key delete: exit %d: %s", code, stderr)
+	}
+	if _, stderr, code = run(t, "key", "show", "--key", uri); code == 0 || !strings.Contains(stderr, "not found") {
+		t.Errorf("key show after delete: exit %d: %s", code, stderr)
+	}
+}
+
+func TestFileKeyGenerateShowCSR(t *testing.T) {
+	for _, alg := range []string{"ecdsa-p256", "rsa-2048"} {
+		t.Run(alg, func(t *testing.T) {
+			uri := "file:" + filepath.Join(t.TempDir(), "keys", "dev.pem")
+			keyCLIFlow(t, uri, alg, func(t *testing.T, out string) {
+				got := showAttrs(out)
+				for name, want := range map[string]string{"Algorithm": alg, "Backend": "file", "Hardware": "false", "mode": "0600"} {
+					if got[name] != want {
+						t.Errorf("key show: %s = %q, want %q\n%s", name, got[name], want, out)
+					}
+				}
+			})
+		})
 	}
 }

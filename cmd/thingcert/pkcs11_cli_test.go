@@ -1,9 +1,6 @@
 package main
 
 import (
-	"crypto"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"os"
 	"os/exec"
@@ -36,61 +33,22 @@ func TestPKCS11KeyGenerateShowCSR(t *testing.T) {
 		t.Run(alg, func(t *testing.T) {
 			object := "dev-" + alg
 			uri := "pkcs11:token=T;object=" + object + "?module-path=" + h.Module + "&pin-source=" + h.PINFile
-			out, stderr, code := run(t, "key", "generate", "--key", uri, "--alg", alg)
-			if code != 0 {
-				t.Fatalf("key generate: exit %d: %s", code, stderr)
-			}
-			blk, _ := pem.Decode([]byte(out))
-			if blk == nil || blk.Type != "PUBLIC KEY" {
-				t.Fatalf("key generate printed no public key: %q", out)
-			}
-			pub, err := x509.ParsePKIXPublicKey(blk.Bytes)
-			if err != nil {
-				t.Fatal(err)
-			}
-
-			out, stderr, code = run(t, "key", "show", "--key", uri)
-			if code != 0 {
-				t.Fatalf("key show: exit %d: %s", code, stderr)
-			}
-			got := showAttrs(out)
-			for name, want := range map[string]string{
-				"Algorithm": alg, "Backend": "pkcs11", "Hardware": "true",
-				"sensitive": "true", "extractable": "false", "local": "true",
-				"always-sensitive": "true", "never-extractable": "true", "private": "true",
-				"token": "T", "token-model": "SoftHSM project SoftHSM v2", "token-serial": h.Serial,
-			} {
-				if got[name] != want {
-					t.Errorf("key show: %s = %q, want %q\n%s", name, got[name], want, out)
+			keyCLIFlow(t, uri, alg, func(t *testing.T, out string) {
+				got := showAttrs(out)
+				for name, want := range map[string]string{
+					"Algorithm": alg, "Backend": "pkcs11", "Hardware": "true",
+					"sensitive": "true", "extractable": "false", "local": "true",
+					"always-sensitive": "true", "never-extractable": "true", "private": "true",
+					"token": "T", "token-model": "SoftHSM project SoftHSM v2", "token-serial": h.Serial,
+				} {
+					if got[name] != want {
+						t.Errorf("key show: %s = %q, want %q\n%s", name, got[name], want, out)
+					}
 				}
-			}
-			if !strings.Contains(got["URI"], ";object="+object+";id=%") {
-				t.Errorf("key show: URI %q lacks the key's label and id", got["URI"])
-			}
-
-			out, stderr, code = run(t, "csr", "--key", uri, "--subject", "CN=dev")
-			if code != 0 {
-				t.Fatalf("csr: exit %d: %s", code, stderr)
-			}
-			testpeers.VerifyCSR(t, []byte(out))
-			blk, _ = pem.Decode([]byte(out))
-			csr, err := x509.ParseCertificateRequest(blk.Bytes)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !csr.PublicKey.(interface{ Equal(crypto.PublicKey) bool }).Equal(pub) {
-				t.Fatal("the CSR carries another public key than key generate printed")
-			}
-
-			if _, stderr, code = run(t, "key", "generate", "--key", uri, "--alg", alg); code == 0 || !strings.Contains(stderr, "already exists") {
-				t.Errorf("a second generate at the same URI: exit %d: %s", code, stderr)
-			}
-			if _, stderr, code = run(t, "key", "delete", "--key", uri); code != 0 {
-				t.Fatalf("key delete: exit %d: %s", code, stderr)
-			}
-			if _, stderr, code = run(t, "key", "show", "--key", uri); code == 0 || !strings.Contains(stderr, "not found") {
-				t.Errorf("key show after delete: exit %d: %s", code, stderr)
-			}
+				if !strings.Contains(got["URI"], ";object="+object+";id=%") {
+					t.Errorf("key show: URI %q lacks the key's label and id", got["URI"])
+				}
+			})
 		})
 	}
 }
