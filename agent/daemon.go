@@ -72,6 +72,12 @@ const (
 	EventReloaded       DaemonEventKind = "reloaded"
 	EventReloadRefused  DaemonEventKind = "reload-refused"
 	EventStopping       DaemonEventKind = "stopping"
+	// EventIdentityRefused: the cloud refused the device's own identity
+	// (revoked, deactivated, deleted); the message says what follows.
+	EventIdentityRefused DaemonEventKind = "identity-refused"
+	// EventRecovered: with claim.recover the claim is the identity again, to
+	// provision anew.
+	EventRecovered DaemonEventKind = "recovered"
 )
 
 // DaemonEvent is one thing that happened in a daemon.
@@ -110,6 +116,7 @@ type Daemon struct {
 	rotatec  chan rotation.Trigger
 	connc    chan struct{}
 	recordc  chan struct{}
+	refusedc chan error    // the client, reconnecting on its own, had the identity refused
 	deviceUp chan struct{} // closed once the device's own identity connected
 
 	mu           sync.Mutex // guards the fields below
@@ -141,6 +148,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		rotatec:  make(chan rotation.Trigger, 4),
 		connc:    make(chan struct{}, 1),
 		recordc:  make(chan struct{}, 1),
+		refusedc: make(chan error, 1),
 		deviceUp: make(chan struct{}),
 	}
 	if d.dlog == nil {
@@ -346,6 +354,7 @@ type task struct {
 	kind    taskKind
 	trigger rotation.Trigger
 	jobID   string
+	why     string // for a recovery: the refusal
 }
 
 type taskKind string
@@ -357,6 +366,7 @@ const (
 	taskRotate    taskKind = "rotate"
 	taskJob       taskKind = "job"
 	taskCheckJobs taskKind = "check-jobs"
+	taskRecover   taskKind = "recover"
 )
 
 type taskResult struct {
@@ -366,6 +376,8 @@ type taskResult struct {
 	// rotated is set when the task ran a rotation (rather than finding none
 	// to do).
 	rotated bool
+	// recovered is set when a recover task made the claim current again.
+	recovered bool
 }
 
 // loop is the daemon's main loop: it runs one task at a time, arms the
@@ -389,6 +401,11 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 		notBefore   time.Time
 		pendingPlan *devicePlan
 		jobsSeen    = map[string]bool{}
+		// Recoveries by claim are spaced (nextRecovery): none before recoverAt.
+		recoveries   int
+		lastRecovery time.Time
+		recoverAt    time.Time
+		refusal      *refusalError
 	)
 	if iv := d.notifier.WatchdogInterval(); iv > 0 {
 		t := time.NewTicker(iv)
@@ -403,6 +420,15 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			if !queued(t.kind, t.jobID) {
 				queue = append(queue, t)
 			}
+		}
+	}
+	// queueRecovery puts a recovery first, within the recoveries' spacing.
+	queueRecovery := func(why string) {
+		if !queued(taskRecover, "") {
+			queue = append([]task{{kind: taskRecover, why: why}}, queue...)
+		}
+		if notBefore.Before(recoverAt) {
+			notBefore = recoverAt
 		}
 	}
 	queued = func(k taskKind, job string) bool {
@@ -453,6 +479,13 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 				if !queued(r.task.kind, r.task.jobID) {
 					queue = append([]task{r.task}, queue...)
 				}
+			case errors.As(r.err, &refusal) && ctx.Err() == nil:
+				// A connect found the device's identity refused: recover,
+				// then connect again (with the claim if it recovered).
+				if !queued(taskConnect, "") {
+					queue = append([]task{r.task}, queue...)
+				}
+				queueRecovery(refusal.err.Error())
 			case r.err != nil && ctx.Err() == nil && !errors.Is(r.err, rotation.ErrRolledBack):
 				failures++
 				delay := Backoff{Min: 5 * time.Second, Max: 5 * time.Minute}.Delay(failures-1, d.rand())
@@ -463,6 +496,12 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 				}
 			case r.err == nil:
 				failures = 0
+			}
+			if r.recovered {
+				recoveries, recoverAt = nextRecovery(recoveries, lastRecovery, d.now(), d.rand())
+				lastRecovery = d.now()
+				// The claim connects and provisions, as on a new device.
+				enqueue(task{kind: taskConnect}, task{kind: taskProvision})
 			}
 			d.afterTask(r)
 			if pendingPlan != nil {
@@ -503,6 +542,9 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			if d.cfg().JobsEnabled() && !queued(taskCheckJobs, "") {
 				queue = append(queue, task{kind: taskCheckJobs})
 			}
+			stopTimer()
+		case err := <-d.refusedc:
+			queueRecovery(err.Error())
 			stopTimer()
 		case <-d.recordc:
 			d.saveRecord()
@@ -606,6 +648,8 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 		res.state, res.rotated, res.err = d.runJob(ctx, r, t.jobID)
 	case taskCheckJobs:
 		res.err = d.checkJobs(ctx)
+	case taskRecover:
+		res.state, res.recovered, res.err = d.recoverIdentity(ctx, r, t.why)
 	}
 	return res
 }
@@ -615,16 +659,24 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 func (d *Daemon) connect(ctx context.Context) error {
 	r := d.currentRunner()
 	for failures := 0; ; failures++ {
-		err := d.connectOnce(ctx, r)
+		st, err := d.connectOnce(ctx, r)
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return err
 		}
+		if d.recoverable(st, err) {
+			return &refusalError{err}
+		}
 		delay := Backoff{}.Delay(failures, d.rand())
-		d.log.Warn("cannot connect; trying again", "retry_in", delay.Round(time.Millisecond).String(), "error", err)
-		d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + Human(delay))
+		if IdentityRefused(err) && st != nil && !st.Current.Claim {
+			d.adviseRefused(st, err)
+			d.notifier.Status(refusedStatus(err, delay, false))
+		} else {
+			d.log.Warn("cannot connect; trying again", "retry_in", delay.Round(time.Millisecond).String(), "error", err)
+			d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + Human(delay))
+		}
 		d.emit(DaemonEvent{Kind: EventConnectFailed, Message: err.Error(), Err: err})
 		t := time.NewTimer(delay)
 		select {
@@ -636,16 +688,17 @@ func (d *Daemon) connect(ctx context.Context) error {
 	}
 }
 
-func (d *Daemon) connectOnce(ctx context.Context, r *rotation.Runner) error {
+// connectOnce makes one attempt with the current identity, which it returns.
+func (d *Daemon) connectOnce(ctx context.Context, r *rotation.Runner) (*rotation.State, error) {
 	st, err := r.Load()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	id, err := r.Identity(ctx, *st.Current)
 	if err != nil {
-		return fmt.Errorf("agent: opening the current identity (certificate %s, key %s): %w", short(st.Current.CertificateID), keystore.RedactURI(st.Current.KeyURI), err)
+		return st, fmt.Errorf("agent: opening the current identity (certificate %s, key %s): %w", short(st.Current.CertificateID), keystore.RedactURI(st.Current.KeyURI), err)
 	}
-	return daemonConnector{d}.Switch(ctx, id)
+	return st, daemonConnector{d}.Switch(ctx, id)
 }
 
 // recordProtection notes how the key about to be used is protected, for
@@ -827,10 +880,11 @@ func (d *Daemon) onStateChange(ch StateChange) {
 		rec.Retry = now.Add(ch.Retry)
 	}
 	if ch.Err != nil {
-		rec.Error, rec.Kind = ch.Err.Error(), FailureKind(ch.Err)
+		rec.Error, rec.Kind, rec.Refused = ch.Err.Error(), FailureKind(ch.Err), IdentityRefused(ch.Err)
 	} else if ch.State == StateConnected {
-		rec.Error, rec.Kind = "", ""
+		rec.Error, rec.Kind, rec.Refused = "", "", false
 	}
+	canRecover := d.plan != nil && d.plan.cfg.Claim != nil && d.plan.cfg.Claim.Recover
 	if ch.Info != nil {
 		rec.Endpoint, rec.ClientID = ch.Info.Endpoint, ch.Info.ClientID
 	}
@@ -855,6 +909,13 @@ func (d *Daemon) onStateChange(ch StateChange) {
 		d.log.Warn("connection lost", "retry_in", ch.Retry.Round(time.Millisecond).String(), "error", ch.Err)
 		d.notifier.Status("connection lost; reconnecting in " + Human(ch.Retry))
 		d.emit(DaemonEvent{Kind: EventConnectionLost, Message: fmt.Sprint(ch.Err), Change: &c, Err: ch.Err})
+	case ch.State == StateWaiting && IdentityRefused(ch.Err):
+		// The client goes on retrying; the loop recovers, or says what to do.
+		d.notifier.Status(refusedStatus(ch.Err, ch.Retry, canRecover))
+		select {
+		case d.refusedc <- ch.Err:
+		default: // one pending is enough
+		}
 	case ch.State == StateWaiting:
 		d.notifier.Status("not connected (" + FailureKind(ch.Err) + "); retrying in " + Human(ch.Retry))
 	}

@@ -49,7 +49,10 @@ type DaemonRecord struct {
 	// the last reload was refused, if it was.
 	Reloaded    time.Time `json:"reloaded,omitzero"`
 	ReloadError string    `json:"reload_error,omitempty"`
-	Updated     time.Time `json:"updated"`
+	// Recovered is the agent's last return to the claim after the cloud
+	// refused the device's identity (claim.recover).
+	Recovered *RecoveryRecord `json:"recovered,omitempty"`
+	Updated   time.Time       `json:"updated"`
 }
 
 // ConnectionRecord is the connection's state in DaemonRecord.
@@ -59,8 +62,11 @@ type ConnectionRecord struct {
 	Endpoint string    `json:"endpoint,omitempty"`
 	ClientID string    `json:"client_id,omitempty"`
 	// Error and Kind are the last failure (Kind as FailureKind names it).
-	Error    string    `json:"error,omitempty"`
-	Kind     string    `json:"kind,omitempty"`
+	Error string `json:"error,omitempty"`
+	Kind  string `json:"kind,omitempty"`
+	// Refused is set when that failure was the cloud refusing the identity
+	// (IdentityRefused): revoked, deactivated, deleted, or not allowed.
+	Refused  bool      `json:"refused,omitempty"`
 	Failures int       `json:"failures,omitempty"`
 	Retry    time.Time `json:"retry,omitzero"`
 }
@@ -230,6 +236,9 @@ type AgentStatus struct {
 	Connection *ConnectionRecord `json:"connection,omitempty"`
 	// ReloadError is why the last configuration reload was refused.
 	ReloadError string `json:"reload_error,omitempty"`
+	// Recovered is the last return to the claim after the cloud refused the
+	// device's identity (claim.recover).
+	Recovered *RecoveryRecord `json:"recovered,omitempty"`
 }
 
 // ReadStatus reads the state folder named by cfg and describes it at now. It
@@ -264,7 +273,8 @@ func StatusOf(cfg *config.Config, st *rotation.State, rec *DaemonRecord, running
 	}
 	problem := func(format string, args ...any) { s.Problems = append(s.Problems, fmt.Sprintf(format, args...)) }
 	if rec != nil {
-		s.Agent = AgentStatus{Running: running, PID: rec.PID, Started: rec.Started, Stopped: rec.Stopped, ReloadError: rec.ReloadError}
+		s.Agent = AgentStatus{Running: running, PID: rec.PID, Started: rec.Started, Stopped: rec.Stopped, ReloadError: rec.ReloadError,
+			Recovered: rec.Recovered}
 		if running {
 			c := rec.Connection
 			s.Agent.Connection = &c
@@ -297,6 +307,14 @@ func StatusOf(cfg *config.Config, st *rotation.State, rec *DaemonRecord, running
 	s.Identity = id
 	if cur.Claim {
 		problem("the device has only its claim identity: provisioning has not finished")
+	}
+	if c := s.Agent.Connection; c != nil && c.Refused && c.State != StateConnected.String() && !cur.Claim {
+		if cfg.Claim != nil && cfg.Claim.Recover {
+			problem("the cloud refuses the device's certificate %s (%s): claim.recover is set, so the agent provisions again with the claim", short(cur.CertificateID), c.Kind)
+		} else {
+			problem("the cloud refuses the device's certificate %s (%s); the agent keeps retrying: check the certificate's status in AWS IoT (aws iot describe-certificate --certificate-id %s); if it was revoked or deleted, set claim.recover: true (with the claim) and reload the agent to provision again, or install a new identity (key, cert)",
+				short(cur.CertificateID), c.Kind, cur.CertificateID)
+		}
 	}
 	if !now.Before(cur.NotAfter) {
 		problem("the certificate expired at %s: the device cannot connect with it; provision again with the claim (claim.recover) or install a new certificate", cur.NotAfter.UTC().Format(time.RFC3339))
@@ -455,6 +473,9 @@ func (s *Status) WriteText(w io.Writer) error {
 		line("agent", "not running (pid %d ended without stopping cleanly)", a.PID)
 	default:
 		line("agent", "not running")
+	}
+	if rc := a.Recovered; rc != nil {
+		line("recovered", "%s: certificate %s was refused, provisioned again with the claim (claim.recover): %s", at(rc.At), short(rc.CertificateID), rc.Reason)
 	}
 	if len(s.Problems) == 0 {
 		line("health", "ok")

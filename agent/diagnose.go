@@ -326,3 +326,24 @@ func lostError(ep Endpoint, clientID string, upFor time.Duration, err error) err
 		"up for %s; AWS IoT closes a connection when another client connects with the same client ID (%q), when the policy denies a publish or subscribe, or when keep-alive pings stop",
 		upFor.Round(time.Millisecond), clientID))
 }
+
+// IdentityRefused reports whether err is the cloud refusing the identity a
+// connection presented, rather than the network, the server or the device key
+// failing: the certificate refused in the handshake or on an established
+// connection, CONNECT refused as not authorized, or closed without a CONNACK
+// (how AWS IoT refuses what it will not let connect). A certificate revoked,
+// deactivated or deleted in AWS IoT shows as one of these.
+func IdentityRefused(err error) bool {
+	var ce *ConnectError
+	if !errors.As(err, &ce) {
+		return false
+	}
+	switch ce.Kind {
+	case ErrClientCertRefused, ErrClosedAfterConnect:
+		return true
+	case ErrConnectRefused:
+		// Not "server unavailable" or a protocol mismatch: those pass.
+		return ce.Code == ConnackNotAuthorized || ce.Code == ConnackBadUserOrPassword
+	}
+	return false
+}

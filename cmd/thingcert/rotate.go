@@ -58,10 +58,8 @@ when it will be and exits 0. If the cloud refuses the device's certificate
 }
 
 // refused reports whether a connection failed because the cloud refused the
-// identity, as opposed to the network failing.
-func refused(err error) bool {
-	return errors.Is(err, agent.ErrClientCertRefused) || errors.Is(err, agent.ErrConnectRefused) || errors.Is(err, agent.ErrClosedAfterConnect)
-}
+// identity, as opposed to the network failing (the agent decides the same).
+func refused(err error) bool { return agent.IdentityRefused(err) }
 
 // recoverByClaim provisions the device again with its claim (claim.recover).
 func recoverByClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, why error) error {

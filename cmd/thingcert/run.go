@@ -27,6 +27,8 @@ and its identity renewed:
     capped exponential backoff and jitter;
   - it renews the certificate when the renewal policy says so (rotation in the
     config) and when an AWS IoT job asks ({"operation": "rotate-certificate"});
+  - if the cloud refuses its identity (revoked, deactivated), with claim.recover
+    it provisions again by claim; without, it retries and says what to do;
   - the device's own programs publish and subscribe on its connection through
     its local socket (--socket; Go: agent.DialAgent, see examples/sdk).
 
