@@ -30,6 +30,7 @@ type Device struct {
 	srkProbe *parentKey                    // the persistent SRK, once looked for
 	probed   bool
 	support  map[keystore.Algorithm]error // what the TPM said about each algorithm
+	orphans  bool                         // flush transient objects before the first command (raw TPMs)
 }
 
 // parentKey is a storage key that new keys are made under and loaded into.
@@ -54,12 +55,9 @@ func OpenDevice(ctx context.Context, device string) (*Device, error) {
 		return nil, err
 	}
 	d := NewDevice(device, t)
-	if !strings.HasPrefix(device, "/dev/tpmrm") {
-		if err := d.Run(ctx, flushOrphans); err != nil {
-			_ = t.Close()
-			return nil, fmt.Errorf("tpmstore: %s: flushing objects left loaded by an earlier process: %w", device, err)
-		}
-	}
+	// Done at first use rather than here: swtpm serves one connection at a
+	// time, and a caller may open the next connection before closing the last.
+	d.orphans = !strings.HasPrefix(device, "/dev/tpmrm")
 	return d, nil
 }
 
@@ -125,7 +123,14 @@ func (d *Device) Run(ctx context.Context, fn func(t transport.TPM) error) error 
 	if d.closed {
 		return fmt.Errorf("tpmstore: TPM %s is closed", d.name)
 	}
-	return fn(boundTPM{d: d, ctx: ctx})
+	t := boundTPM{d: d, ctx: ctx}
+	if d.orphans {
+		if err := flushOrphans(t); err != nil {
+			return fmt.Errorf("tpmstore: %s: flushing objects left loaded by an earlier process: %w", d.name, err)
+		}
+		d.orphans = false
+	}
+	return fn(t)
 }
 
 func (d *Device) acquire(ctx context.Context) error {
