@@ -203,3 +203,45 @@ func LockRun(dir string) (io.Closer, error) {
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
 	return f, nil
 }
+
+// Rotation is what one `thingcert provision` or `rotate` by hand works with:
+// the state folder's run lock (so it cannot run beside the agent), the key
+// stores, the connection and the rotation runner, built as the agent builds
+// its own.
+type Rotation struct {
+	Session *Session
+	Runner  *rotation.Runner
+	stores  *keyStores
+	lock    io.Closer
+}
+
+// OpenRotation opens a Rotation for cfg. afterSave, if set, runs after each
+// saved step (tests stop the process there).
+func OpenRotation(ctx context.Context, cfg *config.Config, log *slog.Logger, afterSave func(context.Context, *rotation.State) error) (*Rotation, error) {
+	p, err := planDevice(cfg)
+	if err != nil {
+		return nil, err
+	}
+	lock, err := LockRun(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	stores, err := openKeyStores(ctx, cfg.Store, log, nil)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	s := newSession(p, log, nil, 0)
+	return &Rotation{
+		Session: s,
+		Runner:  newRunner(p, stores, s, s, log, nil, afterSave),
+		stores:  stores,
+		lock:    lock,
+	}, nil
+}
+
+// Close disconnects, closes the key stores and releases the run lock.
+func (r *Rotation) Close(ctx context.Context) error {
+	err := errors.Join(r.Session.Close(ctx), r.stores.Close())
+	return errors.Join(err, r.lock.Close())
+}

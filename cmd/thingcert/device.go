@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -14,20 +13,18 @@ import (
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
 	"github.com/thingcert/thingcert/rotation"
 )
 
-// device is everything provision and rotate work with, made from the config:
-// the key store, the connection and the rotation runner.
+// device is everything provision and rotate work with, made from the config
+// as the agent makes its own: the key stores, the connection and the rotation
+// runner, under the state folder's run lock.
 type device struct {
 	cfg     *config.Config
-	store   keystore.Store
-	others  []keystore.Store // stores of keys outside the device's store (a claim on another token)
+	rot     *agent.Rotation
 	session *agent.Session
 	runner  *rotation.Runner
 	log     *slog.Logger
-	lock    io.Closer // the state folder's run lock, shared with the agent
 }
 
 // newLogger is the configured logger on stderr.
@@ -40,101 +37,18 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, o))
 }
 
-// openDevice opens the store and prepares the session and runner. Nothing
-// connects yet.
+// openDevice opens the key stores and prepares the session and runner.
+// Nothing connects yet.
 func openDevice(ctx context.Context, env *cliEnv, cfg *config.Config) (*device, error) {
 	log := newLogger(env.stderr, cfg.Log)
-	// The agent holds this lock while it runs: a rotation by hand beside it
-	// would fight it over the client ID and the state folder.
-	lock, err := agent.LockRun(cfg.StateDir)
+	rot, err := agent.OpenRotation(ctx, cfg, log, testStopHook(env))
 	if err != nil {
 		return nil, err
 	}
-	store, err := backends.Open(ctx, cfg.Store, keystore.Options{Logger: log})
-	if err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("store %s (config key store): %w", keystore.RedactURI(cfg.Store), err)
-	}
-	d := &device{cfg: cfg, store: store, log: log, lock: lock}
-	var roots *x509.CertPool
-	if cfg.CA != "" {
-		if roots, err = agent.LoadCAFile(cfg.CA); err != nil {
-			d.close(ctx)
-			return nil, fmt.Errorf("config ca: %w", err)
-		}
-	}
-	var trust *x509.CertPool
-	if cfg.Rotation.Trust != "" {
-		if trust, err = agent.LoadCAFile(cfg.Rotation.Trust); err != nil {
-			d.close(ctx)
-			return nil, fmt.Errorf("config rotation.trust: %w", err)
-		}
-	}
-	d.session = &agent.Session{
-		Config: agent.Config{
-			Endpoint:  agent.Endpoint{Host: cfg.Endpoint, Port: cfg.Port, Address: cfg.Address},
-			Roots:     roots,
-			ThingName: cfg.ThingName,
-			ClientID:  cfg.ClientID,
-			Logger:    log,
-		},
-	}
-	if cfg.Claim != nil {
-		d.session.ClaimClientID = cfg.Claim.ClientID
-	}
-	var issuer rotation.Issuer
-	switch cfg.Provisioning.Issuer {
-	case config.IssuerTopics:
-		issuer = &agent.TopicIssuer{Conn: d.session, ThingName: cfg.ThingName, Request: cfg.Provisioning.Topics.Request,
-			Response: cfg.Provisioning.Topics.Response, Timeout: cfg.RequestTimeout()}
-	default:
-		issuer = &agent.FleetProvisioning{Conn: d.session, Template: cfg.Provisioning.Template, Parameters: cfg.Provisioning.Parameters,
-			ThingName: cfg.ThingName, Timeout: cfg.RequestTimeout()}
-	}
-	d.runner = &rotation.Runner{
-		Machine:   cfg.Machine(),
-		Policy:    cfg.Policy(),
-		DeviceID:  cfg.ClientID,
-		State:     rotation.StateStore{Dir: cfg.StateDir},
-		Store:     store,
-		OpenKey:   d.openKey,
-		Algorithm: cfg.Algorithm(),
-		Subject:   cfg.Subject,
-		Issuer:    issuer,
-		Connector: d.session,
-		Reporter:  agent.JobReporter{Jobs: d.session.Jobs()},
-		Roots:     trust,
-		Log:       log,
-		AfterSave: testStopHook(env),
-	}
-	return d, nil
+	return &device{cfg: cfg, rot: rot, session: rot.Session, runner: rot.Runner, log: log}, nil
 }
 
-// openKey opens a key in the device's store, or in its own store when it is
-// elsewhere (a claim key on another token or in another folder).
-func (d *device) openKey(ctx context.Context, uri string) (keystore.Key, error) {
-	k, err := d.store.Open(ctx, uri)
-	if !errors.Is(err, keystore.ErrInvalidURI) {
-		return k, err
-	}
-	s, k, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: d.log})
-	if err != nil {
-		return nil, err
-	}
-	d.others = append(d.others, s)
-	return k, nil
-}
-
-func (d *device) close(ctx context.Context) {
-	if d.session != nil {
-		_ = d.session.Close(ctx)
-	}
-	for _, s := range d.others {
-		s.Close()
-	}
-	d.store.Close()
-	d.lock.Close()
-}
+func (d *device) close(ctx context.Context) { _ = d.rot.Close(ctx) }
 
 // state loads the state folder, adopting the config's key and cert when it
 // has no identity yet.
