@@ -2,14 +2,9 @@ package agent_test
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -112,17 +107,8 @@ func newDmnDevice(t *testing.T, ecfg emulator.Config, extra string) *dmnDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	if ecfg.Now != nil {
-		now = ecfg.Now()
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(1000 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	claimPEM, _, err := emu.RegisterClaim(ctx, dmnAccount, k, "claim")
 	if err != nil {
-		t.Fatal(err)
-	}
-	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if _, err := emu.RegisterCertificate(ctx, dmnAccount, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
 		t.Fatal(err)
 	}
 	for name, b := range map[string][]byte{"claim.crt": claimPEM, "root-ca.pem": emu.RootCAPEM(), "issuing-ca.pem": emu.IssuingCAPEM()} {

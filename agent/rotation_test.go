@@ -2,13 +2,8 @@ package agent_test
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -95,14 +90,8 @@ func newRig(t *testing.T, emu *emulator.Emulator, stores storeFactory) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ck.Public(), ck)
+	claimPEM, _, err := emu.RegisterClaim(ctx, account, ck, "claim")
 	if err != nil {
-		t.Fatal(err)
-	}
-	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if _, err := emu.RegisterCertificate(ctx, account, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
 		t.Fatal(err)
 	}
 	claimFile := filepath.Join(dir, "claim.crt")

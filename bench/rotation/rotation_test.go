@@ -6,15 +6,9 @@ package rotation_bench
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/emulator"
@@ -62,14 +56,14 @@ func setup(b testing.TB) *device {
 	if err != nil {
 		b.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ck.Public(), ck)
-	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if _, err := emu.RegisterCertificate(ctx, account, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
+	claimPEM, _, err := emu.RegisterClaim(ctx, account, ck, "claim")
+	if err != nil {
 		b.Fatal(err)
 	}
 	claimFile := filepath.Join(dir, "claim.crt")
-	os.WriteFile(claimFile, claimPEM, 0o644)
+	if err := os.WriteFile(claimFile, claimPEM, 0o644); err != nil {
+		b.Fatal(err)
+	}
 	session := &agent.Session{
 		Config:             agent.Config{Endpoint: agent.Endpoint{Host: emu.Endpoint(account), Address: emu.Addr()}, Roots: emu.RootCAs(), ThingName: thing},
 		ClaimClientID:      "claim",

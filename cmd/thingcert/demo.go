@@ -3,15 +3,11 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -500,19 +496,12 @@ func (d *demo) makeClaim(ctx context.Context) (keyURI, certFile, certID string, 
 	if err != nil {
 		return "", "", "", err
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "demo claim"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	certPEM, c, err := d.emu.RegisterClaim(ctx, demoAccount, k, "demo claim")
 	if err != nil {
 		return "", "", "", err
 	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	certFile = filepath.Join(d.dir, "claim", "claim.crt")
 	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
-		return "", "", "", err
-	}
-	c, err := d.emu.RegisterCertificate(ctx, demoAccount, certPEM, emulator.CertificateOptions{WithoutCA: true})
-	if err != nil {
 		return "", "", "", err
 	}
 	return keyURI, certFile, c.ID, nil

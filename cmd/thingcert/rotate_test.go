@@ -3,14 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,14 +121,8 @@ func newCLIDevice(t *testing.T, bin string, f *fleet, serial string, b keyBacken
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim " + serial},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ck.Public(), ck)
+	claimPEM, _, err := f.emu.RegisterClaim(ctx, rotAccount, ck, "claim "+serial)
 	if err != nil {
-		t.Fatal(err)
-	}
-	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if _, err := f.emu.RegisterCertificate(ctx, rotAccount, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "claim.crt"), claimPEM, 0o644); err != nil {

@@ -4,13 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -106,14 +101,8 @@ func newDaemonDevice(t *testing.T) *daemonDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "claim"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, ck.Public(), ck)
+	claimPEM, _, err := emu.RegisterClaim(ctx, daemonAccount, ck, "claim")
 	if err != nil {
-		t.Fatal(err)
-	}
-	claimPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if _, err := emu.RegisterCertificate(ctx, daemonAccount, claimPEM, emulator.CertificateOptions{WithoutCA: true}); err != nil {
 		t.Fatal(err)
 	}
 	mustWrite(t, filepath.Join(dir, "claim.crt"), claimPEM)
