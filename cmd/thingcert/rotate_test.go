@@ -33,7 +33,7 @@ func buildThingcert(t *testing.T) string {
 	t.Helper()
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goTool); err != nil {
-		t.Skipf("no go command next to this test's toolchain: %v", err)
+		testpeers.Missing(t, "no go command next to this test's toolchain: "+err.Error())
 	}
 	bin := filepath.Join(t.TempDir(), "thingcert")
 	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {

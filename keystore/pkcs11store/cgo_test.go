@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/thingcert/thingcert/internal/testpeers"
 )
 
 // TestBuiltWithoutCgo runs this package's tests as a CGO_ENABLED=0 build would
@@ -20,7 +22,7 @@ func TestBuiltWithoutCgo(t *testing.T) {
 	}
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goTool); err != nil {
-		t.Skipf("no go command next to this test's toolchain: %v", err)
+		testpeers.Missing(t, "no go command next to this test's toolchain: "+err.Error())
 	}
 	cmd := exec.Command(goTool, "test", "-count=1", "-run", "^TestOpenWithoutCgo$", "-v", ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
