@@ -21,6 +21,15 @@ var (
 	// ErrLocked: another process holds the state folder (a running emulator
 	// whose admin socket cannot be reached, or another admin command).
 	ErrLocked = errors.New("state folder in use")
+	// ErrConflict: the object is still in use (a certificate attached to a
+	// thing or policy, a thing with principals); AWS: DeleteConflictException.
+	ErrConflict = errors.New("still in use")
+	// ErrCertificateState: the certificate's status forbids the change (AWS:
+	// CertificateStateException), e.g. deleting an ACTIVE certificate.
+	ErrCertificateState = errors.New("certificate state forbids it")
+	// ErrThrottled: an account quota's rate was exceeded (AWS:
+	// ThrottlingException); the caller should back off and retry.
+	ErrThrottled = errors.New("rate exceeded")
 )
 
 // CertificateStatus is the status of a device or CA certificate in an
