@@ -8,9 +8,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/humanize"
+
+	"github.com/thingcert/thingcert/device"
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/jobs"
 	"github.com/thingcert/thingcert/keystore"
 	"github.com/thingcert/thingcert/rotation"
 )
@@ -18,11 +23,11 @@ import (
 // DaemonOptions configure a Daemon. Only Config is required; every other
 // field has a documented zero value.
 type DaemonOptions struct {
-	// Config is the device configuration (required).
-	Config *config.Config
-	// Reload reads the configuration again when Reload is called (SIGHUP).
-	// Nil reads Config.Path with config.Load.
-	Reload func() (*config.Config, error)
+	// Settings are what the agent starts with (required).
+	Settings Settings
+	// Reload reads the settings again when Reload is called (SIGHUP); nil
+	// refuses reloads.
+	Reload func() (Settings, error)
 	// Log is the daemon's logger; nil logs to stderr in the configured format,
 	// journald-style when $JOURNAL_STREAM is set.
 	Log *DaemonLogger
@@ -88,7 +93,7 @@ type DaemonEvent struct {
 	// State is the rotation state, for rotation events.
 	State *rotation.State
 	// Change is the connection's change, for connection events.
-	Change *StateChange
+	Change *iot.StateChange
 	JobID  string
 	Err    error
 }
@@ -110,6 +115,7 @@ type Daemon struct {
 	metrics  *Metrics
 	notifier *Notifier
 	router   *router
+	inflight atomic.Int64 // programs' publishes in flight, over all programs
 
 	reloadc  chan struct{}
 	jobc     chan string
@@ -120,20 +126,18 @@ type Daemon struct {
 	deviceUp chan struct{} // closed once the device's own identity connected
 
 	mu           sync.Mutex // guards the fields below
-	plan         *devicePlan
-	stores       *keyStores
-	session      *Session
-	runner       *rotation.Runner
+	set          Settings
+	mgr          *device.Manager // nil before Run
 	record       DaemonRecord
-	connState    State
-	subscribedOn *Client // the client the router and jobs listener are subscribed on
+	connState    iot.ConnState
+	subscribedOn *iot.Client // the client the router and jobs listener are subscribed on
 	upOnce       sync.Once
 }
 
 // NewDaemon checks the options. Nothing is opened until Run.
 func NewDaemon(opts DaemonOptions) (*Daemon, error) {
-	if opts.Config == nil {
-		return nil, errors.New("agent: daemon without a configuration")
+	if err := opts.Settings.Validate(); err != nil {
+		return nil, err
 	}
 	d := &Daemon{
 		opts:     opts,
@@ -152,7 +156,7 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		deviceUp: make(chan struct{}),
 	}
 	if d.dlog == nil {
-		d.dlog = NewDaemonLogger(os.Stderr, opts.Config.Log, os.Getenv("JOURNAL_STREAM") != "")
+		d.dlog = NewDaemonLogger(os.Stderr, opts.Settings.Log, os.Getenv("JOURNAL_STREAM") != "")
 	}
 	d.log = d.dlog.Logger()
 	if d.now == nil {
@@ -168,9 +172,11 @@ func NewDaemon(opts DaemonOptions) (*Daemon, error) {
 		d.metrics = NewMetrics(d.now)
 	}
 	if d.opts.Reload == nil {
-		path := opts.Config.Path
-		d.opts.Reload = func() (*config.Config, error) { return config.Load(path) }
+		d.opts.Reload = func() (Settings, error) {
+			return Settings{}, errors.New("agent: this agent was started without a way to reload its settings")
+		}
 	}
+	d.set = opts.Settings
 	if d.opts.StopTimeout <= 0 {
 		d.opts.StopTimeout = 30 * time.Second
 	}
@@ -213,55 +219,49 @@ func (d *Daemon) emit(ev DaemonEvent) {
 	d.opts.OnEvent(ev)
 }
 
-func (d *Daemon) cfg() *config.Config {
+// settings are the settings in force.
+func (d *Daemon) settings() Settings {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.plan == nil {
-		return d.opts.Config // before Run
-	}
-	return d.plan.cfg
+	return d.set
 }
 
-func (d *Daemon) currentSession() *Session {
+func (d *Daemon) manager() *device.Manager {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.session
+	return d.mgr
 }
 
-func (d *Daemon) currentRunner() *rotation.Runner {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.runner
-}
+func (d *Daemon) currentSession() *device.Session { return d.manager().Session() }
+
+func (d *Daemon) currentRunner() *rotation.Runner { return d.manager().Runner() }
 
 // Run runs the daemon until ctx ends or it cannot go on (no identity and no
 // claim, a state folder in use by another daemon, a key store that does not
 // open). It returns nil after a clean stop.
 func (d *Daemon) Run(ctx context.Context) error {
-	cfg := d.opts.Config
-	plan, err := planDevice(cfg)
-	if err != nil {
-		return err
-	}
-	lock, err := LockRun(cfg.StateDir)
+	set := d.settings()
+	dev := &set.Device
+	lock, err := LockRun(dev.StateDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
-	stores, err := openKeyStores(ctx, cfg.Store, d.log, d.metrics)
+	mgr, err := device.New(ctx, d.deviceOptions(set))
 	if err != nil {
 		return err
 	}
-	d.install(plan, stores)
+	d.mu.Lock()
+	d.mgr = mgr
+	d.mu.Unlock()
 	defer func() {
-		d.mu.Lock()
-		s := d.stores
-		d.mu.Unlock()
-		s.Close()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = d.manager().Close(cctx)
 	}()
 	d.mu.Lock()
-	d.record = DaemonRecord{PID: os.Getpid(), Started: d.now(), Config: cfg.Path, Version: d.opts.Version,
-		Connection: ConnectionRecord{State: StateDisconnected.String()}}
+	d.record = DaemonRecord{PID: os.Getpid(), Started: d.now(), Config: set.Source, Version: d.opts.Version,
+		Connection: ConnectionRecord{State: iot.StateDisconnected.String()}}
 	if b, err := bootID(); err == nil {
 		d.record.BootID = b
 	}
@@ -284,7 +284,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		stopServices()
 		svc.wg.Wait()
 	}()
-	if err := d.serveMetrics(svc, cfg.Metrics.Listen); err != nil {
+	if err := d.serveMetrics(svc, set.MetricsListen); err != nil {
 		d.stopped()
 		return err
 	}
@@ -300,43 +300,41 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.serveLocal(svcCtx, l)
 		}()
 	}
-	d.log.Info("thingcert agent started", "thing", cfg.ThingName, "endpoint", plan.endpoint().String(),
-		"state", cfg.StateDir, "store", keystore.RedactURI(cfg.Store), "systemd", d.notifier.String(),
-		"metrics", cfg.Metrics.Listen, "socket", d.opts.Socket)
-	d.notifier.Ready("connecting to " + plan.endpoint().String())
-	d.emit(DaemonEvent{Kind: EventReady, Message: "agent started; connecting to " + plan.endpoint().String()})
+	d.log.Info("thingcert agent started", "thing", dev.ThingName, "endpoint", dev.Endpoint.String(),
+		"state", dev.StateDir, "store", keystore.RedactURI(dev.Store), "systemd", d.notifier.String(),
+		"metrics", set.MetricsListen, "socket", d.opts.Socket)
+	d.notifier.Ready("connecting to " + dev.Endpoint.String())
+	d.emit(DaemonEvent{Kind: EventReady, Message: "agent started; connecting to " + dev.Endpoint.String()})
 	err = d.loop(ctx, st, svc)
 	d.stopped()
 	return err
 }
 
-// install makes the session and runner for a plan.
-func (d *Daemon) install(p *devicePlan, stores *keyStores) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.plan, d.stores = p, stores
-	d.session = newSession(p, d.log, d.onStateChange, d.opts.MinConnectInterval)
-	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.now, d.afterSave)
+// deviceOptions are the device's options with the agent's hooks: connection
+// state, subscriptions after each switch, metrics and events per saved step.
+func (d *Daemon) deviceOptions(set Settings) device.Options {
+	o := set.Device
+	o.Log, o.Now, o.Rand = d.log, d.now, d.rand
+	if o.MinConnectInterval == 0 {
+		o.MinConnectInterval = d.opts.MinConnectInterval
+	}
+	// The agent schedules jobs itself (a task each), beside its other work.
+	o.OnStateChange = d.onStateChange
+	o.OnSwitch = d.onSwitch
+	o.AfterSave = d.afterSave
+	o.WrapKey = d.metrics.CountSigningErrors
+	return o
 }
 
 // initialState loads the state folder, adopting the configured identity (key
 // and cert) or the claim when it has none yet.
 func (d *Daemon) initialState(ctx context.Context) (*rotation.State, error) {
-	r := d.currentRunner()
-	cfg := d.cfg()
-	st, err := r.Load()
-	if !errors.Is(err, rotation.ErrNoState) {
-		return st, err
+	st, err := d.manager().State(ctx)
+	if errors.Is(err, device.ErrNoIdentity) {
+		set := d.settings()
+		return nil, fmt.Errorf("agent: the state folder %s holds no identity and the settings from %s give none: give a claim to provision with, or a key and certificate made elsewhere: %w", set.Device.StateDir, set.Source, err)
 	}
-	switch {
-	case cfg.Key != "":
-		d.log.Info("adopting the configured identity", "key", keystore.RedactURI(cfg.Key), "cert", cfg.Cert)
-		return r.Adopt(ctx, rotation.IdentityRecord{KeyURI: cfg.Key, CertFile: cfg.Cert})
-	case cfg.Claim != nil:
-		d.log.Info("no identity yet: provisioning by claim", "claim_key", keystore.RedactURI(cfg.Claim.Key), "claim_cert", cfg.Claim.Cert)
-		return r.Adopt(ctx, rotation.IdentityRecord{KeyURI: cfg.Claim.Key, CertFile: cfg.Claim.Cert, Claim: true})
-	}
-	return nil, fmt.Errorf("agent: the state folder %s holds no identity and config %s gives none: set claim (claim.key, claim.cert) to provision by claim, or key and cert for an identity made elsewhere", cfg.StateDir, cfg.Path)
+	return st, err
 }
 
 // showIdentity publishes the current identity to the metrics.
@@ -347,27 +345,6 @@ func (d *Daemon) showIdentity(st *rotation.State) {
 	c := st.Current
 	d.metrics.SetCertificate(c.CertificateID, backendOf(c.KeyURI), c.NotBefore, c.NotAfter)
 }
-
-// task is one piece of work the daemon does at a time: connecting,
-// provisioning and rotating all move the one connection.
-type task struct {
-	kind    taskKind
-	trigger rotation.Trigger
-	jobID   string
-	why     string // for a recovery: the refusal
-}
-
-type taskKind string
-
-const (
-	taskConnect   taskKind = "connect"
-	taskProvision taskKind = "provision"
-	taskResume    taskKind = "resume"
-	taskRotate    taskKind = "rotate"
-	taskJob       taskKind = "job"
-	taskCheckJobs taskKind = "check-jobs"
-	taskRecover   taskKind = "recover"
-)
 
 type taskResult struct {
 	task  task
@@ -380,27 +357,25 @@ type taskResult struct {
 	recovered bool
 }
 
-// loop is the daemon's main loop: it runs one task at a time, arms the
-// renewal timer when idle, and answers reloads, jobs, the watchdog and stop.
+// loop is the daemon's main loop: a select over the task queue's work, the
+// renewal timer when idle, reloads, jobs, the watchdog and stop.
 func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) error {
-	queue := []task{{kind: taskConnect}}
+	q := newTaskQueue(func(n int) time.Duration {
+		return iot.Backoff{Min: 5 * time.Second, Max: 5 * time.Minute}.Delay(n-1, d.rand())
+	}, task{kind: taskConnect})
 	switch {
 	case st.Current.Claim:
-		queue = append(queue, task{kind: taskProvision})
+		q.add(task{kind: taskProvision})
 	case st.InProgress():
-		queue = append(queue, task{kind: taskResume})
+		q.add(task{kind: taskResume})
 	}
 	var (
-		running     *task
 		stopRunning context.CancelFunc // ends the running task early (a connect, for a reload)
 		interrupted bool               // stopRunning was called
 		done        = make(chan taskResult, 1)
 		timerc      <-chan time.Time
 		watchdog    <-chan time.Time
-		failures    int
-		notBefore   time.Time
-		pendingPlan *devicePlan
-		jobsSeen    = map[string]bool{}
+		pending     *Settings // a reload to apply when the running task ends
 		// Recoveries by claim are spaced (nextRecovery): none before recoverAt.
 		recoveries   int
 		lastRecovery time.Time
@@ -412,43 +387,15 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 		defer t.Stop()
 		watchdog = t.C
 	}
-	// stopTimer forgets the renewal timer, so the next round decides again.
-	stopTimer := func() { timerc = nil }
-	var queued func(k taskKind, job string) bool
-	enqueue := func(ts ...task) {
-		for _, t := range ts {
-			if !queued(t.kind, t.jobID) {
-				queue = append(queue, t)
-			}
-		}
-	}
 	// queueRecovery puts a recovery first, within the recoveries' spacing.
 	queueRecovery := func(why string) {
-		if !queued(taskRecover, "") {
-			queue = append([]task{{kind: taskRecover, why: why}}, queue...)
-		}
-		if notBefore.Before(recoverAt) {
-			notBefore = recoverAt
-		}
-	}
-	queued = func(k taskKind, job string) bool {
-		if running != nil && running.kind == k && running.jobID == job {
-			return true
-		}
-		for _, t := range queue {
-			if t.kind == k && t.jobID == job {
-				return true
-			}
-		}
-		return false
+		q.addFirst(task{kind: taskRecover, why: why})
+		q.holdUntil(recoverAt)
 	}
 	for {
 		now := d.now()
-		if running == nil && len(queue) > 0 && !now.Before(notBefore) {
-			t := queue[0]
-			queue = queue[1:]
-			running = &t
-			stopTimer()
+		if t, ok := q.start(now); ok {
+			timerc = nil // the next idle round decides again
 			tctx, cancel := context.WithCancel(ctx)
 			stopRunning, interrupted = cancel, false
 			go func() {
@@ -456,12 +403,11 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 				done <- d.runTask(tctx, t)
 			}()
 		}
-		if running == nil && timerc == nil {
-			if len(queue) > 0 {
-				// Waiting out a failure's backoff before the next task.
-				timerc = d.after(notBefore.Sub(now))
+		if q.running == nil && timerc == nil {
+			if !q.idle() {
+				timerc = d.after(q.waiting(now)) // a failure's backoff
 			} else if t, wait := d.schedule(now); t != nil {
-				queue = append(queue, *t)
+				q.add(*t)
 				continue
 			} else {
 				timerc = d.after(wait)
@@ -469,83 +415,71 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 		}
 		select {
 		case <-ctx.Done():
-			return d.shutdown(ctx, running, done)
+			return d.shutdown(ctx, q.running, done)
 		case r := <-done:
-			running = nil
 			switch {
 			case interrupted && ctx.Err() == nil:
-				// Stopped for a reload: do it again after (unless the reload
-				// queued it already).
-				if !queued(r.task.kind, r.task.jobID) {
-					queue = append([]task{r.task}, queue...)
-				}
+				q.interrupted() // stopped for a reload: again after it
 			case errors.As(r.err, &refusal) && ctx.Err() == nil:
 				// A connect found the device's identity refused: recover,
 				// then connect again (with the claim if it recovered).
-				if !queued(taskConnect, "") {
-					queue = append([]task{r.task}, queue...)
-				}
+				q.interrupted()
 				queueRecovery(refusal.err.Error())
 			case r.err != nil && ctx.Err() == nil && !errors.Is(r.err, rotation.ErrRolledBack):
-				failures++
-				delay := Backoff{Min: 5 * time.Second, Max: 5 * time.Minute}.Delay(failures-1, d.rand())
-				notBefore = d.now().Add(delay)
+				delay := q.failed(d.now())
 				d.log.Error("task failed; trying again later", "task", r.task.kind, "retry_in", delay.Round(time.Millisecond).String(), "error", r.err)
-				if r.task.kind != taskCheckJobs {
-					queue = append([]task{r.task}, queue...)
-				}
 			case r.err == nil:
-				failures = 0
+				q.succeeded()
+			default:
+				q.settled()
 			}
 			if r.recovered {
 				recoveries, recoverAt = nextRecovery(recoveries, lastRecovery, d.now(), d.rand())
 				lastRecovery = d.now()
 				// The claim connects and provisions, as on a new device.
-				enqueue(task{kind: taskConnect}, task{kind: taskProvision})
+				q.add(task{kind: taskConnect}, task{kind: taskProvision})
 			}
 			d.afterTask(r)
-			if pendingPlan != nil {
-				enqueue(d.apply(ctx, pendingPlan, svc)...)
-				pendingPlan = nil
+			if pending != nil {
+				q.add(d.apply(ctx, pending, svc)...)
+				pending = nil
 			}
 		case <-d.reloadc:
 			p := d.prepareReload()
 			switch {
 			case p == nil:
-			case running != nil && (running.kind == taskConnect || running.kind == taskCheckJobs):
+			case q.running != nil && (q.running.kind == taskConnect || q.running.kind == taskCheckJobs):
 				// A connect may never succeed with the old settings (the
 				// reload may be what fixes them): stop it, apply, start again.
 				d.applyServices(p, svc)
-				pendingPlan = p
+				pending = p
 				interrupted = true
 				stopRunning()
-			case running != nil:
+			case q.running != nil:
 				// Logging and metrics change now; the connection and the
 				// rotation settings when the task ends (a rotation waiting to
 				// retry may take hours).
 				d.applyServices(p, svc)
-				d.log.Info("configuration reload checked; logging and metrics applied, the rest when the current task ends", "task", running.kind)
-				pendingPlan = p
+				d.log.Info("configuration reload checked; logging and metrics applied, the rest when the current task ends", "task", q.running.kind)
+				pending = p
 			default:
-				enqueue(d.apply(ctx, p, svc)...)
+				q.add(d.apply(ctx, p, svc)...)
 			}
-			stopTimer()
+			timerc = nil
 		case id := <-d.jobc:
-			if !jobsSeen[id] && !queued(taskJob, id) {
-				queue = append(queue, task{kind: taskJob, jobID: id})
-			}
-			stopTimer()
+			q.add(task{kind: taskJob, jobID: id})
+			timerc = nil
 		case t := <-d.rotatec:
-			queue = append(queue, task{kind: taskRotate, trigger: t})
-			stopTimer()
+			q.add(task{kind: taskRotate, trigger: t})
+			timerc = nil
 		case <-d.connc:
-			if d.cfg().JobsEnabled() && !queued(taskCheckJobs, "") {
-				queue = append(queue, task{kind: taskCheckJobs})
+			if !d.settings().Device.NoJobs {
+				q.add(task{kind: taskCheckJobs})
 			}
-			stopTimer()
+			timerc = nil
 		case err := <-d.refusedc:
 			queueRecovery(err.Error())
-			stopTimer()
+			timerc = nil
 		case <-d.recordc:
 			d.saveRecord()
 		case <-watchdog:
@@ -553,20 +487,11 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 		case <-timerc:
 			timerc = nil
 		}
-		// A job is carried out once, however often it is notified.
-		if running != nil && running.kind == taskJob {
-			jobsSeen[running.jobID] = true
-		}
 	}
 }
 
-// maxSleep caps the renewal timer, so a wall clock that jumps (a device
-// without a real-time clock setting its time from NTP after boot) is noticed
-// within the hour.
-const maxSleep = time.Hour
-
-// schedule decides, when idle, whether a rotation is due now (a task) or how
-// long to sleep before deciding again.
+// schedule decides, when idle, whether work is due now (a task) or how long
+// to sleep before deciding again (device.NextStep decides).
 func (d *Daemon) schedule(now time.Time) (*task, time.Duration) {
 	r := d.currentRunner()
 	st, err := r.Load()
@@ -574,39 +499,20 @@ func (d *Daemon) schedule(now time.Time) (*task, time.Duration) {
 		d.log.Error("reading the rotation state", "error", err)
 		return nil, time.Minute
 	}
-	if st.Current == nil {
-		return nil, maxSleep
+	n := device.NextStep(r, st, now)
+	if !n.Renewal.At.IsZero() {
+		d.metrics.SetNextRenewal(n.Renewal.At, n.Renewal.Emergency)
 	}
-	if st.Current.Claim {
-		// After a provisioning that rolled back, wait out its backoff.
-		if !st.InProgress() && now.Before(st.NextRetry) {
-			return nil, min(st.NextRetry.Sub(now), maxSleep)
-		}
+	switch n.Step {
+	case device.StepProvision:
 		return &task{kind: taskProvision}, 0
-	}
-	if st.InProgress() {
+	case device.StepResume:
 		return &task{kind: taskResume}, 0
+	case device.StepRotate:
+		return &task{kind: taskRotate, trigger: n.Trigger}, 0
 	}
-	dec, due := r.Due(st, now)
-	d.metrics.SetNextRenewal(dec.At, dec.Emergency)
-	if due {
-		return &task{kind: taskRotate, trigger: rotation.Trigger{Kind: rotation.TriggerTime, Reason: string(dec.Reason)}}, 0
-	}
-	if rotation.ActionFor(st, now) == rotation.ActRetire {
-		return &task{kind: taskResume}, 0
-	}
-	next := dec.At
-	if w := st.WakeAt(now); !w.IsZero() && w.Before(next) {
-		next = w
-	}
-	wait := next.Sub(now)
-	if wait > maxSleep {
-		wait = maxSleep
-	}
-	if wait < 0 {
-		wait = 0
-	}
-	d.log.Debug("renewal timer", "next", dec.String(), "sleep", wait.String())
+	wait := n.At.Sub(now)
+	d.log.Debug("renewal timer", "next", n.Renewal.String(), "sleep", wait.String())
 	return nil, wait
 }
 
@@ -618,16 +524,14 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 	case taskConnect:
 		res.err = d.connect(ctx)
 	case taskProvision:
-		cfg := d.cfg()
-		if cfg.Claim == nil {
+		if d.settings().Device.Claim == nil {
 			res.state, res.err = r.Resume(ctx)
 			break
 		}
-		claim := rotation.IdentityRecord{KeyURI: cfg.Claim.Key, CertFile: cfg.Claim.Cert, Claim: true}
 		d.emit(DaemonEvent{Kind: EventRotationStart, Message: "provisioning by claim"})
 		d.metrics.RotationStarted(string(rotation.TriggerProvision))
 		res.rotated = true
-		res.state, res.err = r.Provision(ctx, claim)
+		res.state, res.err = d.manager().Provision(ctx)
 		if errors.Is(res.err, rotation.ErrAlreadyProvisioned) {
 			res.err = nil
 		}
@@ -645,7 +549,7 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 		res.rotated = true
 		res.state, res.err = r.Rotate(ctx, t.trigger)
 	case taskJob:
-		res.state, res.rotated, res.err = d.runJob(ctx, r, t.jobID)
+		res.state, res.rotated, res.err = d.runJob(ctx, t.jobID)
 	case taskCheckJobs:
 		res.err = d.checkJobs(ctx)
 	case taskRecover:
@@ -655,50 +559,23 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 }
 
 // connect connects with the current identity, retrying with backoff and
-// jitter until it works or ctx ends.
+// jitter until it works or ctx ends; a refusal the claim may recover from
+// ends it with a *refusalError.
 func (d *Daemon) connect(ctx context.Context) error {
-	r := d.currentRunner()
-	for failures := 0; ; failures++ {
-		st, err := d.connectOnce(ctx, r)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return err
-		}
+	return d.manager().ConnectRetry(ctx, func(st *rotation.State, err error, delay time.Duration) error {
 		if d.recoverable(st, err) {
 			return &refusalError{err}
 		}
-		delay := Backoff{}.Delay(failures, d.rand())
-		if IdentityRefused(err) && st != nil && !st.Current.Claim {
+		if iot.IdentityRefused(err) && st != nil && !st.Current.Claim {
 			d.adviseRefused(st, err)
 			d.notifier.Status(refusedStatus(err, delay, false))
 		} else {
 			d.log.Warn("cannot connect; trying again", "retry_in", delay.Round(time.Millisecond).String(), "error", err)
-			d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + Human(delay))
+			d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + humanize.Duration(delay))
 		}
 		d.emit(DaemonEvent{Kind: EventConnectFailed, Message: err.Error(), Err: err})
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-		}
-	}
-}
-
-// connectOnce makes one attempt with the current identity, which it returns.
-func (d *Daemon) connectOnce(ctx context.Context, r *rotation.Runner) (*rotation.State, error) {
-	st, err := r.Load()
-	if err != nil {
-		return nil, err
-	}
-	id, err := r.Identity(ctx, *st.Current)
-	if err != nil {
-		return st, fmt.Errorf("agent: opening the current identity (certificate %s, key %s): %w", short(st.Current.CertificateID), keystore.RedactURI(st.Current.KeyURI), err)
-	}
-	return st, daemonConnector{d}.Switch(ctx, id)
+		return nil
+	})
 }
 
 // recordProtection notes how the key about to be used is protected, for
@@ -721,57 +598,28 @@ func (d *Daemon) recordProtection(ctx context.Context, id rotation.Identity) {
 	}
 }
 
-// runJob carries out a rotation job: marks it IN_PROGRESS, rotates (the
-// runner reports SUCCEEDED or FAILED to the job), or resumes the rotation
-// already running for it.
-func (d *Daemon) runJob(ctx context.Context, r *rotation.Runner, jobID string) (*rotation.State, bool, error) {
-	st, err := r.Load()
-	if err != nil {
-		return nil, false, err
-	}
-	trig := rotation.Trigger{Kind: rotation.TriggerJob, JobID: jobID, Reason: RotateOperation}
-	if st.InProgress() && st.Trigger != nil && st.Trigger.JobID == jobID {
-		d.metrics.RotationStarted(string(rotation.TriggerJob))
-		st, err := r.Resume(ctx)
-		return st, true, err
-	}
-	if lr := st.LastResult; lr != nil && lr.Trigger.JobID == jobID {
-		d.log.Info("job already carried out", "job", jobID, "outcome", lr.Outcome)
-		return st, false, nil
-	}
-	jobs := d.currentSession().Jobs()
-	if err := jobs.Update(ctx, jobID, JobInProgress, map[string]string{"step": "rotating", "certificateId": st.Current.CertificateID}); err != nil {
-		var je *JobsError
-		if errors.As(err, &je) && (je.Code == "InvalidStateTransition" || je.Code == "ResourceNotFound" || je.Code == "TerminalStateReached") {
-			d.log.Info("rotation job no longer pending; skipped", "job", jobID, "reason", je.Error())
-			return st, false, nil
+// runJob carries out a rotation job (see device.Manager.RunJob), with the
+// agent's events and metrics.
+func (d *Daemon) runJob(ctx context.Context, jobID string) (*rotation.State, bool, error) {
+	return d.manager().RunJob(ctx, jobID, func(resumed bool) {
+		if !resumed {
+			d.emit(DaemonEvent{Kind: EventRotationStart, Message: "rotation for job " + jobID, JobID: jobID})
 		}
-		return st, false, fmt.Errorf("agent: marking job %s IN_PROGRESS: %w", jobID, err)
-	}
-	d.emit(DaemonEvent{Kind: EventRotationStart, Message: "rotation for job " + jobID, JobID: jobID})
-	d.metrics.RotationStarted(string(rotation.TriggerJob))
-	st, err = r.Rotate(ctx, trig)
-	return st, true, err
+		d.metrics.RotationStarted(string(rotation.TriggerJob))
+	})
 }
 
 // checkJobs asks for the next pending job, in case a notification was missed
 // while the device was offline.
 func (d *Daemon) checkJobs(ctx context.Context) error {
-	if !d.deviceConnected() || !d.cfg().JobsEnabled() {
+	if !d.deviceConnected() || d.settings().Device.NoJobs {
 		return nil
 	}
-	e, err := d.currentSession().Jobs().Next(ctx)
-	if err != nil {
-		return err
-	}
-	d.onJob(e)
-	return nil
+	return d.manager().CheckJobs(ctx, d.onJob)
 }
 
-func (d *Daemon) onJob(e *JobExecution) {
-	if e == nil || !e.IsRotation() || (e.Status != JobQueued && e.Status != JobInProgress) {
-		return
-	}
+// onJob is told of each pending rotation job.
+func (d *Daemon) onJob(e *jobs.Execution) {
 	d.emit(DaemonEvent{Kind: EventJob, Message: "job " + e.JobID + " asks for a certificate rotation (" + e.Status + ")", JobID: e.JobID})
 	select {
 	case d.jobc <- e.JobID:
@@ -835,7 +683,7 @@ func (d *Daemon) statusLine() string {
 	if st.InProgress() {
 		s += "; rotating: " + string(st.Phase)
 	} else if dec, _ := d.currentRunner().Due(st, d.now()); !st.Current.Claim {
-		s += "; renews " + Relative(dec.At, d.now())
+		s += "; renews " + humanize.Relative(dec.At, d.now())
 	}
 	return s
 }
@@ -864,7 +712,7 @@ func (d *Daemon) afterSave(ctx context.Context, s *rotation.State) error {
 }
 
 // onStateChange is every client's OnStateChange: it must return quickly.
-func (d *Daemon) onStateChange(ch StateChange) {
+func (d *Daemon) onStateChange(ch iot.StateChange) {
 	d.mu.Lock()
 	prev := d.connState
 	d.connState = ch.State
@@ -876,25 +724,25 @@ func (d *Daemon) onStateChange(ch StateChange) {
 	rec.State = ch.State.String()
 	rec.Failures = ch.Failures
 	rec.Retry = time.Time{}
-	if ch.State == StateWaiting {
+	if ch.State == iot.StateWaiting {
 		rec.Retry = now.Add(ch.Retry)
 	}
 	if ch.Err != nil {
-		rec.Error, rec.Kind, rec.Refused = ch.Err.Error(), FailureKind(ch.Err), IdentityRefused(ch.Err)
-	} else if ch.State == StateConnected {
+		rec.Error, rec.Kind, rec.Refused = ch.Err.Error(), FailureKind(ch.Err), iot.IdentityRefused(ch.Err)
+	} else if ch.State == iot.StateConnected {
 		rec.Error, rec.Kind, rec.Refused = "", "", false
 	}
-	canRecover := d.plan != nil && d.plan.cfg.Claim != nil && d.plan.cfg.Claim.Recover
+	canRecover := d.set.canRecover()
 	if ch.Info != nil {
 		rec.Endpoint, rec.ClientID = ch.Info.Endpoint, ch.Info.ClientID
 	}
 	d.mu.Unlock()
-	lost := prev == StateConnected && ch.State == StateWaiting
+	lost := prev == iot.StateConnected && ch.State == iot.StateWaiting
 	d.metrics.ConnectionChanged(ch, lost)
 	d.pokeRecord()
 	c := ch
 	switch {
-	case ch.State == StateConnected:
+	case ch.State == iot.StateConnected:
 		msg := "connected"
 		if ch.Info != nil {
 			msg = fmt.Sprintf("connected to %s as %s (%s)", ch.Info.Endpoint, ch.Info.ClientID, ch.Info.TLS.Version)
@@ -907,17 +755,17 @@ func (d *Daemon) onStateChange(ch StateChange) {
 		}
 	case lost:
 		d.log.Warn("connection lost", "retry_in", ch.Retry.Round(time.Millisecond).String(), "error", ch.Err)
-		d.notifier.Status("connection lost; reconnecting in " + Human(ch.Retry))
+		d.notifier.Status("connection lost; reconnecting in " + humanize.Duration(ch.Retry))
 		d.emit(DaemonEvent{Kind: EventConnectionLost, Message: fmt.Sprint(ch.Err), Change: &c, Err: ch.Err})
-	case ch.State == StateWaiting && IdentityRefused(ch.Err):
+	case ch.State == iot.StateWaiting && iot.IdentityRefused(ch.Err):
 		// The client goes on retrying; the loop recovers, or says what to do.
 		d.notifier.Status(refusedStatus(ch.Err, ch.Retry, canRecover))
 		select {
 		case d.refusedc <- ch.Err:
 		default: // one pending is enough
 		}
-	case ch.State == StateWaiting:
-		d.notifier.Status("not connected (" + FailureKind(ch.Err) + "); retrying in " + Human(ch.Retry))
+	case ch.State == iot.StateWaiting:
+		d.notifier.Status("not connected (" + FailureKind(ch.Err) + "); retrying in " + humanize.Duration(ch.Retry))
 	}
 }
 
@@ -932,9 +780,9 @@ func (d *Daemon) saveRecord() {
 	d.mu.Lock()
 	d.record.Updated = d.now()
 	rec := d.record
-	dir := d.opts.Config.StateDir
+	dir := d.set.Device.StateDir
 	d.mu.Unlock()
-	if err := WriteDaemonRecord(dir, &rec); err != nil {
+	if err := writeDaemonRecord(dir, &rec); err != nil {
 		d.log.Warn("saving the daemon record for thingcert status", "error", err)
 	}
 }
@@ -942,36 +790,26 @@ func (d *Daemon) saveRecord() {
 func (d *Daemon) stopped() {
 	d.mu.Lock()
 	d.record.Stopped = d.now()
-	d.record.Connection = ConnectionRecord{State: StateDisconnected.String(), Since: d.record.Stopped}
+	d.record.Connection = ConnectionRecord{State: iot.StateDisconnected.String(), Since: d.record.Stopped}
 	d.mu.Unlock()
 	d.saveRecord()
 }
 
-// daemonConnector is the runner's Connector: the session's, plus the
-// daemon's own subscriptions brought to a new client.
-type daemonConnector struct{ d *Daemon }
-
-func (c daemonConnector) Switch(ctx context.Context, id rotation.Identity) error {
-	s := c.d.currentSession()
-	if err := s.Switch(ctx, id); err != nil {
-		return err
-	}
-	c.d.recordProtection(ctx, id)
+// onSwitch follows each move of the connection to an identity: the key's
+// protection for the status record, and the daemon's own subscriptions
+// brought to a new client.
+func (d *Daemon) onSwitch(ctx context.Context, id rotation.Identity) {
+	d.recordProtection(ctx, id)
 	if !id.Record.Claim {
-		c.d.deviceSubscriptions(ctx, s)
+		d.deviceSubscriptions(ctx, d.currentSession())
 	}
-	return nil
-}
-
-func (c daemonConnector) Confirm(ctx context.Context, t rotation.Trigger) error {
-	return c.d.currentSession().Confirm(ctx, t)
 }
 
 // deviceSubscriptions subscribes the device programs' filters and the jobs
 // listener on the session's client, once per client: a client keeps its
 // subscriptions across reconnects, but a new client (after provisioning, or a
 // reload that changed the endpoint) starts with none.
-func (d *Daemon) deviceSubscriptions(ctx context.Context, s *Session) {
+func (d *Daemon) deviceSubscriptions(ctx context.Context, s *device.Session) {
 	cl := s.Client()
 	d.mu.Lock()
 	same := cl == nil || cl == d.subscribedOn
@@ -981,8 +819,8 @@ func (d *Daemon) deviceSubscriptions(ctx context.Context, s *Session) {
 		// The programs' subscriptions first: once WaitConnected returns, a
 		// program's publish can count on its own subscriptions being made.
 		d.router.attach(ctx, cl)
-		if d.cfg().JobsEnabled() {
-			if err := s.Jobs().OnNext(ctx, d.onJob); err != nil {
+		if !d.settings().Device.NoJobs {
+			if err := d.manager().ListenJobs(ctx, d.onJob); err != nil {
 				d.log.Warn("cannot listen for rotation jobs; they are checked at each connect instead", "error", err)
 			}
 		}
@@ -1013,24 +851,21 @@ func (d *Daemon) shutdown(ctx context.Context, running *task, done chan taskResu
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	d.router.detach()
-	if s := d.currentSession(); s != nil {
-		_ = s.Close(cctx)
-	}
+	_ = d.currentSession().Close(cctx)
 	d.log.Info("stopped")
 	return err
 }
 
-// prepareReload reads and checks the configuration again; nil if refused.
-func (d *Daemon) prepareReload() *devicePlan {
+// prepareReload reads and checks the settings again; nil if refused.
+func (d *Daemon) prepareReload() *Settings {
 	d.notifier.Reloading()
-	old := d.cfg()
-	cfg, err := d.opts.Reload()
-	if err == nil && cfg.StateDir != old.StateDir {
-		err = fmt.Errorf("config %s: state_dir changed from %s to %s: a running daemon cannot move its state; restart it", cfg.Path, old.StateDir, cfg.StateDir)
+	old := d.settings()
+	set, err := d.opts.Reload()
+	if err == nil && set.Device.StateDir != old.Device.StateDir {
+		err = fmt.Errorf("agent: settings from %s: the state folder changed from %s to %s: a running agent cannot move its state; restart it", set.Source, old.Device.StateDir, set.Device.StateDir)
 	}
-	var p *devicePlan
 	if err == nil {
-		p, err = planDevice(cfg)
+		err = set.Validate()
 	}
 	if err != nil {
 		d.log.Error("configuration reload refused; the running configuration is kept", "error", err)
@@ -1042,55 +877,46 @@ func (d *Daemon) prepareReload() *devicePlan {
 		d.emit(DaemonEvent{Kind: EventReloadRefused, Message: err.Error(), Err: err})
 		return nil
 	}
-	return p
+	return &set
 }
 
-// apply makes a checked configuration the running one and returns the tasks
-// it needs (a reconnect when the connection settings changed).
-func (d *Daemon) apply(ctx context.Context, p *devicePlan, svc *services) []task {
-	cfg := p.cfg
-	d.applyServices(p, svc)
-	d.mu.Lock()
-	old := d.plan
-	oldStores, oldSession := d.stores, d.session
-	d.mu.Unlock()
-	var tasks []task
-	stores := oldStores
-	if cfg.Store != old.cfg.Store {
-		s, err := openKeyStores(ctx, cfg.Store, d.log, d.metrics)
-		if err != nil {
-			d.log.Error("configuration reload: the new store does not open; keeping the old store", "error", err)
-			cfg.Store = old.cfg.Store
-		} else {
-			stores = s
-		}
+// apply makes checked settings the running ones and returns the tasks they
+// need (a reconnect when the connection settings changed).
+func (d *Daemon) apply(ctx context.Context, set *Settings, svc *services) []task {
+	d.applyServices(set, svc)
+	mgr := d.manager()
+	opts := d.deviceOptions(*set)
+	reconnect, err := mgr.Reconfigure(ctx, opts)
+	if err != nil && opts.Store != mgr.Options().Store {
+		// A new store that does not open must not cost the running one.
+		d.log.Error("configuration reload: the new store does not open; keeping the old store", "error", err)
+		opts.Store = mgr.Options().Store
+		set.Device.Store = opts.Store
+		reconnect, err = mgr.Reconfigure(ctx, opts)
 	}
-	reconnect := p.connectionKey() != old.connectionKey()
+	if err != nil {
+		d.log.Error("configuration reload refused; the running configuration is kept", "error", err)
+		d.emit(DaemonEvent{Kind: EventReloadRefused, Message: err.Error(), Err: err})
+		return nil
+	}
+	var tasks []task
 	d.mu.Lock()
-	d.plan, d.stores = p, stores
+	d.set = *set
 	if reconnect {
-		d.session = newSession(p, d.log, d.onStateChange, d.opts.MinConnectInterval)
 		d.subscribedOn = nil
 		// Programs' subscriptions made meanwhile wait for the new connection.
 		d.router.detach()
 	}
-	d.runner = newRunner(p, stores, daemonConnector{d}, d.session, d.log, d.now, d.afterSave)
-	d.record.Reloaded, d.record.ReloadError, d.record.Config = d.now(), "", cfg.Path
+	d.record.Reloaded, d.record.ReloadError, d.record.Config = d.now(), "", set.Source
 	d.mu.Unlock()
 	if reconnect {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = oldSession.Close(cctx)
-		cancel()
 		tasks = append(tasks, task{kind: taskConnect})
-		d.log.Info("connection settings changed; reconnecting", "endpoint", p.endpoint().String())
-	}
-	if stores != oldStores {
-		oldStores.Close()
+		d.log.Info("connection settings changed; reconnecting", "endpoint", set.Device.Endpoint.String())
 	}
 	d.saveRecord()
-	d.log.Info("configuration reloaded", "config", cfg.Path)
+	d.log.Info("configuration reloaded", "config", set.Source)
 	d.notifier.Ready(d.statusLine())
-	d.emit(DaemonEvent{Kind: EventReloaded, Message: "configuration reloaded from " + cfg.Path})
+	d.emit(DaemonEvent{Kind: EventReloaded, Message: "configuration reloaded from " + set.Source})
 	return tasks
 }
 
@@ -1105,12 +931,12 @@ type services struct {
 
 // applyServices applies what a reload changes at once: logging and the
 // metrics endpoint.
-func (d *Daemon) applyServices(p *devicePlan, svc *services) {
-	d.dlog.Set(p.cfg.Log)
-	if p.cfg.Metrics.Listen != svc.metricsAddr {
+func (d *Daemon) applyServices(set *Settings, svc *services) {
+	d.dlog.Set(set.Log)
+	if set.MetricsListen != svc.metricsAddr {
 		svc.stopMetrics()
 		svc.stopMetrics, svc.metricsAddr = func() {}, ""
-		if err := d.serveMetrics(svc, p.cfg.Metrics.Listen); err != nil {
+		if err := d.serveMetrics(svc, set.MetricsListen); err != nil {
 			d.log.Error("configuration reload: metrics endpoint", "error", err)
 		}
 	}
@@ -1122,7 +948,7 @@ func (d *Daemon) serveMetrics(svc *services, addr string) error {
 	if addr == "" {
 		return nil
 	}
-	l, err := ListenMetrics(svc.ctx, addr)
+	l, err := listenMetrics(svc.ctx, addr)
 	if err != nil {
 		return err
 	}

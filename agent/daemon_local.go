@@ -14,11 +14,14 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/iot"
 )
 
 // The device's own programs share the agent's connection, in process through
 // Daemon.Publish and Daemon.Subscribe, or from other processes through the
-// agent's local socket (DialAgent). Either way their subscriptions are
+// agent's local socket (package agentclient). Either way their subscriptions are
 // multiplexed by a router: one MQTT subscription per filter however many
 // programs asked, restored on every new connection, and never in the way of
 // the agent's own topics.
@@ -31,11 +34,13 @@ func reservedPrefixes(thing string) []string {
 	return []string{"$aws/certificates/", "$aws/provisioning-templates/", "$aws/things/" + thing + "/jobs/"}
 }
 
-// ErrReservedTopic: a device program asked for one of the agent's own topics.
-var ErrReservedTopic = errors.New("topic reserved for the agent")
+// ErrReservedTopic: a device program asked for one of the agent's own
+// topics. It is the local socket's error too, so programs on either side of
+// the socket test for the same sentinel.
+var ErrReservedTopic = agentclient.ErrReservedTopic
 
 func checkProgramTopic(thing, topic string, filter bool) error {
-	if err := validateTopic(topic, filter); err != nil {
+	if err := iot.ValidateTopic(topic, filter); err != nil {
 		return err
 	}
 	for _, p := range reservedPrefixes(thing) {
@@ -51,25 +56,25 @@ type router struct {
 	log *slog.Logger
 
 	mu     sync.Mutex
-	client *Client
+	client *iot.Client
 	routes map[string]*programRoute
 	next   uint64
 }
 
 type programRoute struct {
-	qos  QoS
-	subs map[uint64]MessageHandler
+	qos  iot.QoS
+	subs map[uint64]iot.MessageHandler
 }
 
 func newRouter(log *slog.Logger) *router {
 	return &router{log: log, routes: map[string]*programRoute{}}
 }
 
-func (r *router) dispatch(filter string) MessageHandler {
-	return func(m Message) {
+func (r *router) dispatch(filter string) iot.MessageHandler {
+	return func(m iot.Message) {
 		r.mu.Lock()
 		rt := r.routes[filter]
-		var hs []MessageHandler
+		var hs []iot.MessageHandler
 		if rt != nil {
 			for _, h := range rt.subs {
 				hs = append(hs, h)
@@ -84,12 +89,12 @@ func (r *router) dispatch(filter string) MessageHandler {
 
 // add registers h for filter, subscribing on the client if the filter is new
 // (or needs a higher QoS). Without a client yet it is subscribed on attach.
-func (r *router) add(ctx context.Context, filter string, qos QoS, h MessageHandler) (uint64, error) {
+func (r *router) add(ctx context.Context, filter string, qos iot.QoS, h iot.MessageHandler) (uint64, error) {
 	r.mu.Lock()
 	rt := r.routes[filter]
 	fresh := rt == nil
 	if fresh {
-		rt = &programRoute{qos: qos, subs: map[uint64]MessageHandler{}}
+		rt = &programRoute{qos: qos, subs: map[uint64]iot.MessageHandler{}}
 		r.routes[filter] = rt
 	}
 	higher := qos > rt.qos
@@ -136,10 +141,10 @@ func (r *router) remove(ctx context.Context, filter string, id uint64) {
 }
 
 // attach subscribes every filter on a new client.
-func (r *router) attach(ctx context.Context, cl *Client) {
+func (r *router) attach(ctx context.Context, cl *iot.Client) {
 	r.mu.Lock()
 	r.client = cl
-	routes := make(map[string]QoS, len(r.routes))
+	routes := make(map[string]iot.QoS, len(r.routes))
 	for f, rt := range r.routes {
 		routes[f] = rt.qos
 	}
@@ -175,8 +180,8 @@ func (d *Daemon) WaitConnected(ctx context.Context) error {
 // programs. It waits for the connection (a new device provisions first) up
 // to ctx; with QoS 1 it returns once the broker acknowledged. The agent's own
 // topics (certificates, provisioning, the thing's jobs) are refused.
-func (d *Daemon) Publish(ctx context.Context, topic string, qos QoS, payload []byte) error {
-	if err := checkProgramTopic(d.cfg().ThingName, topic, false); err != nil {
+func (d *Daemon) Publish(ctx context.Context, topic string, qos iot.QoS, payload []byte) error {
+	if err := checkProgramTopic(d.settings().Device.ThingName, topic, false); err != nil {
 		return err
 	}
 	if err := d.WaitConnected(ctx); err != nil {
@@ -184,7 +189,7 @@ func (d *Daemon) Publish(ctx context.Context, topic string, qos QoS, payload []b
 	}
 	for {
 		err := d.currentSession().Publish(ctx, topic, qos, payload)
-		if !errors.Is(err, ErrNotConnected) {
+		if !errors.Is(err, iot.ErrNotConnected) {
 			return err
 		}
 		// The connection is being replaced (a reload changed the endpoint).
@@ -201,11 +206,11 @@ func (d *Daemon) Publish(ctx context.Context, topic string, qos QoS, payload []b
 // reloads until the returned function ends it. Before the device has
 // connected the subscription is recorded and made once it does. The agent's
 // own topics are refused.
-func (d *Daemon) Subscribe(ctx context.Context, filter string, qos QoS, h MessageHandler) (unsubscribe func(), err error) {
-	if err := checkProgramTopic(d.cfg().ThingName, filter, true); err != nil {
+func (d *Daemon) Subscribe(ctx context.Context, filter string, qos iot.QoS, h iot.MessageHandler) (unsubscribe func(), err error) {
+	if err := checkProgramTopic(d.settings().Device.ThingName, filter, true); err != nil {
 		return nil, err
 	}
-	if qos > AtLeastOnce {
+	if qos > iot.AtLeastOnce {
 		return nil, fmt.Errorf("agent: QoS %d: AWS IoT supports QoS 0 and 1", qos)
 	}
 	if h == nil {
@@ -221,53 +226,32 @@ func (d *Daemon) Subscribe(ctx context.Context, filter string, qos QoS, h Messag
 	}, nil
 }
 
-// LocalStatus is what a device program may ask the agent about its identity.
-type LocalStatus struct {
-	ThingName     string    `json:"thing_name"`
-	ClientID      string    `json:"client_id"`
-	Connection    string    `json:"connection"`
-	Connected     bool      `json:"connected"`
-	CertificateID string    `json:"certificate_id,omitempty"`
-	NotAfter      time.Time `json:"not_after,omitzero"`
-	Rotating      bool      `json:"rotating"`
-}
-
-// Status is the agent's identity and connection in brief.
-func (d *Daemon) Status() LocalStatus {
-	cfg := d.cfg()
+// Status is the agent's identity and connection in brief, as a device
+// program sees it.
+func (d *Daemon) Status() agentclient.Status {
+	set := d.settings()
 	d.mu.Lock()
 	state := d.connState
+	mgr := d.mgr
 	d.mu.Unlock()
-	s := LocalStatus{ThingName: cfg.ThingName, ClientID: cfg.ClientID, Connection: state.String(),
-		Connected: state == StateConnected && d.deviceConnected()}
-	if r := d.currentRunner(); r == nil {
+	s := agentclient.Status{ThingName: set.Device.ThingName, ClientID: set.Device.ClientID, Connection: state.String(),
+		Connected: state == iot.StateConnected && d.deviceConnected()}
+	if mgr == nil {
 		return s
-	} else if st, err := r.Load(); err == nil && st.Current != nil {
+	}
+	if st, err := mgr.Runner().Load(); err == nil && st.Current != nil {
 		s.CertificateID, s.NotAfter, s.Rotating = st.Current.CertificateID, st.Current.NotAfter, st.InProgress()
 	}
 	return s
 }
 
-// localFrame is one line of the local socket protocol, JSON, in either
-// direction. Requests carry an ID and an Op (publish, subscribe, unsubscribe,
-// status); each gets a reply with the same ID and Error set if it failed.
-// Messages for a subscription come as Op "message" with the Filter they
-// matched.
-type localFrame struct {
-	ID       uint64       `json:"id,omitempty"`
-	Op       string       `json:"op,omitempty"`
-	Topic    string       `json:"topic,omitempty"`
-	Filter   string       `json:"filter,omitempty"`
-	QoS      QoS          `json:"qos,omitempty"`
-	Payload  []byte       `json:"payload,omitempty"`
-	Retained bool         `json:"retained,omitempty"`
-	Error    string       `json:"error,omitempty"`
-	Status   *LocalStatus `json:"status,omitempty"`
-}
-
-// DefaultSocket is where `thingcert run` listens under systemd (its
-// RuntimeDirectory).
-const DefaultSocket = "/run/thingcert/agent.sock"
+// Bounds on the publishes programs have in flight (each may wait for the
+// connection, holding its payload): a program that floods the socket gets
+// "busy" answers instead of growing the agent's memory without end.
+const (
+	maxInflightPerProgram = 32
+	maxInflight           = 256
+)
 
 // listenLocal listens on a Unix socket, replacing a stale one left by a
 // daemon that was killed (one that answers is left alone). The socket is
@@ -321,7 +305,13 @@ func (d *Daemon) serveProgram(ctx context.Context, c net.Conn) {
 	log := d.log.With("program", peerName(c))
 	log.Debug("program connected")
 
-	out := make(chan localFrame, 256)
+	// sent, when set, is closed once the frame is written (a last answer
+	// before the agent hangs up must reach the program).
+	type outFrame struct {
+		f    agentclient.Frame
+		sent chan struct{}
+	}
+	out := make(chan outFrame, 256)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -331,17 +321,34 @@ func (d *Daemon) serveProgram(ctx context.Context, c net.Conn) {
 			select {
 			case <-ctx.Done():
 				return
-			case f := <-out:
-				if err := enc.Encode(f); err != nil {
+			case of := <-out:
+				err := enc.Encode(of.f)
+				if of.sent != nil {
+					close(of.sent)
+				}
+				if err != nil {
 					cancel()
 					return
 				}
 			}
 		}
 	}()
-	reply := func(f localFrame) {
+	reply := func(f agentclient.Frame) {
 		select {
-		case out <- f:
+		case out <- outFrame{f: f}:
+		case <-ctx.Done():
+		}
+	}
+	// replyLast answers and waits until the answer is written, before the
+	// connection is closed.
+	replyLast := func(f agentclient.Frame) {
+		sent := make(chan struct{})
+		select {
+		case out <- outFrame{f: f, sent: sent}:
+			select {
+			case <-sent:
+			case <-ctx.Done():
+			}
 		case <-ctx.Done():
 		}
 	}
@@ -358,31 +365,61 @@ func (d *Daemon) serveProgram(ctx context.Context, c net.Conn) {
 		log.Debug("program disconnected")
 	}()
 
+	fail := func(id uint64, err error) agentclient.Frame {
+		return agentclient.Frame{ID: id, Error: err.Error(), Code: agentclient.CodeOf(err)}
+	}
 	var dropped atomic.Int64
+	var inflight atomic.Int64 // this program's publishes in flight
+	hello := false
 	sc := bufio.NewScanner(c)
 	sc.Buffer(make([]byte, 64*1024), 512*1024) // AWS IoT's 128 KiB payload, base64 and JSON around it
 	for sc.Scan() {
-		var req localFrame
+		var req agentclient.Frame
 		if err := json.Unmarshal(sc.Bytes(), &req); err != nil {
-			reply(localFrame{Error: "agent: not a request: " + err.Error()})
+			reply(agentclient.Frame{Error: "agent: not a request: " + err.Error(), Code: agentclient.CodeBadRequest})
 			continue
 		}
+		if !hello && req.Op != agentclient.OpHello {
+			// Without a hello the agent cannot know which protocol the
+			// program speaks: refuse rather than guess.
+			replyLast(agentclient.Frame{ID: req.ID, Error: `agent: say hello first ({"op":"hello","version":1})`, Code: agentclient.CodeVersion})
+			return
+		}
 		switch req.Op {
-		case "publish":
+		case agentclient.OpHello:
+			if req.Version != agentclient.ProtocolVersion {
+				replyLast(fail(req.ID, fmt.Errorf("agent: protocol version %d: %w (this agent speaks %d)", req.Version, agentclient.ErrVersion, agentclient.ProtocolVersion)))
+				return
+			}
+			hello = true
+			reply(agentclient.Frame{ID: req.ID, Op: agentclient.OpHello, Version: agentclient.ProtocolVersion})
+		case agentclient.OpPublish:
+			if len(req.Payload) > agentclient.MaxPayload {
+				reply(fail(req.ID, fmt.Errorf("agent: publishing %d bytes to %q: %w (AWS IoT's limit is %d)", len(req.Payload), req.Topic, agentclient.ErrTooLarge, agentclient.MaxPayload)))
+				continue
+			}
+			if inflight.Load() >= maxInflightPerProgram || d.inflight.Load() >= maxInflight {
+				reply(fail(req.ID, fmt.Errorf("agent: %d publishes of this program in flight: %w", inflight.Load(), agentclient.ErrBusy)))
+				continue
+			}
+			inflight.Add(1)
+			d.inflight.Add(1)
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				f := localFrame{ID: req.ID}
-				if err := d.Publish(ctx, req.Topic, req.QoS, req.Payload); err != nil {
-					f.Error = err.Error()
+				defer inflight.Add(-1)
+				defer d.inflight.Add(-1)
+				f := agentclient.Frame{ID: req.ID}
+				if err := d.Publish(ctx, req.Topic, iot.QoS(req.QoS), req.Payload); err != nil {
+					f = fail(req.ID, err)
 				}
 				reply(f)
 			}()
-		case "subscribe":
+		case agentclient.OpSubscribe:
 			filter := req.Filter
-			u, err := d.Subscribe(ctx, filter, req.QoS, func(m Message) {
+			u, err := d.Subscribe(ctx, filter, iot.QoS(req.QoS), func(m iot.Message) {
 				select {
-				case out <- localFrame{Op: "message", Filter: filter, Topic: m.Topic, QoS: m.QoS, Payload: m.Payload, Retained: m.Retained}:
+				case out <- outFrame{f: agentclient.Frame{Op: agentclient.OpMessage, Filter: filter, Topic: m.Topic, QoS: agentclient.QoS(m.QoS), Payload: m.Payload, Retained: m.Retained}}:
 				default:
 					// A program that does not read must not stall the
 					// connection every program shares.
@@ -391,9 +428,9 @@ func (d *Daemon) serveProgram(ctx context.Context, c net.Conn) {
 					}
 				}
 			})
-			f := localFrame{ID: req.ID}
+			f := agentclient.Frame{ID: req.ID}
 			if err != nil {
-				f.Error = err.Error()
+				f = fail(req.ID, err)
 			} else {
 				mu.Lock()
 				if prev := subs[filter]; prev != nil {
@@ -403,19 +440,19 @@ func (d *Daemon) serveProgram(ctx context.Context, c net.Conn) {
 				mu.Unlock()
 			}
 			reply(f)
-		case "unsubscribe":
+		case agentclient.OpUnsubscribe:
 			mu.Lock()
 			if u := subs[req.Filter]; u != nil {
 				u()
 				delete(subs, req.Filter)
 			}
 			mu.Unlock()
-			reply(localFrame{ID: req.ID})
-		case "status":
+			reply(agentclient.Frame{ID: req.ID})
+		case agentclient.OpStatus:
 			s := d.Status()
-			reply(localFrame{ID: req.ID, Status: &s})
+			reply(agentclient.Frame{ID: req.ID, Status: &s})
 		default:
-			reply(localFrame{ID: req.ID, Error: fmt.Sprintf("agent: unknown operation %q", req.Op)})
+			reply(agentclient.Frame{ID: req.ID, Error: fmt.Sprintf("agent: unknown operation %q", req.Op), Code: agentclient.CodeBadRequest})
 		}
 	}
 }

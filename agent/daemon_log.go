@@ -6,8 +6,6 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
-
-	"github.com/thingcert/thingcert/config"
 )
 
 // DaemonLogger is the daemon's logger: text or JSON on a writer, one line per
@@ -27,14 +25,14 @@ type DaemonLogger struct {
 }
 
 // NewDaemonLogger makes a logger writing to w in the configured format and level.
-func NewDaemonLogger(w io.Writer, c config.Log, journal bool) *DaemonLogger {
+func NewDaemonLogger(w io.Writer, c LogSettings, journal bool) *DaemonLogger {
 	l := &DaemonLogger{w: w, journal: journal, pw: &priorityWriter{w: w, on: journal}}
 	l.Set(c)
 	return l
 }
 
 // Set changes the format and level.
-func (l *DaemonLogger) Set(c config.Log) {
+func (l *DaemonLogger) Set(c LogSettings) {
 	l.level.Set(parseLevel(c.Level))
 	o := &slog.HandlerOptions{Level: &l.level}
 	if l.journal {

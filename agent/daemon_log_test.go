@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"strings"
 	"testing"
-
-	"github.com/thingcert/thingcert/config"
 )
 
 func TestDaemonLoggerJournalPrioritiesAndReload(t *testing.T) {
 	var b bytes.Buffer
-	l := NewDaemonLogger(&b, config.Log{Format: "text", Level: "info"}, true)
+	l := NewDaemonLogger(&b, LogSettings{Format: "text", Level: "info"}, true)
 	log := l.Logger().With("thing", "dev-1")
 	log.Debug("hidden")
 	log.Info("connected", "endpoint", "e")
@@ -26,7 +24,7 @@ func TestDaemonLoggerJournalPrioritiesAndReload(t *testing.T) {
 	}
 	// A reload to JSON at debug level changes loggers made before it.
 	b.Reset()
-	l.Set(config.Log{Format: "json", Level: "debug"})
+	l.Set(LogSettings{Format: "json", Level: "debug"})
 	log.Debug("now shown")
 	if got := b.String(); !strings.HasPrefix(got, `<7>{"level":"DEBUG","msg":"now shown","thing":"dev-1"}`) {
 		t.Errorf("after the reload: %q", got)
@@ -35,7 +33,7 @@ func TestDaemonLoggerJournalPrioritiesAndReload(t *testing.T) {
 
 func TestDaemonLoggerPlain(t *testing.T) {
 	var b bytes.Buffer
-	l := NewDaemonLogger(&b, config.Log{Format: "text", Level: "warn"}, false)
+	l := NewDaemonLogger(&b, LogSettings{Format: "text", Level: "warn"}, false)
 	l.Logger().Info("hidden")
 	l.Logger().WithGroup("g").Warn("shown", "k", "v")
 	got := b.String()

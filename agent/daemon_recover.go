@@ -7,6 +7,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingcert/thingcert/internal/humanize"
+
+	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -50,9 +53,9 @@ const refusedAdvice = "the cloud refuses the device's identity: check the certif
 // device's own identity (not the claim, not mid-rotation: the runner deals
 // with the identity it moves to) refused by the cloud, with claim.recover.
 func (d *Daemon) recoverable(st *rotation.State, err error) bool {
-	cfg := d.cfg()
-	return IdentityRefused(err) && st != nil && st.Current != nil && !st.Current.Claim && !st.InProgress() &&
-		cfg.Claim != nil && cfg.Claim.Recover
+	set := d.settings()
+	return iot.IdentityRefused(err) && st != nil && st.Current != nil && !st.Current.Claim && !st.InProgress() &&
+		set.canRecover()
 }
 
 // adviseRefused logs, for a refused identity the agent may not recover, what
@@ -75,7 +78,7 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 		return st, false, nil // provisioning or the rotation in progress deals with it
 	}
 	d.mu.Lock()
-	up := d.connState == StateConnected
+	up := d.connState == iot.StateConnected
 	d.mu.Unlock()
 	if up {
 		// The refusal was of an identity a rotation tried and rolled back
@@ -83,8 +86,8 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 		d.log.Debug("identity refusal no longer stands; nothing to recover", "refusal", why)
 		return st, false, nil
 	}
-	cfg := d.cfg()
-	if cfg.Claim == nil || !cfg.Claim.Recover {
+	set := d.settings()
+	if !set.canRecover() {
 		d.adviseRefused(st, errors.New(why))
 		return st, false, nil
 	}
@@ -92,7 +95,8 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 	d.log.Warn("the device's identity was refused; going back to the claim to provision again (claim.recover)",
 		"certificate", old, "error", why)
 	d.emit(DaemonEvent{Kind: EventIdentityRefused, Message: "the device's identity was refused; recovering with the claim (claim.recover): " + why})
-	claim := rotation.IdentityRecord{KeyURI: cfg.Claim.Key, CertFile: cfg.Claim.Cert, Claim: true}
+	c := set.Device.Claim
+	claim := rotation.IdentityRecord{KeyURI: c.KeyURI, CertFile: c.CertFile, Claim: true}
 	n, err := r.Recover(ctx, claim, oneLine(why))
 	if err != nil {
 		return st, false, fmt.Errorf("agent: recovering with the claim after the device's identity was refused: %w", err)
@@ -113,7 +117,7 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 // 1 min after the first, doubling to an hour; an hour without one starts
 // again.
 func nextRecovery(count int, last, now time.Time, r float64) (int, time.Time) {
-	b := Backoff{Min: time.Minute, Max: time.Hour, StableAfter: time.Hour}
+	b := iot.Backoff{Min: time.Minute, Max: time.Hour, StableAfter: time.Hour}
 	if last.IsZero() {
 		count = 0
 	} else {
@@ -124,7 +128,7 @@ func nextRecovery(count int, last, now time.Time, r float64) (int, time.Time) {
 
 // refusedStatus is the systemd status line while the identity is refused.
 func refusedStatus(err error, retry time.Duration, recover bool) string {
-	s := "identity refused by the cloud (" + FailureKind(err) + "); retrying in " + Human(retry)
+	s := "identity refused by the cloud (" + FailureKind(err) + "); retrying in " + humanize.Duration(retry)
 	if recover {
 		return s + "; recovering with the claim"
 	}

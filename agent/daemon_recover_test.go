@@ -1,40 +1,9 @@
 package agent
 
 import (
-	"errors"
-	"fmt"
 	"testing"
 	"time"
 )
-
-func TestIdentityRefused(t *testing.T) {
-	ep := Endpoint{Host: "x-ats.iot.us-east-1.amazonaws.com"}
-	refusedConnack := func(code byte) error {
-		e := newErr(ep, StageMQTT, ErrConnectRefused, nil, "")
-		e.Code = code
-		return e
-	}
-	for _, c := range []struct {
-		err  error
-		want bool
-	}{
-		{newErr(ep, StageTLS, ErrClientCertRefused, errors.New("bad certificate"), ""), true},
-		{fmt.Errorf("switching: %w", newErr(ep, StageMQTT, ErrClosedAfterConnect, nil, "")), true},
-		{refusedConnack(ConnackNotAuthorized), true},
-		{refusedConnack(ConnackBadUserOrPassword), true},
-		{refusedConnack(ConnackServerUnavailable), false},
-		{refusedConnack(ConnackIDRejected), false},
-		{newErr(ep, StageDial, ErrUnreachable, errors.New("connection refused"), ""), false},
-		{newErr(ep, StageConnected, ErrConnectionLost, errors.New("EOF"), ""), false},
-		{newErr(ep, StageTLS, ErrKey, errors.New("token gone"), ""), false},
-		{ErrClientCertRefused, false}, // a bare sentinel is no diagnosis
-		{nil, false},
-	} {
-		if got := IdentityRefused(c.err); got != c.want {
-			t.Errorf("IdentityRefused(%v) = %v, want %v", c.err, got, c.want)
-		}
-	}
-}
 
 func TestNextRecovery(t *testing.T) {
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -15,11 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -97,7 +100,7 @@ func newDmnDevice(t *testing.T, ecfg emulator.Config, extra string) *dmnDevice {
 	}
 	t.Cleanup(func() { emu.Close() })
 	dir := t.TempDir()
-	cs, err := backends.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
+	cs, err := keystore.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,14 +149,39 @@ func (d *dmnDevice) config() *config.Config {
 	return c
 }
 
+// settingsOf is the agent's settings for a configuration.
+func settingsOf(t *testing.T, c *config.Config) agent.Settings {
+	t.Helper()
+	s, err := c.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// reloadFrom is a reload that reads configurations from f.
+func reloadFrom(f func() (*config.Config, error)) func() (agent.Settings, error) {
+	return func() (agent.Settings, error) {
+		c, err := f()
+		if err != nil {
+			return agent.Settings{}, err
+		}
+		return c.Settings()
+	}
+}
+
 // run starts a daemon; the returned function stops it and returns Run's error.
 func (d *dmnDevice) run(o agent.DaemonOptions) (*agent.Daemon, func() error) {
 	d.t.Helper()
-	if o.Config == nil {
-		o.Config = d.config()
+	if o.Settings.Device.StateDir == "" {
+		o.Settings = settingsOf(d.t, d.config())
+	}
+	if o.Reload == nil {
+		path := filepath.Join(d.dir, "thingcert.yaml")
+		o.Reload = func() (agent.Settings, error) { return config.LoadSettings(path) }
 	}
 	o.Socket = d.socket
-	o.Log = agent.NewDaemonLogger(testWriter{d.t}, o.Config.Log, false)
+	o.Log = agent.NewDaemonLogger(testWriter{d.t}, o.Settings.Log, false)
 	o.OnEvent = func(ev agent.DaemonEvent) { d.events <- ev }
 	dm, err := agent.NewDaemon(o)
 	if err != nil {
@@ -215,8 +243,8 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	early := make(chan agent.Message, 4)
-	unsubEarly, err := dm.Subscribe(ctx, "cmd/"+dmnThing+"/#", agent.AtLeastOnce, func(m agent.Message) { early <- m })
+	early := make(chan iot.Message, 4)
+	unsubEarly, err := dm.Subscribe(ctx, "cmd/"+dmnThing+"/#", iot.AtLeastOnce, func(m iot.Message) { early <- m })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,22 +252,22 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 	if err := dm.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	var a, b *agent.AgentConn
-	for _, c := range []**agent.AgentConn{&a, &b} {
-		if *c, err = agent.DialAgent(ctx, d.socket); err != nil {
+	var a, b *agentclient.Conn
+	for _, c := range []**agentclient.Conn{&a, &b} {
+		if *c, err = agentclient.Dial(ctx, d.socket); err != nil {
 			t.Fatal(err)
 		}
 		defer (*c).Close()
 	}
-	got := map[string]chan agent.Message{"a": make(chan agent.Message, 4), "b": make(chan agent.Message, 4)}
+	got := map[string]chan agentclient.Message{"a": make(chan agentclient.Message, 4), "b": make(chan agentclient.Message, 4)}
 	topic := "dt/" + dmnThing + "/temp"
-	if err := a.Subscribe(ctx, topic, agent.AtLeastOnce, func(m agent.Message) { got["a"] <- m }); err != nil {
+	if err := a.Subscribe(ctx, topic, agentclient.AtLeastOnce, func(m agentclient.Message) { got["a"] <- m }); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Subscribe(ctx, topic, agent.AtMostOnce, func(m agent.Message) { got["b"] <- m }); err != nil {
+	if err := b.Subscribe(ctx, topic, agentclient.AtMostOnce, func(m agentclient.Message) { got["b"] <- m }); err != nil {
 		t.Fatal(err)
 	}
-	if err := dm.Publish(ctx, topic, agent.AtLeastOnce, []byte("21.5")); err != nil {
+	if err := dm.Publish(ctx, topic, iot.AtLeastOnce, []byte("21.5")); err != nil {
 		t.Fatal(err)
 	}
 	for name, ch := range got {
@@ -255,7 +283,7 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 	if err := a.Unsubscribe(ctx, topic); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Publish(ctx, topic, agent.AtLeastOnce, []byte("22")); err != nil {
+	if err := b.Publish(ctx, topic, agentclient.AtLeastOnce, []byte("22")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -267,7 +295,7 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 		t.Fatal("b lost its subscription when a left")
 	}
 	// The subscription made before the device had an identity.
-	if err := b.Publish(ctx, "cmd/"+dmnThing+"/reboot", agent.AtLeastOnce, []byte("now")); err != nil {
+	if err := b.Publish(ctx, "cmd/"+dmnThing+"/reboot", agentclient.AtLeastOnce, []byte("now")); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -280,14 +308,14 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 	}
 
 	for _, topic := range []string{"$aws/things/" + dmnThing + "/jobs/j1/update", "$aws/certificates/create-from-csr/json"} {
-		if err := a.Publish(ctx, topic, agent.AtLeastOnce, []byte("{}")); err == nil || !strings.Contains(err.Error(), "reserved") {
+		if err := a.Publish(ctx, topic, agentclient.AtLeastOnce, []byte("{}")); err == nil || !strings.Contains(err.Error(), "reserved") {
 			t.Errorf("a program published to %s: %v", topic, err)
 		}
 	}
-	if err := a.Subscribe(ctx, "$aws/things/"+dmnThing+"/jobs/notify-next", agent.AtLeastOnce, func(agent.Message) {}); err == nil {
+	if err := a.Subscribe(ctx, "$aws/things/"+dmnThing+"/jobs/notify-next", agentclient.AtLeastOnce, func(agentclient.Message) {}); err == nil {
 		t.Error("a program subscribed to the agent's jobs topic")
 	}
-	if _, err := dm.Subscribe(ctx, "$aws/provisioning-templates/#", agent.AtLeastOnce, func(agent.Message) {}); !errors.Is(err, agent.ErrReservedTopic) {
+	if _, err := dm.Subscribe(ctx, "$aws/provisioning-templates/#", iot.AtLeastOnce, func(iot.Message) {}); !errors.Is(err, agent.ErrReservedTopic) {
 		t.Errorf("in-process subscription to provisioning topics: %v", err)
 	}
 	st, err := a.Status(ctx)
@@ -310,7 +338,7 @@ func TestDaemonRenewsByTimeAndJob(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "60000000")
 	t.Setenv("WATCHDOG_PID", strconv.Itoa(os.Getpid()))
 	cfg := d.config()
-	_, stop := d.run(agent.DaemonOptions{Config: cfg, Now: clock.Now, After: clock.After, Notifier: agent.NewNotifier(os.Getenv, nil)})
+	_, stop := d.run(agent.DaemonOptions{Settings: settingsOf(t, cfg), Now: clock.Now, After: clock.After, Notifier: agent.NewNotifier(os.Getenv, nil)})
 
 	if got := readNotify(t, notify); !strings.HasPrefix(got, "READY=1\nSTATUS=connecting to ") {
 		t.Errorf("first notification %q", got)
@@ -367,11 +395,11 @@ func TestDaemonReloadRefusesWhatItCannotApply(t *testing.T) {
 	cfg := d.config()
 	var mu sync.Mutex
 	next := func() (*config.Config, error) { return cfg, nil }
-	dm, _ := d.run(agent.DaemonOptions{Config: cfg, Reload: func() (*config.Config, error) {
+	dm, _ := d.run(agent.DaemonOptions{Settings: settingsOf(t, cfg), Reload: reloadFrom(func() (*config.Config, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		return next()
-	}})
+	})})
 	d.await("provisioning", rotationEnded(rotation.TriggerProvision))
 	for _, bad := range []func() (*config.Config, error){
 		func() (*config.Config, error) {
@@ -403,7 +431,7 @@ func TestDaemonReloadRefusesWhatItCannotApply(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := dm.Publish(ctx, "dt/"+dmnThing+"/x", agent.AtLeastOnce, []byte("1")); err != nil {
+	if err := dm.Publish(ctx, "dt/"+dmnThing+"/x", iot.AtLeastOnce, []byte("1")); err != nil {
 		t.Fatalf("publish after reloads: %v", err)
 	}
 }
@@ -502,21 +530,18 @@ func TestDaemonProvisioningRollsBack(t *testing.T) {
 	d := newDmnDevice(t, emulator.Config{}, "")
 	d.yaml = strings.Replace(d.yaml, "template: "+dmnTemplate, "template: NoSuchTemplate", 1)
 	cfg := d.config()
-	d.run(agent.DaemonOptions{Config: cfg})
+	d.run(agent.DaemonOptions{Settings: settingsOf(t, cfg)})
 	ev := d.await("the provisioning's end", rotationEnded(rotation.TriggerProvision))
 	lr := ev.State.LastResult
 	if lr.Outcome != rotation.RolledBack || !strings.Contains(lr.Error, "NoSuchTemplate") {
 		t.Fatalf("provisioning with a missing template: %+v", lr)
 	}
-	st, err := agent.ReadStatus(cfg, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Provisioned || !st.Identity.Claim || !st.Agent.Running || len(st.Problems) < 2 {
-		t.Fatalf("status after a failed provisioning: provisioned %v, agent %+v, problems %q", st.Provisioned, st.Agent, st.Problems)
+	rec, err := agent.ReadDaemonRecord(cfg.StateDir)
+	if err != nil || !rec.Running() {
+		t.Fatalf("the agent's record after a failed provisioning: %+v, %v", rec, err)
 	}
 	s, err := rotation.StateStore{Dir: cfg.StateDir}.Load()
-	if err != nil || !s.NextRetry.After(time.Now()) {
+	if err != nil || !s.Current.Claim || !s.NextRetry.After(time.Now()) {
 		t.Fatalf("no backoff before the next provisioning: next retry %v, %v", s.NextRetry, err)
 	}
 }
@@ -529,9 +554,9 @@ func TestDaemonReloadFixesTheAddress(t *testing.T) {
 	good := d.config()
 	bad := *good
 	bad.Address = "127.0.0.1:" + strconv.Itoa(freePort(t)) // nothing listens
-	dm, _ := d.run(agent.DaemonOptions{Config: &bad, Reload: func() (*config.Config, error) { return good, nil }})
+	dm, _ := d.run(agent.DaemonOptions{Settings: settingsOf(t, &bad), Reload: reloadFrom(func() (*config.Config, error) { return good, nil })})
 	ev := d.await("a failed connect", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventConnectFailed })
-	if !errors.Is(ev.Err, agent.ErrUnreachable) {
+	if !errors.Is(ev.Err, iot.ErrUnreachable) {
 		t.Errorf("connect to a closed port: %v", ev.Err)
 	}
 	dm.Reload()
@@ -539,7 +564,7 @@ func TestDaemonReloadFixesTheAddress(t *testing.T) {
 	d.await("provisioning", rotationEnded(rotation.TriggerProvision))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := dm.Publish(ctx, "dt/"+dmnThing+"/x", agent.AtLeastOnce, []byte("1")); err != nil {
+	if err := dm.Publish(ctx, "dt/"+dmnThing+"/x", iot.AtLeastOnce, []byte("1")); err != nil {
 		t.Fatal(err)
 	}
 }

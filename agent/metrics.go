@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -47,7 +49,7 @@ type Metrics struct {
 }
 
 // Connection states as the thingcert_connection_state metric names them.
-var metricStates = []State{StateDisconnected, StateConnecting, StateConnected, StateWaiting}
+var metricStates = []iot.ConnState{iot.StateDisconnected, iot.StateConnecting, iot.StateConnected, iot.StateWaiting}
 
 // NewMetrics makes the metrics, in a registry of their own that also holds
 // the Go runtime and process collectors (resident memory, file descriptors).
@@ -105,7 +107,7 @@ func NewMetrics(now func() time.Time) *Metrics {
 	for _, s := range metricStates {
 		m.connState.WithLabelValues(s.String()).Set(0)
 	}
-	m.connState.WithLabelValues(StateDisconnected.String()).Set(1)
+	m.connState.WithLabelValues(iot.StateDisconnected.String()).Set(1)
 	return m
 }
 
@@ -173,7 +175,7 @@ func (m *Metrics) RotationEnded(trigger, outcome string) {
 
 // ConnectionChanged records a change of the connection's state, counting
 // failures by their diagnosis.
-func (m *Metrics) ConnectionChanged(ch StateChange, lost bool) {
+func (m *Metrics) ConnectionChanged(ch iot.StateChange, lost bool) {
 	if m == nil {
 		return
 	}
@@ -203,10 +205,10 @@ func FailureKind(err error) string {
 		err  error
 		name string
 	}{
-		{ErrUnreachable, "unreachable"}, {ErrServerUntrusted, "server-untrusted"}, {ErrServerName, "server-name"},
-		{ErrClientCertRefused, "client-cert-refused"}, {ErrKey, "key"}, {ErrTLS, "tls"},
-		{ErrConnectRefused, "connect-refused"}, {ErrClosedAfterConnect, "closed-after-connect"},
-		{ErrTimeout, "timeout"}, {ErrConnectionLost, "lost"},
+		{iot.ErrUnreachable, "unreachable"}, {iot.ErrServerUntrusted, "server-untrusted"}, {iot.ErrServerName, "server-name"},
+		{iot.ErrClientCertRefused, "client-cert-refused"}, {iot.ErrKey, "key"}, {iot.ErrTLS, "tls"},
+		{iot.ErrConnectRefused, "connect-refused"}, {iot.ErrClosedAfterConnect, "closed-after-connect"},
+		{iot.ErrTimeout, "timeout"}, {iot.ErrConnectionLost, "lost"},
 	} {
 		if errors.Is(err, k.err) {
 			return k.name
@@ -232,11 +234,11 @@ func boolFloat(b bool) float64 {
 // ErrNotLoopback: a metrics address that is not on the loopback interface.
 var ErrNotLoopback = errors.New("metrics listen address is not a loopback address")
 
-// ListenMetrics opens the metrics listener. Only loopback addresses are
+// listenMetrics opens the metrics listener. Only loopback addresses are
 // accepted (127.0.0.0/8, ::1, localhost): a device's metrics are for a local
 // scraper or an SSH tunnel, never for the network. The check is made on the
 // address actually bound, so a name that resolves elsewhere is refused too.
-func ListenMetrics(ctx context.Context, addr string) (net.Listener, error) {
+func listenMetrics(ctx context.Context, addr string) (net.Listener, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return nil, fmt.Errorf("agent: metrics address %q: want HOST:PORT such as 127.0.0.1:9464", addr)

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/keystore"
 )
 
@@ -48,9 +50,9 @@ func TestMetricsCertificateRotationConnection(t *testing.T) {
 	m.RotationEnded("time", "succeeded")
 	m.RotationStarted("job")
 	m.RotationEnded("job", "rolled-back")
-	m.ConnectionChanged(StateChange{State: StateWaiting, Err: &ConnectError{Kind: ErrClientCertRefused, Endpoint: "e"}}, false)
-	m.ConnectionChanged(StateChange{State: StateConnected}, false)
-	m.ConnectionChanged(StateChange{State: StateWaiting, Err: &ConnectError{Kind: ErrConnectionLost, Endpoint: "e"}}, true)
+	m.ConnectionChanged(iot.StateChange{State: iot.StateWaiting, Err: &iot.ConnectError{Kind: iot.ErrClientCertRefused, Endpoint: "e"}}, false)
+	m.ConnectionChanged(iot.StateChange{State: iot.StateConnected}, false)
+	m.ConnectionChanged(iot.StateChange{State: iot.StateWaiting, Err: &iot.ConnectError{Kind: iot.ErrConnectionLost, Endpoint: "e"}}, true)
 	body := scrape(t, m)
 	wantLines(t, body,
 		"thingcert_certificate_age_seconds 3600",
@@ -126,21 +128,21 @@ func TestMetricsCountSigningErrors(t *testing.T) {
 func TestListenMetricsLoopbackOnly(t *testing.T) {
 	ctx := context.Background()
 	for _, addr := range []string{"0.0.0.0:0", "[::]:0", "192.0.2.1:9464", ":9464", "example.com:9464", "9464"} {
-		l, err := ListenMetrics(ctx, addr)
+		l, err := listenMetrics(ctx, addr)
 		if err == nil {
 			l.Close()
-			t.Errorf("ListenMetrics(%q) accepted a non-loopback address", addr)
+			t.Errorf("listenMetrics(%q) accepted a non-loopback address", addr)
 		}
 	}
 	for _, addr := range []string{"127.0.0.1:0", "localhost:0"} {
-		l, err := ListenMetrics(ctx, addr)
+		l, err := listenMetrics(ctx, addr)
 		if err != nil {
-			t.Errorf("ListenMetrics(%q): %v", addr, err)
+			t.Errorf("listenMetrics(%q): %v", addr, err)
 			continue
 		}
 		l.Close()
 	}
-	l, err := ListenMetrics(ctx, "127.0.0.1:0")
+	l, err := listenMetrics(ctx, "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

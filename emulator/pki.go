@@ -5,11 +5,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -19,6 +17,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/thingcert/thingcert/internal/pemcert"
 
 	"github.com/thingcert/thingcert/internal/atomicfile"
 )
@@ -56,10 +56,7 @@ type authority struct {
 
 // CertificateID is AWS IoT's certificate ID: the SHA-256 of the DER, as 64
 // lowercase hex digits.
-func CertificateID(der []byte) string {
-	sum := sha256.Sum256(der)
-	return hex.EncodeToString(sum[:])
-}
+func CertificateID(der []byte) string { return pemcert.ID(der) }
 
 func newSerial() (*big.Int, error) {
 	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))

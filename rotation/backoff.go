@@ -3,6 +3,8 @@ package rotation
 import (
 	"fmt"
 	"time"
+
+	"github.com/thingcert/thingcert/internal/backoff"
 )
 
 // Backoff spaces the retries of a failed renewal step: capped exponential
@@ -71,24 +73,13 @@ type Retry struct {
 // hint plus up to a quarter of it, so throttled devices do not return in step.
 func (b Backoff) Delay(r Retry) time.Duration {
 	b = b.withDefaults()
-	base := b.Min
-	for i := 1; i < r.Failures && base < b.Max; i++ {
-		base *= 2
-	}
-	base = min(base, b.Max)
+	base := backoff.Base(b.Min, b.Max, r.Failures-1)
 	if r.Remaining > 0 {
 		base = min(base, max(r.Remaining/8, b.Min))
 	}
-	f := r.Random
-	if f < 0 || f != f {
-		f = 0
-	}
-	if f >= 1 {
-		f = 0.9999999
-	}
-	d := base/2 + scale(base-base/2, f)
+	d := backoff.Jitter(base, r.Random)
 	if r.Hint > 0 && d < r.Hint {
-		d = r.Hint + scale(r.Hint/4, f)
+		d = r.Hint + backoff.Scale(r.Hint/4, r.Random)
 	}
 	return max(d, minRetry)
 }

@@ -119,7 +119,7 @@ type noSyncFile struct{ *crashfs.File }
 
 func (noSyncFile) Sync() error { return nil }
 
-func (n noSync) CreateTemp(dir, pattern string) (File, error) {
+func (n noSync) CreateTemp(dir, pattern string) (tempFile, error) {
 	f, err := n.crashFS.FS.CreateTemp(dir, pattern)
 	if err != nil {
 		return nil, err
@@ -131,7 +131,7 @@ func (n noSync) CreateTemp(dir, pattern string) (File, error) {
 // operations, restarts from what survived, and reports whether the device
 // then has a working identity and can still rotate. done is set when the
 // rotation finished before the cut.
-func powerCutRun(t *testing.T, n int, wrap func(*crashfs.FS) FS) (done bool, problem error) {
+func powerCutRun(t *testing.T, n int, wrap func(*crashfs.FS) fileSystem) (done bool, problem error) {
 	t.Helper()
 	ctx := context.Background()
 	cfs := crashfs.New()
@@ -177,7 +177,7 @@ func powerCutRun(t *testing.T, n int, wrap func(*crashfs.FS) FS) (done bool, pro
 // of a rotation (state and certificate writes: create, write, sync, close,
 // rename, folder sync) and restarts from what was synced.
 func TestPowerCutAtEveryWrite(t *testing.T) {
-	wrap := func(f *crashfs.FS) FS { return crashFS{f} }
+	wrap := func(f *crashfs.FS) fileSystem { return crashFS{f} }
 	n := 0
 	for ; ; n++ {
 		done, problem := powerCutRun(t, n, wrap)
@@ -197,7 +197,7 @@ func TestPowerCutAtEveryWrite(t *testing.T) {
 // TestPowerCutCatchesMissingSync is the control: without fsync the same test
 // finds a device left with no usable state.
 func TestPowerCutCatchesMissingSync(t *testing.T) {
-	wrap := func(f *crashfs.FS) FS { return noSync{crashFS{f}} }
+	wrap := func(f *crashfs.FS) fileSystem { return noSync{crashFS{f}} }
 	for n := 0; ; n++ {
 		done, problem := powerCutRun(t, n, wrap)
 		if problem != nil {

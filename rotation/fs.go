@@ -7,18 +7,18 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"strconv"
-	"syscall"
+
+	"github.com/thingcert/thingcert/internal/filelock"
 )
 
-// FS is the file system the state folder is written through: the few
+// fileSystem is the file system the state folder is written through: the few
 // primitives an atomic write is made of, so a test can put a layer underneath
 // that forgets whatever was not synced (a power cut) and check that the
-// ordering of writes, syncs and renames is right. OSFS is the real one.
-type FS interface {
+// ordering of writes, syncs and renames is right. osFS is the real one.
+type fileSystem interface {
 	MkdirAll(path string, perm fs.FileMode) error
 	// CreateTemp makes a new file in dir, as os.CreateTemp.
-	CreateTemp(dir, pattern string) (File, error)
+	CreateTemp(dir, pattern string) (tempFile, error)
 	Rename(oldpath, newpath string) error
 	Remove(name string) error
 	ReadFile(name string) ([]byte, error)
@@ -31,8 +31,8 @@ type FS interface {
 	Lock(path string) (io.Closer, error)
 }
 
-// File is a file being written.
-type File interface {
+// tempFile is a file being written.
+type tempFile interface {
 	io.Writer
 	Name() string
 	Chmod(fs.FileMode) error
@@ -44,18 +44,18 @@ type File interface {
 // ErrLocked: another process is working on the state folder.
 var ErrLocked = errors.New("state folder in use")
 
-// OSFS is the operating system's file system.
-type OSFS struct{}
+// osFS is the operating system's file system.
+type osFS struct{}
 
-var _ FS = OSFS{}
+var _ fileSystem = osFS{}
 
-func (OSFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
-func (OSFS) CreateTemp(dir, pattern string) (File, error) { return os.CreateTemp(dir, pattern) }
-func (OSFS) Rename(o, n string) error                     { return os.Rename(o, n) }
-func (OSFS) Remove(name string) error                     { return os.Remove(name) }
-func (OSFS) ReadFile(name string) ([]byte, error)         { return os.ReadFile(name) }
+func (osFS) MkdirAll(path string, perm fs.FileMode) error     { return os.MkdirAll(path, perm) }
+func (osFS) CreateTemp(dir, pattern string) (tempFile, error) { return os.CreateTemp(dir, pattern) }
+func (osFS) Rename(o, n string) error                         { return os.Rename(o, n) }
+func (osFS) Remove(name string) error                         { return os.Remove(name) }
+func (osFS) ReadFile(name string) ([]byte, error)             { return os.ReadFile(name) }
 
-func (OSFS) ReadDir(name string) ([]string, error) {
+func (osFS) ReadDir(name string) ([]string, error) {
 	es, err := os.ReadDir(name)
 	names := make([]string, 0, len(es))
 	for _, e := range es {
@@ -64,7 +64,7 @@ func (OSFS) ReadDir(name string) ([]string, error) {
 	return names, err
 }
 
-func (OSFS) SyncDir(name string) error {
+func (osFS) SyncDir(name string) error {
 	d, err := os.Open(name)
 	if err != nil {
 		return err
@@ -73,35 +73,25 @@ func (OSFS) SyncDir(name string) error {
 	return d.Sync()
 }
 
-// Lock uses flock(2), which the kernel releases when the holder dies, so a
-// killed process never leaves the folder locked. The holder's PID is written
-// in the file for the message another process gets.
-func (OSFS) Lock(path string) (io.Closer, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		holder, _ := io.ReadAll(io.LimitReader(f, 32))
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			who := "another thingcert process"
-			if pid, perr := strconv.Atoi(string(holder)); perr == nil {
-				who += fmt.Sprintf(" (pid %d)", pid)
-			}
-			return nil, fmt.Errorf("%w: %s holds %s; wait for it to finish or stop it", ErrLocked, who, path)
+// Lock uses an OS file lock (flock(2) on Linux), which the kernel releases
+// when the holder dies, so a killed process never leaves the folder locked.
+func (osFS) Lock(path string) (io.Closer, error) {
+	l, err := filelock.Lock(path)
+	var held *filelock.HeldError
+	if errors.As(err, &held) {
+		who := "another process"
+		if held.PID != 0 {
+			who = fmt.Sprintf("the process with pid %d", held.PID)
 		}
-		return nil, err
+		return nil, fmt.Errorf("%w: %s holds %s; wait for it to finish or stop it", ErrLocked, who, path)
 	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
-	return f, nil
+	return l, err
 }
 
 // writeAtomic replaces path with data so that a crash or power cut leaves the
 // old content or the new: temporary file, write, fsync, rename, fsync of the
 // folder.
-func writeAtomic(fsys FS, path string, data []byte, perm fs.FileMode) (err error) {
+func writeAtomic(fsys fileSystem, path string, data []byte, perm fs.FileMode) (err error) {
 	dir := filepath.Dir(path)
 	f, err := fsys.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {

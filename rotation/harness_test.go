@@ -139,7 +139,7 @@ func newFakeCloud(t testing.TB, clk *clock) *fakeCloud {
 func (c *fakeCloud) register(pub crypto.PublicKey, nb, na time.Time) *x509.Certificate {
 	cert := c.ca.issue(c.t, pub, nb, na, x509.ECDSAWithSHA256)
 	c.mu.Lock()
-	c.status[CertificateID(cert)] = "ACTIVE"
+	c.status[certificateID(cert)] = "ACTIVE"
 	c.mu.Unlock()
 	return cert
 }
@@ -170,7 +170,7 @@ func (c *fakeCloud) Issue(ctx context.Context, der []byte) (*Issued, error) {
 	}
 	now := c.clock.Now()
 	cert := c.ca.issue(c.t, csr.PublicKey, now.Add(-time.Minute), now.Add(c.lifetime), x509.ECDSAWithSHA256)
-	id := CertificateID(cert)
+	id := certificateID(cert)
 	c.mu.Lock()
 	if !c.refuseNew {
 		c.status[id] = "ACTIVE"
@@ -190,10 +190,10 @@ func (c *fakeCloud) check(id Identity) error {
 		return fmt.Errorf("TLS handshake refused: %w", err)
 	}
 	c.mu.Lock()
-	st := c.status[CertificateID(leaf)]
+	st := c.status[certificateID(leaf)]
 	c.mu.Unlock()
 	if st != "ACTIVE" {
-		return fmt.Errorf("certificate %s is %q: connection closed after CONNECT", short(CertificateID(leaf)), st)
+		return fmt.Errorf("certificate %s is %q: connection closed after CONNECT", short(certificateID(leaf)), st)
 	}
 	digest := sha256.Sum256([]byte("handshake"))
 	sig, err := id.Key.Sign(rand.Reader, digest[:], crypto.SHA256)
@@ -224,7 +224,7 @@ func (c *fakeCloud) Switch(ctx context.Context, id Identity) error {
 		return err
 	}
 	c.mu.Lock()
-	c.connected = CertificateID(id.Chain[0])
+	c.connected = certificateID(id.Chain[0])
 	c.connects = append(c.connects, c.connected)
 	c.mu.Unlock()
 	return nil
@@ -254,10 +254,10 @@ func (c *fakeCloud) deactivate(id string) {
 	c.mu.Unlock()
 }
 
-// crashFS adapts crashfs to FS.
+// crashFS adapts crashfs to fileSystem.
 type crashFS struct{ *crashfs.FS }
 
-func (c crashFS) CreateTemp(dir, pattern string) (File, error) {
+func (c crashFS) CreateTemp(dir, pattern string) (tempFile, error) {
 	f, err := c.FS.CreateTemp(dir, pattern)
 	if err != nil {
 		return nil, err
@@ -270,7 +270,7 @@ type device struct {
 	t        testing.TB
 	keyDir   string
 	stateDir string
-	fs       FS
+	fs       fileSystem
 	store    keystore.Store
 	cloud    *fakeCloud
 	clock    *clock
@@ -280,7 +280,7 @@ type device struct {
 
 // newDevice is a device with a file key store and a first identity the cloud
 // accepts, adopted into its state folder.
-func newDevice(t testing.TB, fsys FS, stateDir string) *device {
+func newDevice(t testing.TB, fsys fileSystem, stateDir string) *device {
 	t.Helper()
 	clk := &clock{t: t0}
 	d := &device{t: t, keyDir: filepath.Join(t.TempDir(), "keys"), stateDir: stateDir, fs: fsys, cloud: newFakeCloud(t, clk), clock: clk}
@@ -292,11 +292,11 @@ func newDevice(t testing.TB, fsys FS, stateDir string) *device {
 		t.Fatal(err)
 	}
 	cert := d.cloud.register(k.Public(), t0.Add(-time.Hour), t0.Add(year))
-	ss := StateStore{Dir: stateDir, FS: fsys}
+	ss := StateStore{Dir: stateDir, fsys: fsys}
 	if err := ss.Init(); err != nil {
 		t.Fatal(err)
 	}
-	path, err := ss.WriteChain(CertificateID(cert), []*x509.Certificate{cert})
+	path, err := ss.WriteChain(certificateID(cert), []*x509.Certificate{cert})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +321,7 @@ func (d *device) newRunner() *Runner {
 	d.runner = &Runner{
 		Machine:   Machine{GracePeriod: time.Hour, Backoff: Backoff{Min: time.Second, Max: time.Minute}},
 		DeviceID:  "thing-1",
-		State:     StateStore{Dir: d.stateDir, FS: d.fs},
+		State:     StateStore{Dir: d.stateDir, fsys: d.fs},
 		Store:     d.store,
 		Issuer:    d.cloud,
 		Connector: d.cloud,

@@ -133,7 +133,7 @@ func (m Machine) Next(s *State, ev Event, now time.Time) (*State, error) {
 		switch ev.Kind {
 		case EventStart:
 			if n.Current == nil {
-				return s, fmt.Errorf("rotation: cannot rotate: %w; provision the device first (thingcert provision)", ErrNoIdentity)
+				return s, fmt.Errorf("rotation: cannot rotate: %w; provision the device first", ErrNoIdentity)
 			}
 			if ev.KeyURI == "" {
 				return s, errors.New("rotation: start without a key URI for the new key")

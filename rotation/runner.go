@@ -166,7 +166,7 @@ func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 }
 
 func describe(rec *IdentityRecord, leaf *x509.Certificate) {
-	rec.CertificateID = CertificateID(leaf)
+	rec.CertificateID = certificateID(leaf)
 	rec.Subject = leaf.Subject.String()
 	rec.NotBefore = leaf.NotBefore
 	rec.NotAfter = leaf.NotAfter
@@ -188,7 +188,7 @@ func (r *Runner) Provision(ctx context.Context, claim IdentityRecord) (*State, e
 		return nil, err
 	}
 	if !s.InProgress() && !s.Current.Claim {
-		return s, fmt.Errorf("rotation: %w with certificate %s (%s); use `thingcert rotate` to renew it", ErrAlreadyProvisioned, short(s.Current.CertificateID), s.Current.Subject)
+		return s, fmt.Errorf("rotation: %w with certificate %s (%s); renew it with a rotation instead", ErrAlreadyProvisioned, short(s.Current.CertificateID), s.Current.Subject)
 	}
 	return r.rotate(ctx, s, Trigger{Kind: TriggerProvision, Reason: "provisioning by claim"})
 }
@@ -356,7 +356,7 @@ func (r *Runner) paused(s *State, err error) error {
 	if s.LastError != "" {
 		last = fmt.Sprintf(" after %d failed attempts (the last: %s)", s.Attempt, s.LastError)
 	}
-	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there on the next `thingcert rotate` or `thingcert run`", s.Phase, last, err)
+	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there at the next rotation or start", s.Phase, last, err)
 }
 
 func (r *Runner) save(ctx context.Context, s *State) error {
@@ -481,7 +481,7 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 	if iss == nil || len(iss.Chain) == 0 || iss.Chain[0] == nil {
 		return fail(fmt.Errorf("rotation: %w: the issuer returned no certificate", ErrBadCertificate))
 	}
-	id := CertificateID(iss.Chain[0])
+	id := certificateID(iss.Chain[0])
 	if iss.CertificateID != "" && !strings.EqualFold(iss.CertificateID, id) {
 		return fail(fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, iss.CertificateID, id))
 	}

@@ -19,7 +19,7 @@ import (
 )
 
 func osDevice(t *testing.T) *device {
-	return newDevice(t, OSFS{}, filepath.Join(t.TempDir(), "state"))
+	return newDevice(t, osFS{}, filepath.Join(t.TempDir(), "state"))
 }
 
 func TestRotateThenRotateAgain(t *testing.T) {
@@ -105,7 +105,7 @@ func TestProvisionByClaim(t *testing.T) {
 	clk := &clock{t: t0}
 	cloud := newFakeCloud(t, clk)
 	claimDir := t.TempDir()
-	d := &device{t: t, keyDir: filepath.Join(t.TempDir(), "keys"), stateDir: filepath.Join(t.TempDir(), "state"), fs: OSFS{}, cloud: cloud, clock: clk}
+	d := &device{t: t, keyDir: filepath.Join(t.TempDir(), "keys"), stateDir: filepath.Join(t.TempDir(), "state"), fs: osFS{}, cloud: cloud, clock: clk}
 	d.openStore()
 	// The claim key lives in its own folder, outside the device's store.
 	claimStore := openFileStore(t, claimDir)
@@ -172,7 +172,7 @@ func openFileStore(t *testing.T, dir string) keystore.Store {
 
 func writePEM(t *testing.T, path string, c *x509.Certificate) {
 	t.Helper()
-	if err := writeAtomic(OSFS{}, path, pemCert(c), 0o644); err != nil {
+	if err := writeAtomic(osFS{}, path, pemCert(c), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -353,7 +353,7 @@ func TestLockKeepsOthersOut(t *testing.T) {
 // each other's keys, even when one rolls back.
 func TestDevicesSharingAStore(t *testing.T) {
 	a := osDevice(t)
-	b := newDevice(t, OSFS{}, filepath.Join(t.TempDir(), "state-b"))
+	b := newDevice(t, osFS{}, filepath.Join(t.TempDir(), "state-b"))
 	b.keyDir, b.clock = a.keyDir, a.clock
 	b.openStore()
 	b.newRunner()
@@ -364,8 +364,8 @@ func TestDevicesSharingAStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	cert := b.cloud.register(k.Public(), t0.Add(-time.Hour), t0.Add(year))
-	path, _ := b.runner.State.WriteChain(CertificateID(cert), []*x509.Certificate{cert})
-	bs.Current = &IdentityRecord{KeyURI: k.URI(), CertFile: path, CertificateID: CertificateID(cert), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter}
+	path, _ := b.runner.State.WriteChain(certificateID(cert), []*x509.Certificate{cert})
+	bs.Current = &IdentityRecord{KeyURI: k.URI(), CertFile: path, CertificateID: certificateID(cert), NotBefore: cert.NotBefore, NotAfter: cert.NotAfter}
 	if err := b.runner.State.Save(bs); err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,6 @@ package rotation
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -33,15 +32,16 @@ var ErrNoState = errors.New("no rotation state")
 type StateStore struct {
 	// Dir is the state folder (/var/lib/thingcert by default).
 	Dir string
-	// FS is the file system; nil is the real one.
-	FS FS
+	// fsys is the file system; nil is the real one (tests put a crash-
+	// simulating one there).
+	fsys fileSystem
 }
 
-func (s StateStore) fs() FS {
-	if s.FS == nil {
-		return OSFS{}
+func (s StateStore) fs() fileSystem {
+	if s.fsys == nil {
+		return osFS{}
 	}
-	return s.FS
+	return s.fsys
 }
 
 // Path is the state file's path.
@@ -212,12 +212,9 @@ func (s StateStore) Tidy(st *State) error {
 	return errors.Join(errs...)
 }
 
-// CertificateID is AWS IoT's name for a certificate: the SHA-256 of its DER
+// certificateID is AWS IoT's name for a certificate: the SHA-256 of its DER
 // as 64 lowercase hex digits.
-func CertificateID(c *x509.Certificate) string {
-	sum := sha256.Sum256(c.Raw)
-	return hex.EncodeToString(sum[:])
-}
+func certificateID(c *x509.Certificate) string { return pemcert.ID(c.Raw) }
 
 func validCertID(id string) bool {
 	if len(id) != 64 {

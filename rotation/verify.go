@@ -65,8 +65,8 @@ func Verify(chain []*x509.Certificate, o VerifyOptions) error {
 			return fmt.Errorf("rotation: %w: %s issued by %q does not chain to the configured trust (rotation trust): %w", ErrBadCertificate, name, leaf.Issuer.String(), err)
 		}
 	}
-	if o.CertificateID != "" && o.CertificateID != CertificateID(leaf) {
-		return fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, o.CertificateID, CertificateID(leaf))
+	if o.CertificateID != "" && o.CertificateID != certificateID(leaf) {
+		return fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, o.CertificateID, certificateID(leaf))
 	}
 	return nil
 }

@@ -55,7 +55,7 @@ func TestVerify(t *testing.T) {
 		want  string // "" for success
 		is    error
 	}{
-		{"good, through an intermediate", []*x509.Certificate{good, icert}, key.Public(), root.pool(), CertificateID(good), "", nil},
+		{"good, through an intermediate", []*x509.Certificate{good, icert}, key.Public(), root.pool(), certificateID(good), "", nil},
 		{"good, no roots configured", []*x509.Certificate{good}, key.Public(), nil, "", "", nil},
 		{"missing intermediate", []*x509.Certificate{good}, key.Public(), root.pool(), "", "does not chain", nil},
 		{"empty", nil, key.Public(), nil, "", "no certificate", nil},

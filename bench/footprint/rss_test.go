@@ -20,7 +20,7 @@ import (
 
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 )
 
 // BenchmarkIdleRSS runs `thingcert run` and barepaho, both built stripped
@@ -134,7 +134,7 @@ func writeFile(b *testing.B, dir, name string, data []byte) string {
 func identity(b *testing.B, emu *emulator.Emulator, dir, who string) (keyURI, certFile string) {
 	b.Helper()
 	ctx := context.Background()
-	s, err := backends.Open(ctx, "file:"+filepath.Join(dir, "keys-"+who)+"/", keystore.Options{})
+	s, err := keystore.Open(ctx, "file:"+filepath.Join(dir, "keys-"+who)+"/", keystore.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -10,7 +10,11 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/device"
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/fleetprov"
+	"github.com/thingcert/thingcert/iot/jobs"
+
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
 	"github.com/thingcert/thingcert/keystore/filestore"
@@ -23,18 +27,18 @@ const (
 	thing    = "dev-0001"
 )
 
-// device is a provisioned device (file key, ECDSA P-256) on an in-process
+// benchDevice is a provisioned device (file key, ECDSA P-256) on an in-process
 // emulator whose rate limits are off, so that the loop measures work, not
 // AWS IoT's quotas (one CONNECT per second per client ID, 15 and 10 TPS for
 // the two provisioning calls).
-type device struct {
+type benchDevice struct {
 	emu     *emulator.Emulator
 	store   keystore.Store
-	session *agent.Session
+	session *device.Session
 	runner  *rotation.Runner
 }
 
-func setup(b testing.TB) *device {
+func setup(b testing.TB) *benchDevice {
 	b.Helper()
 	ctx := context.Background()
 	emu, err := emulator.Start(ctx, emulator.Config{
@@ -64,8 +68,8 @@ func setup(b testing.TB) *device {
 	if err := os.WriteFile(claimFile, claimPEM, 0o644); err != nil {
 		b.Fatal(err)
 	}
-	session := &agent.Session{
-		Config:             agent.Config{Endpoint: agent.Endpoint{Host: emu.Endpoint(account), Address: emu.Addr()}, Roots: emu.RootCAs(), ThingName: thing},
+	session := &device.Session{
+		Config:             iot.Config{Endpoint: iot.Endpoint{Host: emu.Endpoint(account), Address: emu.Addr()}, Roots: emu.RootCAs(), ThingName: thing},
 		ClaimClientID:      "claim",
 		MinConnectInterval: -1,
 	}
@@ -78,9 +82,9 @@ func setup(b testing.TB) *device {
 		State:     rotation.StateStore{Dir: filepath.Join(dir, "state")},
 		Store:     store,
 		Subject:   "CN=" + thing,
-		Issuer:    &agent.FleetProvisioning{Conn: session, Template: template, Parameters: map[string]string{"SerialNumber": "0001"}, ThingName: thing},
+		Issuer:    &fleetprov.Issuer{Conn: session, Template: template, Parameters: map[string]string{"SerialNumber": "0001"}, ThingName: thing},
 		Connector: session,
-		Reporter:  agent.JobReporter{Jobs: session.Jobs()},
+		Reporter:  jobs.Reporter{Client: session.Jobs()},
 	}
 	claim := rotation.IdentityRecord{KeyURI: claimURI, CertFile: claimFile, Claim: true}
 	s, err := runner.Adopt(ctx, claim)
@@ -97,7 +101,7 @@ func setup(b testing.TB) *device {
 	if _, err := runner.Provision(ctx, claim); err != nil {
 		b.Fatal(err)
 	}
-	return &device{emu: emu, store: store, session: session, runner: runner}
+	return &benchDevice{emu: emu, store: store, session: session, runner: runner}
 }
 
 // BenchmarkRotation: reference is one plain connect (TCP, TLS 1.3 with the
@@ -117,7 +121,7 @@ func BenchmarkRotation(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		aid, err := agent.NewIdentity(id.Key, id.Chain)
+		aid, err := iot.NewIdentity(id.Key, id.Chain)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -125,7 +129,7 @@ func BenchmarkRotation(b *testing.B) {
 		if err := d.session.Close(ctx); err != nil {
 			b.Fatal(err)
 		}
-		c, err := agent.New(agent.Config{Endpoint: d.session.Config.Endpoint, Roots: d.emu.RootCAs(), ThingName: thing, Identity: agent.NewIdentitySource(aid)})
+		c, err := iot.New(iot.Config{Endpoint: d.session.Config.Endpoint, Roots: d.emu.RootCAs(), ThingName: thing, Identity: iot.NewIdentitySource(aid)})
 		if err != nil {
 			b.Fatal(err)
 		}

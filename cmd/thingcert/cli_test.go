@@ -14,7 +14,7 @@ func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	root := newRootCmd(&out, &errb)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(context.Background()); err != nil {
-		return out.String(), "thingcert: " + oneLine(err.Error()), exitCode(err)
+		return out.String(), "thingcert: " + forShell(err), exitCode(err)
 	}
 	return out.String(), errb.String(), 0
 }

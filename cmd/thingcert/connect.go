@@ -9,11 +9,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/spf13/cobra"
 
-	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 )
 
 type connectFlags struct {
@@ -59,7 +60,7 @@ allow iot:Connect for this client ID).`,
 			if c.Flags().Changed("publish") != c.Flags().Changed("message") {
 				return usageError{err: errors.New(c.CommandPath() + ": --publish TOPIC and --message TEXT go together")}
 			}
-			ep := agent.Endpoint{Host: f.endpoint, Port: f.port, Address: f.address}
+			ep := iot.Endpoint{Host: f.endpoint, Port: f.port, Address: f.address}
 			if err := ep.Validate(); err != nil {
 				return usageError{err: err}
 			}
@@ -73,7 +74,7 @@ allow iot:Connect for this client ID).`,
 	}
 	fl := c.Flags()
 	fl.StringVar(&f.endpoint, "endpoint", "", "endpoint host name, sent as SNI (aws iot describe-endpoint --endpoint-type iot:Data-ATS)")
-	fl.IntVar(&f.port, "port", agent.PortMQTT, "endpoint port: 8883, or 443 (ALPN x-amzn-mqtt-ca)")
+	fl.IntVar(&f.port, "port", iot.PortMQTT, "endpoint port: 8883, or 443 (ALPN x-amzn-mqtt-ca)")
 	fl.StringVar(&f.address, "address", "", "HOST:PORT to dial instead of the endpoint (SNI stays the endpoint name)")
 	fl.StringVar(&f.key, "key", "", "device key URI (file:, pkcs11: or tpm:)")
 	fl.StringVar(&f.cert, "cert", "", "device certificate PEM file (leaf first, then any intermediates)")
@@ -91,7 +92,7 @@ type connectReport struct {
 	Port           int            `json:"port"`
 	Address        string         `json:"address"`
 	ClientID       string         `json:"client_id"`
-	TLS            *agent.TLSInfo `json:"tls,omitempty"`
+	TLS            *iot.TLSInfo   `json:"tls,omitempty"`
 	SessionPresent bool           `json:"session_present"`
 	Published      *publishReport `json:"published,omitempty"`
 	TimingsMS      timings        `json:"timings_ms"`
@@ -121,8 +122,8 @@ type errorReport struct {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpoint) error {
-	chain, err := agent.LoadCertificateChain(f.cert)
+func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep iot.Endpoint) error {
+	chain, err := iot.LoadCertificateChain(f.cert)
 	if err != nil {
 		return err
 	}
@@ -135,17 +136,17 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 	// Open the key while the connection is set up: a token login or a TPM
 	// load then overlaps the TCP and TLS round trips, and only the handshake's
 	// CertificateVerify waits for it.
-	ids := agent.NewPendingIdentitySource()
+	ids := iot.NewPendingIdentitySource()
 	key := openKeyAsync(ctx, env, f.key, chain, ids)
 	defer key.close()
 
 	var roots *x509.CertPool // nil: the built-in Amazon roots, parsed only then
 	if f.ca != "" {
-		if roots, err = agent.LoadCAFile(f.ca); err != nil {
+		if roots, err = iot.LoadCAFile(f.ca); err != nil {
 			return err
 		}
 	}
-	client, err := agent.New(agent.Config{
+	client, err := iot.New(iot.Config{
 		Endpoint: ep,
 		Identity: ids,
 		Roots:    roots,
@@ -169,7 +170,7 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 	total := info.Dial + info.Handshake + info.CONNACK
 	if f.topic != "" {
 		start := time.Now()
-		err := client.Publish(ctx, f.topic, agent.AtLeastOnce, []byte(f.message))
+		err := client.Publish(ctx, f.topic, iot.AtLeastOnce, []byte(f.message))
 		if err != nil {
 			client.Disconnect(ctx)
 			return reportFailure(env, f, rep, err)
@@ -194,11 +195,11 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep agent.Endpo
 // scripts, and returns the error for the one-line message on stderr.
 func reportFailure(env *cliEnv, f connectFlags, rep connectReport, err error) error {
 	if f.json {
-		e := &errorReport{Message: err.Error()}
-		var ce *agent.ConnectError
+		e := &errorReport{Message: forShell(err)}
+		var ce *iot.ConnectError
 		if errors.As(err, &ce) {
 			e.Kind, e.Stage = ce.Kind.Error(), string(ce.Stage)
-			if errors.Is(err, agent.ErrConnectRefused) {
+			if errors.Is(err, iot.ErrConnectRefused) {
 				code := int(ce.Code)
 				e.Code = &code
 			}
@@ -211,7 +212,7 @@ func reportFailure(env *cliEnv, f connectFlags, rep connectReport, err error) er
 	return err
 }
 
-func printConnect(env *cliEnv, ep agent.Endpoint, rep connectReport) {
+func printConnect(env *cliEnv, ep iot.Endpoint, rep connectReport) {
 	w := env.stdout
 	t := rep.TLS
 	fmt.Fprintf(w, "connected to %s as client ID %q\n", ep, rep.ClientID)
@@ -256,14 +257,14 @@ type asyncKey struct {
 	err   error
 }
 
-func openKeyAsync(ctx context.Context, env *cliEnv, uri string, chain []*x509.Certificate, ids *agent.IdentitySource) *asyncKey {
+func openKeyAsync(ctx context.Context, env *cliEnv, uri string, chain []*x509.Certificate, ids *iot.IdentitySource) *asyncKey {
 	k := &asyncKey{done: make(chan struct{})}
 	go func() {
 		defer close(k.done)
-		store, key, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
+		store, key, err := keystore.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
 		if err == nil {
-			var id *agent.Identity
-			if id, err = agent.NewIdentity(key, chain); err == nil {
+			var id *iot.Identity
+			if id, err = iot.NewIdentity(key, chain); err == nil {
 				k.store = store
 				ids.Swap(id)
 				return

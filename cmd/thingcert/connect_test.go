@@ -238,7 +238,7 @@ func TestConnectFailures(t *testing.T) {
 	}{
 		// Without --ca the built-in Amazon roots are used, and a test CA is not among them.
 		{"default roots do not trust a test broker", conn(keyURI, cert), 1,
-			[]string{"thingcert: agent: " + testEndpoint + ":8883 via " + m.Addr + ": server certificate not trusted", "--ca"}},
+			[]string{"thingcert: iot: " + testEndpoint + ":8883 via " + m.Addr + ": server certificate not trusted", "--ca"}},
 		{"client certificate refused", conn(foreignKey, foreignCert, "--ca", m.CAFile), 1,
 			[]string{"client certificate refused by the server", "registered and ACTIVE"}},
 		{"certificate of another key", conn(keyURI, foreignCert, "--ca", m.CAFile), 1,

@@ -7,7 +7,7 @@ import (
 
 	"github.com/thingcert/thingcert/internal/atomicfile"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 )
 
 func newCSRCmd(env *cliEnv) *cobra.Command {
@@ -36,7 +36,7 @@ ECDSA-WITH-SHA512. The CSR is verified before it is printed.`,
 				opts.SignatureAlgorithm = sa
 			}
 			ctx := c.Context()
-			s, k, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
+			s, k, err := keystore.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
 			if err != nil {
 				return err
 			}

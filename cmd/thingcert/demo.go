@@ -17,13 +17,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/internal/humanize"
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/jobs"
+
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -244,17 +249,17 @@ func (d *demo) run(ctx context.Context) error {
 		demoThing, short12(lr.NewCertificateID))
 
 	// 5. A device program publishes through the agent.
-	prog, err := agent.DialAgent(ctx, socket)
+	prog, err := agentclient.Dial(ctx, socket)
 	if err != nil {
 		return err
 	}
 	d.stops = append(d.stops, func() { prog.Close() })
-	echo := make(chan agent.Message, 16)
+	echo := make(chan agentclient.Message, 16)
 	topic := "demo/" + demoThing + "/hello"
-	if err := prog.Subscribe(ctx, topic, agent.AtLeastOnce, func(m agent.Message) { echo <- m }); err != nil {
+	if err := prog.Subscribe(ctx, topic, agentclient.AtLeastOnce, func(m agentclient.Message) { echo <- m }); err != nil {
 		return fmt.Errorf("subscribing through the agent: %w", err)
 	}
-	if err := prog.Publish(ctx, topic, agent.AtLeastOnce, []byte("hello from a device program")); err != nil {
+	if err := prog.Publish(ctx, topic, agentclient.AtLeastOnce, []byte("hello from a device program")); err != nil {
 		return fmt.Errorf("publishing through the agent: %w", err)
 	}
 	select {
@@ -292,13 +297,13 @@ func (d *demo) run(ctx context.Context) error {
 		return fmt.Errorf("after the restart: %w", err)
 	}
 	d.tl.step("restart", "agent stopped and started again: it reconnected with certificate %s from its state folder", short12(lr.NewCertificateID))
-	if prog, err = agent.DialAgent(ctx, socket); err != nil {
+	if prog, err = agentclient.Dial(ctx, socket); err != nil {
 		return err
 	}
 	d.stops = append(d.stops, func() { prog.Close() })
 
 	// 8. The cloud asks with a job.
-	doc := json.RawMessage(`{"operation": "` + agent.RotateOperation + `"}`)
+	doc := json.RawMessage(`{"operation": "` + jobs.RotateOperation + `"}`)
 	if _, err := emu.CreateJob(ctx, demoAccount, emulator.Job{ID: demoJob, Document: doc, Things: []string{demoThing}}); err != nil {
 		return err
 	}
@@ -324,18 +329,18 @@ func (d *demo) run(ctx context.Context) error {
 		return err
 	}
 	d.tl.step("deactivate", "cloud side set the old certificate %s INACTIVE, as the job's statusDetails named it", short12(old))
-	if err := prog.Publish(ctx, topic, agent.AtLeastOnce, []byte("still here")); err != nil {
+	if err := prog.Publish(ctx, topic, agentclient.AtLeastOnce, []byte("still here")); err != nil {
 		return fmt.Errorf("publishing after the old certificate was deactivated: %w", err)
 	}
 	d.tl.step("unaffected", "the device still publishes (QoS 1 acknowledged): it no longer uses the old certificate")
 
-	st, err := agent.ReadStatus(cfg, time.Now())
+	st, err := ReadStatus(cfg, time.Now())
 	if err != nil {
 		return err
 	}
 	if st.Identity != nil && st.Renewal != nil {
 		d.tl.note("thingcert status: certificate %s expires %s, next renewal %s (%s), %d old identities kept for their grace period",
-			short12(st.Identity.CertificateID), agent.Relative(st.Identity.NotAfter, st.Now), agent.Relative(st.Renewal.At, st.Now), st.Renewal.Reason, len(st.Retiring))
+			short12(st.Identity.CertificateID), humanize.Relative(st.Identity.NotAfter, st.Now), humanize.Relative(st.Renewal.At, st.Now), st.Renewal.Reason, len(st.Retiring))
 	}
 
 	// 10. Stop the agent, then try the old identity.
@@ -421,10 +426,14 @@ func (d *demo) startAgent(ctx context.Context, cfg *config.Config, socket string
 	if d.o.verbose {
 		level, out = "info", d.env.stderr
 	}
+	set, err := cfg.Settings()
+	if err != nil {
+		return nil, err
+	}
 	daemon, err := agent.NewDaemon(agent.DaemonOptions{
-		Config: cfg,
-		Log:    agent.NewDaemonLogger(out, config.Log{Format: "text", Level: level}, false),
-		Socket: socket,
+		Settings: set,
+		Log:      agent.NewDaemonLogger(out, agent.LogSettings{Format: "text", Level: level}, false),
+		Socket:   socket,
 		OnEvent: func(ev agent.DaemonEvent) {
 			select {
 			case d.events <- ev:
@@ -483,7 +492,7 @@ func (d *demo) connected(ctx context.Context, ag *demoAgent) error {
 // makeClaim makes the claim key (a file, as a factory might flash it) and a
 // self-signed certificate for it, registered in the emulator.
 func (d *demo) makeClaim(ctx context.Context) (keyURI, certFile, certID string, err error) {
-	s, err := backends.Open(ctx, "file:"+filepath.Join(d.dir, "claim")+"/", keystore.Options{})
+	s, err := keystore.Open(ctx, "file:"+filepath.Join(d.dir, "claim")+"/", keystore.Options{})
 	if err != nil {
 		return "", "", "", err
 	}
@@ -586,24 +595,24 @@ func (d *demo) oldIdentityRefused(ctx context.Context, cfg *config.Config, certI
 	if rec == nil {
 		return "", "", fmt.Errorf("the old certificate %s is not among the identities kept for their grace period", short12(certID))
 	}
-	store, key, err := backends.OpenKey(ctx, rec.KeyURI, keystore.Options{})
+	store, key, err := keystore.OpenKey(ctx, rec.KeyURI, keystore.Options{})
 	if err != nil {
 		return "", "", err
 	}
 	defer store.Close()
-	chain, err := agent.LoadCertificateChain(rec.CertFile)
+	chain, err := iot.LoadCertificateChain(rec.CertFile)
 	if err != nil {
 		return "", "", err
 	}
-	id, err := agent.NewIdentity(key, chain)
+	id, err := iot.NewIdentity(key, chain)
 	if err != nil {
 		return "", "", err
 	}
-	c, err := agent.New(agent.Config{
-		Endpoint:  agent.Endpoint{Host: cfg.Endpoint, Address: cfg.Address},
+	c, err := iot.New(iot.Config{
+		Endpoint:  iot.Endpoint{Host: cfg.Endpoint, Address: cfg.Address},
 		Roots:     d.emu.RootCAs(),
 		ThingName: demoThing,
-		Identity:  agent.NewIdentitySource(id),
+		Identity:  iot.NewIdentitySource(id),
 	})
 	if err != nil {
 		return "", "", err
@@ -613,7 +622,7 @@ func (d *demo) oldIdentityRefused(ctx context.Context, cfg *config.Config, certI
 		return "", "", fmt.Errorf("the deactivated certificate %s still connects", short12(certID))
 	} else {
 		why = agent.FailureKind(err)
-		if errors.Is(err, agent.ErrClientCertRefused) {
+		if errors.Is(err, iot.ErrClientCertRefused) {
 			why = "client certificate refused"
 		}
 	}

@@ -10,21 +10,25 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/device"
 	"github.com/thingcert/thingcert/keystore"
 	"github.com/thingcert/thingcert/rotation"
 )
 
-// device is everything provision and rotate work with, made from the config
-// as the agent makes its own: the key stores, the connection and the rotation
-// runner, under the state folder's run lock.
-type device struct {
+// localDevice is everything provision and rotate work with, made from the
+// config as the agent makes its own (a device.Manager), under the state
+// folder's run lock so that it cannot fight a running agent.
+type localDevice struct {
 	cfg     *config.Config
-	rot     *agent.Rotation
-	session *agent.Session
+	mgr     *device.Manager
+	session *device.Session
 	runner  *rotation.Runner
 	log     *slog.Logger
+	lock    io.Closer
 }
 
 // newLogger is the configured logger on stderr.
@@ -39,20 +43,36 @@ func newLogger(w io.Writer, c config.Log) *slog.Logger {
 
 // openDevice opens the key stores and prepares the session and runner.
 // Nothing connects yet.
-func openDevice(ctx context.Context, env *cliEnv, cfg *config.Config) (*device, error) {
+func openDevice(ctx context.Context, env *cliEnv, cfg *config.Config) (*localDevice, error) {
 	log := newLogger(env.stderr, cfg.Log)
-	rot, err := agent.OpenRotation(ctx, cfg, log, testStopHook(env))
+	opts, err := cfg.DeviceOptions()
 	if err != nil {
 		return nil, err
 	}
-	return &device{cfg: cfg, rot: rot, session: rot.Session, runner: rot.Runner, log: log}, nil
+	opts.Log, opts.AfterSave = log, testStopHook(env)
+	lock, err := agent.LockRun(cfg.StateDir)
+	if errors.Is(err, agent.ErrStateInUse) {
+		return nil, fmt.Errorf("%w (systemctl stop thingcert, or start the rotation with a job)", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := device.New(ctx, opts)
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	return &localDevice{cfg: cfg, mgr: mgr, session: mgr.Session(), runner: mgr.Runner(), log: log, lock: lock}, nil
 }
 
-func (d *device) close(ctx context.Context) { _ = d.rot.Close(ctx) }
+func (d *localDevice) close(ctx context.Context) {
+	_ = d.mgr.Close(ctx)
+	_ = d.lock.Close()
+}
 
 // state loads the state folder, adopting the config's key and cert when it
 // has no identity yet.
-func (d *device) state(ctx context.Context) (*rotation.State, error) {
+func (d *localDevice) state(ctx context.Context) (*rotation.State, error) {
 	s, err := d.runner.Load()
 	if errors.Is(err, rotation.ErrNoState) && d.cfg.Key != "" {
 		return d.runner.Adopt(ctx, rotation.IdentityRecord{KeyURI: d.cfg.Key, CertFile: d.cfg.Cert})
@@ -64,14 +84,14 @@ func (d *device) state(ctx context.Context) (*rotation.State, error) {
 // refused right away is tried twice more, a second apart: AWS IoT refuses a
 // client ID's second CONNECT within a second, which a command run right after
 // another (provision, then rotate) can meet.
-func (d *device) connectCurrent(ctx context.Context, s *rotation.State) error {
+func (d *localDevice) connectCurrent(ctx context.Context, s *rotation.State) error {
 	id, err := d.runner.Identity(ctx, *s.Current)
 	if err != nil {
 		return fmt.Errorf("opening the current identity (certificate %s, key %s): %w", shortID(s.Current.CertificateID), keystore.RedactURI(s.Current.KeyURI), err)
 	}
 	for attempt := 1; ; attempt++ {
 		err = d.session.Switch(ctx, id)
-		if err == nil || attempt == 3 || !(errors.Is(err, agent.ErrConnectRefused) || errors.Is(err, agent.ErrClosedAfterConnect)) {
+		if err == nil || attempt == 3 || !(errors.Is(err, iot.ErrConnectRefused) || errors.Is(err, iot.ErrClosedAfterConnect)) {
 			break
 		}
 		d.log.Info("connect refused; trying again in a second", "attempt", attempt, "error", err)
@@ -121,7 +141,7 @@ type renewalReport struct {
 	Emergency bool            `json:"emergency,omitempty"`
 }
 
-func (d *device) report(s *rotation.State, action string) identityReport {
+func (d *localDevice) report(s *rotation.State, action string) identityReport {
 	c := s.Current
 	r := identityReport{
 		ThingName: d.cfg.ThingName, KeyURI: keystore.RedactURI(c.KeyURI), CertFile: c.CertFile, CertificateID: c.CertificateID,

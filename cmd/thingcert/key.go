@@ -15,7 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 	"github.com/thingcert/thingcert/keystore/filestore"
 )
 
@@ -53,7 +53,7 @@ rsa-2048, rsa-3072, rsa-4096. An existing key is never overwritten.`,
 				return err
 			}
 			ctx := c.Context()
-			s, err := backends.Open(ctx, uri, keystore.Options{Logger: env.log})
+			s, err := keystore.Open(ctx, uri, keystore.Options{Logger: env.log})
 			if err != nil {
 				return err
 			}
@@ -132,7 +132,7 @@ func newKeyShowCmd(env *cliEnv) *cobra.Command {
 				return err
 			}
 			ctx := c.Context()
-			s, k, err := backends.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
+			s, k, err := keystore.OpenKey(ctx, uri, keystore.Options{Logger: env.log})
 			if err != nil {
 				return err
 			}
@@ -209,7 +209,7 @@ put there, and thingcert will not pretend it does.`,
 				return fmt.Errorf("%s: %w", from, err)
 			}
 			ctx := c.Context()
-			s, err := backends.Open(ctx, uri, keystore.Options{Logger: env.log})
+			s, err := keystore.Open(ctx, uri, keystore.Options{Logger: env.log})
 			if err != nil {
 				return err
 			}
@@ -241,7 +241,7 @@ func newKeyDeleteCmd(env *cliEnv) *cobra.Command {
 				return err
 			}
 			ctx := c.Context()
-			s, err := backends.Open(ctx, uri, keystore.Options{Logger: env.log})
+			s, err := keystore.Open(ctx, uri, keystore.Options{Logger: env.log})
 			if err != nil {
 				return err
 			}

@@ -17,7 +17,7 @@ func main() {
 	stop()
 	if err != nil {
 		// One line a person can act on; cobra's own usage dump is off.
-		fmt.Fprintln(os.Stderr, "thingcert: "+oneLine(err.Error()))
+		fmt.Fprintln(os.Stderr, "thingcert: "+forShell(err))
 		os.Exit(exitCode(err))
 	}
 }

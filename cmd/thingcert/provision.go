@@ -94,7 +94,7 @@ func runProvision(ctx context.Context, env *cliEnv, cfg *config.Config, f rotati
 	return d.output(env, f, s, "provisioned")
 }
 
-func (d *device) output(env *cliEnv, f rotationFlags, s *rotation.State, action string) error {
+func (d *localDevice) output(env *cliEnv, f rotationFlags, s *rotation.State, action string) error {
 	r := d.report(s, action)
 	if f.json {
 		return writeJSON(env.stdout, r)

@@ -86,3 +86,36 @@ func required(c *cobra.Command, names ...string) error {
 	}
 	return nil
 }
+
+// flagFor words a library's setting as the command line's flag, so that a
+// hint tells a person what to type.
+func flagFor(setting string) string {
+	switch setting {
+	case "Endpoint.Address":
+		return "--address HOST:PORT"
+	case "Endpoint.Port":
+		return "--port"
+	case "Roots":
+		return "--ca FILE"
+	case "ClientID":
+		return "--client-id"
+	case "Identity":
+		return "--cert and --key"
+	}
+	return ""
+}
+
+// forShell is an error's text for the shell: settings a connection error's
+// hint names (as Go options) become the flags that set them.
+func forShell(err error) string {
+	msg := err.Error()
+	var h interface{ HintSettings() []string }
+	if errors.As(err, &h) {
+		for _, s := range h.HintSettings() {
+			if f := flagFor(s); f != "" {
+				msg = strings.ReplaceAll(msg, s, f)
+			}
+		}
+	}
+	return oneLine(msg)
+}

@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/spf13/cobra"
 
-	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/rotation"
 )
@@ -59,10 +60,10 @@ when it will be and exits 0. If the cloud refuses the device's certificate
 
 // refused reports whether a connection failed because the cloud refused the
 // identity, as opposed to the network failing (the agent decides the same).
-func refused(err error) bool { return agent.IdentityRefused(err) }
+func refused(err error) bool { return iot.IdentityRefused(err) }
 
 // recoverByClaim provisions the device again with its claim (claim.recover).
-func recoverByClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, why error) error {
+func recoverByClaim(ctx context.Context, env *cliEnv, d *localDevice, f rotationFlags, why error) error {
 	d.log.Warn("the device's identity was refused; provisioning again with the claim (claim.recover)", "error", why)
 	claim := rotation.IdentityRecord{KeyURI: d.cfg.Claim.Key, CertFile: d.cfg.Claim.Cert, Claim: true}
 	if _, err := d.runner.Recover(ctx, claim, oneLine(why.Error())); err != nil {
@@ -73,7 +74,7 @@ func recoverByClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags
 
 // provisionWithClaim connects with the claim, which the state names as the
 // current identity, and provisions.
-func provisionWithClaim(ctx context.Context, env *cliEnv, d *device, f rotationFlags, action string) error {
+func provisionWithClaim(ctx context.Context, env *cliEnv, d *localDevice, f rotationFlags, action string) error {
 	s, err := d.runner.Load()
 	if err != nil {
 		return err

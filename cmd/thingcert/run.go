@@ -30,7 +30,7 @@ and its identity renewed:
   - if the cloud refuses its identity (revoked, deactivated), with claim.recover
     it provisions again by claim; without, it retries and says what to do;
   - the device's own programs publish and subscribe on its connection through
-    its local socket (--socket; Go: agent.DialAgent, see examples/sdk).
+    its local socket (--socket; Go: agentclient.Dial, see examples/sdk).
 
 SIGTERM or SIGINT stop it cleanly: a rotation in progress stops at a persisted
 step and resumes at the next start. SIGHUP reloads the config; one that does not
@@ -54,9 +54,15 @@ journald priorities. ` + "`thingcert status`" + ` shows how it is doing at any t
 			if socket == "none" {
 				socket = ""
 			}
-			dlog := agent.NewDaemonLogger(env.stderr, cfg.Log, os.Getenv("JOURNAL_STREAM") != "")
+			set, err := cfg.Settings()
+			if err != nil {
+				return err
+			}
+			dlog := agent.NewDaemonLogger(env.stderr, set.Log, os.Getenv("JOURNAL_STREAM") != "")
+			path := cfg.Path
 			d, err := agent.NewDaemon(agent.DaemonOptions{
-				Config:   cfg,
+				Settings: set,
+				Reload:   func() (agent.Settings, error) { return config.LoadSettings(path) },
 				Log:      dlog,
 				Notifier: agent.NewNotifier(os.Getenv, dlog.Logger()),
 				Socket:   socket,

@@ -8,7 +8,8 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/rotation"
 )
@@ -30,11 +31,11 @@ func (d *daemonDevice) allowRecovery() {
 // refused one retires, and device programs publish again.
 func (d *daemonDevice) recoveredFrom(old string) string {
 	d.t.Helper()
-	var s *agent.Status
+	var s *Status
 	eventually(d.t, "the daemon to provision again and connect", func() bool {
 		s = d.status()
 		c := s.Agent.Connection
-		return s.Provisioned && s.Identity.CertificateID != old && s.Agent.Running && c != nil && c.State == agent.StateConnected.String()
+		return s.Provisioned && s.Identity.CertificateID != old && s.Agent.Running && c != nil && c.State == iot.StateConnected.String()
 	})
 	id := s.Identity.CertificateID
 	if lr := s.LastRotation; lr == nil || lr.Trigger.Kind != rotation.TriggerProvision || lr.Outcome != rotation.Succeeded || lr.NewCertificateID != id {
@@ -43,7 +44,7 @@ func (d *daemonDevice) recoveredFrom(old string) string {
 	if rc := s.Agent.Recovered; rc == nil || rc.CertificateID != old || !strings.Contains(rc.Reason, "client certificate refused") {
 		d.t.Errorf("status does not record the recovery from %s: %+v", old, rc)
 	}
-	if !slices.ContainsFunc(s.Retiring, func(r agent.RetiringStatus) bool { return r.CertificateID == old }) {
+	if !slices.ContainsFunc(s.Retiring, func(r RetiringStatus) bool { return r.CertificateID == old }) {
 		d.t.Errorf("the refused identity %s does not retire: %+v", old, s.Retiring)
 	}
 	if len(s.Problems) != 0 {
@@ -156,11 +157,11 @@ func TestRunRefusedIdentityWithoutRecover(t *testing.T) {
 // status (JSON and text) says what to do.
 func (d *daemonDevice) refusedUnrecovered(old string) {
 	d.t.Helper()
-	var s *agent.Status
+	var s *Status
 	eventually(d.t, "status to show the refusal", func() bool {
 		s = d.status()
 		c := s.Agent.Connection
-		return c != nil && c.Refused && c.Kind == "client-cert-refused" && c.State != agent.StateConnected.String()
+		return c != nil && c.Refused && c.Kind == "client-cert-refused" && c.State != iot.StateConnected.String()
 	})
 	if s.Identity == nil || s.Identity.CertificateID != old || s.Identity.Claim || s.Agent.Recovered != nil {
 		d.t.Errorf("identity after the refusal: %+v, recovered %+v", s.Identity, s.Agent.Recovered)

@@ -17,10 +17,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -91,7 +93,7 @@ func newDaemonDevice(t *testing.T) *daemonDevice {
 	dir := t.TempDir()
 	d := &daemonDevice{t: t, emu: emu, dir: dir, config: filepath.Join(dir, "thingcert.yaml"), socket: filepath.Join(dir, "agent.sock")}
 
-	claimStore, err := backends.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
+	claimStore, err := keystore.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,12 +252,12 @@ func (p *daemonProc) exit() int {
 }
 
 // status runs `thingcert status --json` as its own process.
-func (d *daemonDevice) status() *agent.Status {
+func (d *daemonDevice) status() *Status {
 	d.t.Helper()
 	return d.statusWith(d.config)
 }
 
-func (d *daemonDevice) statusWith(config string) *agent.Status {
+func (d *daemonDevice) statusWith(config string) *Status {
 	d.t.Helper()
 	out, err := exec.Command(thingcertBinary(d.t), "status", "--config", config, "--json").Output()
 	if err != nil {
@@ -265,7 +267,7 @@ func (d *daemonDevice) statusWith(config string) *agent.Status {
 		}
 		d.t.Fatalf("thingcert status: %v\n%s", err, stderr)
 	}
-	var s agent.Status
+	var s Status
 	if err := json.Unmarshal(out, &s); err != nil {
 		d.t.Fatalf("thingcert status --json: %v\n%s", err, out)
 	}
@@ -284,7 +286,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 func (d *daemonDevice) connected() bool {
 	s := d.status()
-	return s.Provisioned && s.Agent.Running && s.Agent.Connection != nil && s.Agent.Connection.State == agent.StateConnected.String()
+	return s.Provisioned && s.Agent.Running && s.Agent.Connection != nil && s.Agent.Connection.State == iot.StateConnected.String()
 }
 
 // publishes proves the daemon's connection works for device programs.
@@ -292,17 +294,17 @@ func (d *daemonDevice) publishes() {
 	d.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := agent.DialAgent(ctx, d.socket)
+	c, err := agentclient.Dial(ctx, d.socket)
 	if err != nil {
 		d.t.Fatal(err)
 	}
 	defer c.Close()
-	got := make(chan agent.Message, 1)
+	got := make(chan agentclient.Message, 1)
 	topic := "dt/" + daemonThing + "/test"
-	if err := c.Subscribe(ctx, topic, agent.AtLeastOnce, func(m agent.Message) { got <- m }); err != nil {
+	if err := c.Subscribe(ctx, topic, agentclient.AtLeastOnce, func(m agentclient.Message) { got <- m }); err != nil {
 		d.t.Fatalf("subscribe through the agent: %v", err)
 	}
-	if err := c.Publish(ctx, topic, agent.AtLeastOnce, []byte("ping")); err != nil {
+	if err := c.Publish(ctx, topic, agentclient.AtLeastOnce, []byte("ping")); err != nil {
 		d.t.Fatalf("publish through the agent: %v", err)
 	}
 	select {
@@ -361,7 +363,7 @@ func TestRunProvisionsReloadsAndStops(t *testing.T) {
 	if s.Agent.ReloadError == "" || !strings.Contains(strings.Join(s.Problems, "\n"), "reload was refused") {
 		t.Errorf("status after a refused reload: reload error %q, problems %q", s.Agent.ReloadError, s.Problems)
 	}
-	if c := s.Agent.Connection; !s.Agent.Running || c == nil || c.State != agent.StateConnected.String() {
+	if c := s.Agent.Connection; !s.Agent.Running || c == nil || c.State != iot.StateConnected.String() {
 		t.Fatalf("the daemon is not connected after a refused reload: %+v", s.Agent)
 	}
 	d.publishes()

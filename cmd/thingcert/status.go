@@ -6,7 +6,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 )
 
@@ -37,7 +36,7 @@ while a rotation runs. Problems that need attention are listed last; with
 			if err != nil {
 				return err
 			}
-			st, err := agent.ReadStatus(cfg, time.Now())
+			st, err := ReadStatus(cfg, time.Now())
 			if err != nil {
 				return err
 			}

@@ -5,7 +5,9 @@
 //	go run ./examples/connect -endpoint abc123-ats.iot.eu-west-1.amazonaws.com \
 //	    -key file:/var/lib/thingcert/keys/device.pem -cert device.pem -thing device-1
 //
-// The key may be any thingcert key URI: file:, pkcs11: or tpm:.
+// This program links only the file key store (keystore/filestore): a key in a
+// TPM or a PKCS#11 token needs keystore/tpmstore or keystore/pkcs11store
+// imported instead, or keystore/all for any.
 package main
 
 import (
@@ -17,9 +19,9 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/filestore" // file: key URIs
 )
 
 func main() {
@@ -42,24 +44,24 @@ func main() {
 
 func run(ctx context.Context, endpoint, address, keyURI, certFile, caFile, thing, topic string, once bool) error {
 	// The key stays in its store; only a handle to it is opened here.
-	store, key, err := backends.OpenKey(ctx, keyURI, keystore.Options{})
+	store, key, err := keystore.OpenKey(ctx, keyURI, keystore.Options{})
 	if err != nil {
 		return err
 	}
 	defer store.Close()
-	chain, err := agent.LoadCertificateChain(certFile)
+	chain, err := iot.LoadCertificateChain(certFile)
 	if err != nil {
 		return err
 	}
-	id, err := agent.NewIdentity(key, chain)
+	id, err := iot.NewIdentity(key, chain)
 	if err != nil {
 		return err
 	}
-	cfg := agent.Config{
-		Endpoint:  agent.Endpoint{Host: endpoint, Address: address},
-		Identity:  agent.NewIdentitySource(id),
+	cfg := iot.Config{
+		Endpoint:  iot.Endpoint{Host: endpoint, Address: address},
+		Identity:  iot.NewIdentitySource(id),
 		ThingName: thing,
-		OnStateChange: func(c agent.StateChange) {
+		OnStateChange: func(c iot.StateChange) {
 			if c.Err != nil {
 				log.Printf("%s: %v", c.State, c.Err)
 			} else {
@@ -68,24 +70,24 @@ func run(ctx context.Context, endpoint, address, keyURI, certFile, caFile, thing
 		},
 	}
 	if caFile != "" {
-		if cfg.Roots, err = agent.LoadCAFile(caFile); err != nil {
+		if cfg.Roots, err = iot.LoadCAFile(caFile); err != nil {
 			return err
 		}
 	}
-	client, err := agent.New(cfg)
+	client, err := iot.New(cfg)
 	if err != nil {
 		return err
 	}
 	info, err := client.Connect(ctx)
 	if err != nil {
-		return err // a *agent.ConnectError: it says what went wrong and what to do
+		return err // a *iot.ConnectError: it says what went wrong and what to do
 	}
 	fmt.Printf("connected with %s, %s\n", info.TLS.Version, info.TLS.CipherSuite)
 
 	if topic == "" {
 		topic = "dt/" + client.ClientID() + "/hello"
 	}
-	if err := client.Publish(ctx, topic, agent.AtLeastOnce, []byte(`{"hello":"world"}`)); err != nil {
+	if err := client.Publish(ctx, topic, iot.AtLeastOnce, []byte(`{"hello":"world"}`)); err != nil {
 		return err
 	}
 	fmt.Printf("published to %s\n", topic)

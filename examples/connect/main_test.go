@@ -12,7 +12,7 @@ import (
 	"github.com/thingcert/thingcert/internal/testpeers"
 	"github.com/thingcert/thingcert/internal/testpki"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 )
 
 // The example builds as a user would build it, and publishes to mosquitto with
@@ -31,7 +31,7 @@ func TestExampleBuildsAndPublishes(t *testing.T) {
 	dir := t.TempDir()
 	keyURI := "file:" + filepath.Join(dir, "keys", "device.pem")
 	ctx := context.Background()
-	s, err := backends.Open(ctx, keyURI, keystore.Options{})
+	s, err := keystore.Open(ctx, keyURI, keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

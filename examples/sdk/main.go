@@ -24,11 +24,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/agentclient"
 )
 
 func main() {
-	socket := flag.String("socket", agent.DefaultSocket, "the agent's socket (thingcert run --socket)")
+	socket := flag.String("socket", agentclient.DefaultSocket, "the agent's socket (thingcert run --socket)")
 	interval := flag.Duration("interval", 10*time.Second, "time between readings")
 	count := flag.Int("count", 0, "stop after this many readings (0: until interrupted)")
 	flag.Parse()
@@ -58,7 +58,7 @@ func run(ctx context.Context, socket string, interval time.Duration, count int) 
 }
 
 func session(ctx context.Context, socket string, interval time.Duration, count int, sent *int) error {
-	c, err := agent.DialAgent(ctx, socket)
+	c, err := agentclient.Dial(ctx, socket)
 	if err != nil {
 		return err
 	}
@@ -71,7 +71,7 @@ func session(ctx context.Context, socket string, interval time.Duration, count i
 	fmt.Printf("agent: thing %s, %s, certificate %.12s…\n", thing, st.Connection, st.CertificateID)
 
 	// Commands: the handler runs for each message, in order.
-	err = c.Subscribe(ctx, "cmd/"+thing+"/#", agent.AtLeastOnce, func(m agent.Message) {
+	err = c.Subscribe(ctx, "cmd/"+thing+"/#", agentclient.AtLeastOnce, func(m agentclient.Message) {
 		fmt.Printf("command on %s: %s\n", m.Topic, m.Payload)
 	})
 	if err != nil {
@@ -86,7 +86,7 @@ func session(ctx context.Context, socket string, interval time.Duration, count i
 		// QoS 1: Publish returns once AWS IoT has the message. While the agent
 		// reconnects or rotates, it waits; the context bounds the wait.
 		pctx, cancel := context.WithTimeout(ctx, time.Minute)
-		err := c.Publish(pctx, "dt/"+thing+"/telemetry", agent.AtLeastOnce, reading)
+		err := c.Publish(pctx, "dt/"+thing+"/telemetry", agentclient.AtLeastOnce, reading)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("publishing: %w", err)

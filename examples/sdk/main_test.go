@@ -11,11 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingcert/thingcert/iot"
+
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/keystore"
-	"github.com/thingcert/thingcert/keystore/backends"
+	_ "github.com/thingcert/thingcert/keystore/all"
 )
 
 // TestSensorThroughAgent builds the example, runs it against an agent (in
@@ -37,7 +39,7 @@ func TestSensorThroughAgent(t *testing.T) {
 	defer emu.Close()
 	// An identity made by hand: a file key, and a certificate the emulator
 	// issues for its CSR, attached to the thing.
-	store, err := backends.Open(ctx, "file:"+filepath.Join(dir, "keys")+"/", keystore.Options{})
+	store, err := keystore.Open(ctx, "file:"+filepath.Join(dir, "keys")+"/", keystore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,8 +80,8 @@ state_dir: state
 		t.Fatal(err)
 	}
 	socket := filepath.Join(dir, "agent.sock")
-	d, err := agent.NewDaemon(agent.DaemonOptions{Config: cfg, Socket: socket,
-		Log: agent.NewDaemonLogger(os.Stderr, config.Log{Format: "text", Level: "warn"}, false)})
+	d, err := agent.NewDaemon(agent.DaemonOptions{Settings: mustSettings(t, cfg), Socket: socket,
+		Log: agent.NewDaemonLogger(os.Stderr, agent.LogSettings{Format: "text", Level: "warn"}, false)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,8 +98,8 @@ state_dir: state
 		t.Fatal(err)
 	}
 	// A witness on the agent's connection sees the readings.
-	readings := make(chan agent.Message, 16)
-	unsub, err := d.Subscribe(ctx, "dt/sensor-1/telemetry", agent.AtLeastOnce, func(m agent.Message) { readings <- m })
+	readings := make(chan iot.Message, 16)
+	unsub, err := d.Subscribe(ctx, "dt/sensor-1/telemetry", iot.AtLeastOnce, func(m iot.Message) { readings <- m })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +121,7 @@ state_dir: state
 		got = append(got, lines.Text())
 		if strings.HasPrefix(lines.Text(), "published reading 1") && !commanded {
 			commanded = true
-			if err := d.Publish(ctx, "cmd/sensor-1/led", agent.AtLeastOnce, []byte("on")); err != nil {
+			if err := d.Publish(ctx, "cmd/sensor-1/led", iot.AtLeastOnce, []byte("on")); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -143,4 +145,13 @@ state_dir: state
 			t.Fatalf("reading %d did not reach the broker", i)
 		}
 	}
+}
+
+func mustSettings(t *testing.T, c *config.Config) agent.Settings {
+	t.Helper()
+	s, err := c.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

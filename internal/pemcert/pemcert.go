@@ -3,7 +3,9 @@
 package pemcert
 
 import (
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -52,4 +54,10 @@ func HasPrivateKey(data []byte) bool {
 			return true
 		}
 	}
+}
+
+// ID is a certificate's ID as AWS IoT gives it: the hex SHA-256 of its DER.
+func ID(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
 }

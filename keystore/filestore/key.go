@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"syscall"
 
 	"github.com/thingcert/thingcert/keystore"
 )
@@ -53,8 +52,8 @@ func (k *Key) Protection(context.Context) (keystore.Protection, error) {
 		{Name: "path", Value: k.path},
 		{Name: "mode", Value: fmt.Sprintf("%04o", fi.Mode().Perm())},
 	}}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		p.Attributes = append(p.Attributes, keystore.Attribute{Name: "owner-uid", Value: fmt.Sprint(st.Uid)})
+	if uid, ok := ownerUID(fi); ok {
+		p.Attributes = append(p.Attributes, keystore.Attribute{Name: "owner-uid", Value: fmt.Sprint(uid)})
 	}
 	p.Attributes = append(p.Attributes, keystore.Attribute{Name: "note", Value: "the private key is a file: anyone who can read it or the disk has the key"})
 	return p, nil

@@ -289,7 +289,7 @@ func (s *Store) Generate(ctx context.Context, keyURI string, alg keystore.Algori
 	}
 	got, err := keystore.AlgorithmOf(signer.Public())
 	if err != nil || got != alg {
-		return nil, fmt.Errorf("pkcs11store: %s: the token made a %s key when asked for %s (%v); delete it with `thingcert key delete`", t.Redacted(), got, alg, err)
+		return nil, fmt.Errorf("pkcs11store: %s: the token made a %s key when asked for %s (%v); delete it", t.Redacted(), got, alg, err)
 	}
 	return s.newKey(t.withKey(string(label), id), alg, signer, bound), nil
 }

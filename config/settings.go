@@ -1,0 +1,86 @@
+package config
+
+import (
+	"fmt"
+
+	"github.com/thingcert/thingcert/agent"
+	"github.com/thingcert/thingcert/device"
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/fleetprov"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// DeviceOptions are the configuration as a device.Manager's options. The
+// files it names (ca, rotation.trust) are read here, so a reload can refuse a
+// configuration whose CA file is missing before it replaces a working one.
+func (c *Config) DeviceOptions() (device.Options, error) {
+	o := device.Options{
+		Endpoint:  iot.Endpoint{Host: c.Endpoint, Port: c.Port, Address: c.Address},
+		ThingName: c.ThingName,
+		ClientID:  c.ClientID,
+		StateDir:  c.StateDir,
+		Store:     c.Store,
+		Machine:   c.Machine(),
+		Policy:    c.Policy(),
+		Algorithm: c.Algorithm(),
+		Subject:   c.Subject,
+		NoJobs:    !c.JobsEnabled(),
+	}
+	var err error
+	if c.CA != "" {
+		if o.Roots, err = iot.LoadCAFile(c.CA); err != nil {
+			return o, fmt.Errorf("config %s: ca: %w", c.Path, err)
+		}
+	}
+	if c.Rotation.Trust != "" {
+		if o.Trust, err = iot.LoadCAFile(c.Rotation.Trust); err != nil {
+			return o, fmt.Errorf("config %s: rotation.trust: %w", c.Path, err)
+		}
+	}
+	if c.Key != "" {
+		o.Identity = &device.Credentials{KeyURI: c.Key, CertFile: c.Cert}
+	}
+	if cl := c.Claim; cl != nil {
+		o.Claim = &device.Claim{Credentials: device.Credentials{KeyURI: cl.Key, CertFile: cl.Cert}, ClientID: cl.ClientID}
+	}
+	p, thing, timeout := c.Provisioning, c.ThingName, c.RequestTimeout()
+	switch p.Issuer {
+	case IssuerTopics:
+		o.Issuer = func(conn iot.MQTT) rotation.Issuer {
+			return &fleetprov.TopicIssuer{Conn: conn, ThingName: thing, Request: p.Topics.Request, Response: p.Topics.Response, Timeout: timeout}
+		}
+	default:
+		o.Issuer = func(conn iot.MQTT) rotation.Issuer {
+			return &fleetprov.Issuer{Conn: conn, Template: p.Template, Parameters: p.Parameters, ThingName: thing, Timeout: timeout}
+		}
+	}
+	if err := o.Validate(); err != nil {
+		return o, fmt.Errorf("config %s: %w", c.Path, err)
+	}
+	return o, nil
+}
+
+// Settings are the configuration as the agent's settings.
+func (c *Config) Settings() (agent.Settings, error) {
+	o, err := c.DeviceOptions()
+	if err != nil {
+		return agent.Settings{}, err
+	}
+	return agent.Settings{
+		Device:        o,
+		Source:        c.Path,
+		Recover:       c.Claim != nil && c.Claim.Recover,
+		MetricsListen: c.Metrics.Listen,
+		Log:           agent.LogSettings{Level: c.Log.Level, Format: c.Log.Format},
+	}, nil
+}
+
+// LoadSettings reads the configuration file at path as the agent's settings:
+// the agent's reload.
+func LoadSettings(path string) (agent.Settings, error) {
+	c, err := Load(path)
+	if err != nil {
+		return agent.Settings{}, err
+	}
+	return c.Settings()
+}

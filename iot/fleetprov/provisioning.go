@@ -1,0 +1,143 @@
+package fleetprov
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+	"time"
+
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/internal/exchange"
+
+	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// Fleet-provisioning MQTT API topics (JSON).
+const (
+	TopicCreateCertificateFromCSR = "$aws/certificates/create-from-csr/json"
+	topicProvisioningTemplates    = "$aws/provisioning-templates/"
+)
+
+// RegisterThingTopic is the RegisterThing request topic of a template.
+func RegisterThingTopic(template string) string {
+	return topicProvisioningTemplates + template + "/provision/json"
+}
+
+// Issuer is a rotation.Issuer over AWS IoT's fleet-provisioning
+// MQTT API: CreateCertificateFromCsr, then RegisterThing with the template,
+// which activates the certificate and attaches it to the thing. It works over
+// a claim certificate's connection (provisioning) and over the device's own
+// (rotation), if the device's policy allows the two APIs.
+type Issuer struct {
+	// Conn is the connection the requests go over.
+	Conn iot.MQTT
+	// Template is the provisioning template's name.
+	Template string
+	// Parameters are RegisterThing's parameters (SerialNumber, ...).
+	Parameters map[string]string
+	// ThingName, if set, is the thing the device expects to be: a template
+	// that registers the certificate to another thing is refused, since the
+	// device could not connect as that thing's client ID.
+	ThingName string
+	// Timeout bounds the wait for each answer; zero is iot.DefaultRequestTimeout.
+	Timeout time.Duration
+}
+
+var _ rotation.Issuer = (*Issuer)(nil)
+
+// Error is a fleet-provisioning /rejected answer.
+type Error struct {
+	StatusCode   int    `json:"statusCode"`
+	ErrorCode    string `json:"errorCode"`
+	ErrorMessage string `json:"errorMessage"`
+}
+
+func (e *Error) Error() string { return e.ErrorMessage }
+
+// Issue asks for a certificate for the CSR and registers it.
+func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, error) {
+	if f.Template == "" {
+		return nil, rotation.NewFatal("RegisterThing", errors.New("no provisioning template configured (provisioning.template)"))
+	}
+	const createOp = "CreateCertificateFromCsr"
+	req, _ := json.Marshal(map[string]string{"certificateSigningRequest": string(keystore.EncodeCSR(csrDER))})
+	a, err := exchange.Do(ctx, f.Conn, createOp, TopicCreateCertificateFromCSR, req, "", f.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	if !a.Accepted {
+		return nil, provisioningRejected(createOp, a.Payload)
+	}
+	var created struct {
+		Token         string `json:"certificateOwnershipToken"`
+		CertificateID string `json:"certificateId"`
+		PEM           string `json:"certificatePem"`
+	}
+	if err := json.Unmarshal(a.Payload, &created); err != nil {
+		return nil, rotation.NewFatal(createOp, fmt.Errorf("the exchange.Answer on /accepted is not JSON (%v): %s", err, exchange.Snippet(a.Payload)))
+	}
+	if created.Token == "" || created.PEM == "" {
+		return nil, rotation.NewFatal(createOp, fmt.Errorf("the exchange.Answer on /accepted lacks certificatePem or certificateOwnershipToken: %s", exchange.Snippet(a.Payload)))
+	}
+	chain, err := rotation.ParseChainPEM([]byte(created.PEM), createOp+" certificatePem")
+	if err != nil {
+		return nil, rotation.NewFatal(createOp, err)
+	}
+
+	const registerOp = "RegisterThing"
+	params := maps.Clone(f.Parameters)
+	if params == nil {
+		params = map[string]string{}
+	}
+	req, _ = json.Marshal(map[string]any{"certificateOwnershipToken": created.Token, "parameters": params})
+	a, err = exchange.Do(ctx, f.Conn, registerOp, RegisterThingTopic(f.Template), req, "", f.Timeout)
+	if err != nil {
+		return nil, fmt.Errorf("certificate %s was created but not registered (AWS IoT deletes it within the hour): %w", shortID(created.CertificateID), err)
+	}
+	if !a.Accepted {
+		return nil, provisioningRejected(registerOp+" with template "+f.Template, a.Payload)
+	}
+	var reg struct {
+		ThingName           string            `json:"thingName"`
+		DeviceConfiguration map[string]string `json:"deviceConfiguration"`
+	}
+	if err := json.Unmarshal(a.Payload, &reg); err != nil {
+		return nil, rotation.NewFatal(registerOp, fmt.Errorf("the exchange.Answer on /accepted is not JSON (%v): %s", err, exchange.Snippet(a.Payload)))
+	}
+	if f.ThingName != "" && reg.ThingName != "" && reg.ThingName != f.ThingName {
+		return nil, rotation.NewFatal(registerOp, fmt.Errorf("template %s registered certificate %s to thing %q, but this device is %q (thing_name); make them agree", f.Template, shortID(created.CertificateID), reg.ThingName, f.ThingName))
+	}
+	return &rotation.Issued{Chain: chain, CertificateID: created.CertificateID, ThingName: reg.ThingName}, nil
+}
+
+// provisioningRejected classifies a /rejected answer: throttling and server
+// errors are worth a retry, the rest (a bad CSR, an unknown template, a spent
+// ownership token, a policy refusal) are not.
+func provisioningRejected(op string, payload []byte) error {
+	var pe Error
+	if err := json.Unmarshal(payload, &pe); err != nil || pe.StatusCode == 0 && pe.ErrorCode == "" {
+		return rotation.NewFatal(op, fmt.Errorf("rejected, and the exchange.Answer on /rejected is not the error JSON AWS IoT sends: %s", exchange.Snippet(payload)))
+	}
+	e := &rotation.Error{Op: op, StatusCode: pe.StatusCode, Code: pe.ErrorCode, Err: fmt.Errorf("rejected: %s", pe.ErrorMessage)}
+	switch {
+	case pe.StatusCode == 429 || strings.Contains(pe.ErrorCode, "Throttl"):
+		e.Transient = true
+		// AWS sends no retry-after; the device waits at least a second, the
+		// rate the limit is counted in, and the backoff adds jitter.
+		e.RetryAfter = time.Second
+	case pe.StatusCode >= 500 || pe.ErrorCode == "InternalFailureException" || pe.ErrorCode == "ServiceUnavailableException":
+		e.Transient = true
+	}
+	return e
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,100 @@
+// Package exchange is AWS IoT's MQTT request/response pattern (fleet
+// provisioning, Jobs, an owner's issuer topics), with its failures classified
+// for rotation: which are worth retrying and which are not.
+package exchange
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// Answer is a reply to a request.
+type Answer struct {
+	// Accepted is true for a reply on <topic>/accepted.
+	Accepted bool
+	Payload  []byte
+}
+
+// Do does one request of AWS IoT's request/response pattern: subscribe
+// to <topic>/accepted and <topic>/rejected first (AWS says a reply may be
+// lost otherwise), publish, and wait for the first reply. With a token, a
+// reply whose clientToken differs (a late answer to an earlier request) is
+// skipped. Failures are classified for rotation: no answer, a lost
+// connection or a refused publish are transient; a refused subscription is
+// fatal (the policy forbids the API).
+func Do(ctx context.Context, m iot.MQTT, op, topic string, payload []byte, token string, timeout time.Duration) (Answer, error) {
+	if timeout <= 0 {
+		timeout = iot.DefaultRequestTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	replies := make(chan Answer, 8)
+	handler := func(accepted bool) iot.MessageHandler {
+		return func(msg iot.Message) {
+			if token != "" {
+				var t struct {
+					ClientToken string `json:"clientToken"`
+				}
+				if json.Unmarshal(msg.Payload, &t) == nil && t.ClientToken != "" && t.ClientToken != token {
+					return
+				}
+			}
+			select {
+			case replies <- Answer{Accepted: accepted, Payload: msg.Payload}:
+			default:
+			}
+		}
+	}
+	acc, rej := topic+"/accepted", topic+"/rejected"
+	for _, s := range []struct {
+		filter string
+		ok     bool
+	}{{acc, true}, {rej, false}} {
+		if err := m.Subscribe(ctx, s.filter, iot.AtLeastOnce, handler(s.ok)); err != nil {
+			return Answer{}, classifyRequestErr(ctx, op, "subscribing to "+s.filter, err)
+		}
+	}
+	defer func() {
+		// Unsubscribing is housekeeping (AWS IoT allows 50 subscriptions per
+		// connection); it must not outlive the caller's patience.
+		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer ucancel()
+		_ = m.Unsubscribe(uctx, acc, rej)
+	}()
+	if err := m.Publish(ctx, topic, iot.AtLeastOnce, payload); err != nil {
+		return Answer{}, classifyRequestErr(ctx, op, "publishing to "+topic, err)
+	}
+	select {
+	case a := <-replies:
+		return a, nil
+	case <-ctx.Done():
+		return Answer{}, classifyRequestErr(ctx, op, "waiting for the answer on "+acc, ctx.Err())
+	}
+}
+
+func classifyRequestErr(ctx context.Context, op, what string, err error) error {
+	switch {
+	case errors.Is(err, iot.ErrSubscribeRefused):
+		return rotation.NewFatal(op, fmt.Errorf("%s: %w", what, err))
+	case errors.Is(err, context.Canceled) && context.Cause(ctx) == context.Canceled:
+		return err // the caller stopped: not a failure
+	case errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil:
+		return rotation.NewTransient(op, fmt.Errorf("%s: no answer in time (the request may have been lost with the connection, or the service is slow): %w", what, err), 0)
+	}
+	return rotation.NewTransient(op, fmt.Errorf("%s: %w", what, err), 0)
+}
+
+// Snippet is the start of a payload, for an error message about it.
+func Snippet(b []byte) string {
+	const n = 120
+	if len(b) > n {
+		return fmt.Sprintf("%q…", b[:n])
+	}
+	return fmt.Sprintf("%q", b)
+}

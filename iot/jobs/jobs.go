@@ -1,0 +1,241 @@
+package jobs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/iot/internal/exchange"
+
+	"github.com/thingcert/thingcert/rotation"
+)
+
+// RotateOperation is the job document operation that asks a device to rotate
+// its certificate:
+//
+//	{"operation": "rotate-certificate"}
+//
+// Other fields are ignored. The device marks the job IN_PROGRESS, rotates,
+// confirms on its new connection that the job is still IN_PROGRESS, and
+// reports SUCCEEDED with statusDetails {"oldCertificateId", "newCertificateId"}
+// (so the cloud side can deactivate the old certificate) or FAILED with
+// {"reason", "phase", "certificateId"} naming the certificate it kept.
+const RotateOperation = "rotate-certificate"
+
+// Job execution statuses.
+const (
+	StatusQueued     = "QUEUED"
+	StatusInProgress = "IN_PROGRESS"
+	StatusSucceeded  = "SUCCEEDED"
+	StatusFailed     = "FAILED"
+)
+
+// Execution is a job as the Client MQTT API describes it to the device.
+type Execution struct {
+	JobID           string            `json:"jobId"`
+	ThingName       string            `json:"thingName"`
+	Status          string            `json:"status"`
+	StatusDetails   map[string]string `json:"statusDetails,omitempty"`
+	VersionNumber   int64             `json:"versionNumber"`
+	ExecutionNumber int64             `json:"executionNumber"`
+	JobDocument     json.RawMessage   `json:"jobDocument,omitempty"`
+}
+
+// IsRotation reports whether the job asks for a certificate rotation.
+func (e *Execution) IsRotation() bool {
+	var doc struct {
+		Operation string `json:"operation"`
+	}
+	return e != nil && json.Unmarshal(e.JobDocument, &doc) == nil && doc.Operation == RotateOperation
+}
+
+// Error is a /rejected answer of the Client API.
+type Error struct {
+	Code           string `json:"code"`
+	Message        string `json:"message"`
+	ExecutionState *struct {
+		Status        string `json:"status"`
+		VersionNumber int64  `json:"versionNumber"`
+	} `json:"executionState,omitempty"`
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Client is a client of AWS IoT's Jobs MQTT API for one thing.
+type Client struct {
+	Conn      iot.MQTT
+	ThingName string
+	// Timeout bounds the wait for each answer; zero is iot.DefaultRequestTimeout.
+	Timeout time.Duration
+}
+
+func (j *Client) topic(rest string) string { return "$aws/things/" + j.ThingName + "/jobs/" + rest }
+
+// request sends one Jobs API request with a fresh clientToken and returns the
+// accepted payload. A /rejected answer is a *Error inside a classified
+// rotation.Error: throttling and internal errors are transient.
+func (j *Client) request(ctx context.Context, op, rest string, body map[string]any) ([]byte, error) {
+	var tok [12]byte
+	_, _ = rand.Read(tok[:])
+	token := hex.EncodeToString(tok[:])
+	if body == nil {
+		body = map[string]any{}
+	}
+	body["clientToken"] = token
+	payload, _ := json.Marshal(body)
+	a, err := exchange.Do(ctx, j.Conn, op, j.topic(rest), payload, token, j.Timeout)
+	if err != nil {
+		return nil, err
+	}
+	if a.Accepted {
+		return a.Payload, nil
+	}
+	var je Error
+	if err := json.Unmarshal(a.Payload, &je); err != nil || je.Code == "" {
+		return nil, rotation.NewFatal(op, fmt.Errorf("rejected, and the exchange.Answer is not the Client error JSON: %s", exchange.Snippet(a.Payload)))
+	}
+	e := &rotation.Error{Op: op, Code: je.Code, Err: &je}
+	switch je.Code {
+	case "RequestThrottled", "InternalError", "ServiceUnavailable":
+		e.Transient = true
+	}
+	return nil, e
+}
+
+// StartNext marks the next pending job IN_PROGRESS and returns it; nil if
+// there is none.
+func (j *Client) StartNext(ctx context.Context, details map[string]string) (*Execution, error) {
+	body := map[string]any{}
+	if details != nil {
+		body["statusDetails"] = details
+	}
+	return j.execution(j.request(ctx, "StartNextPendingJobExecution", "start-next", body))
+}
+
+// Next is the next pending job (queued or in progress), with its document;
+// nil if there is none.
+func (j *Client) Next(ctx context.Context) (*Execution, error) {
+	return j.execution(j.request(ctx, "DescribeJobExecution $next", "$next/get", map[string]any{"includeJobDocument": true}))
+}
+
+// Describe is one job's execution on this thing.
+func (j *Client) Describe(ctx context.Context, jobID string) (*Execution, error) {
+	e, err := j.execution(j.request(ctx, "DescribeJobExecution "+jobID, jobID+"/get", nil))
+	if err == nil && e == nil {
+		err = rotation.NewFatal("DescribeJobExecution "+jobID, errors.New("the exchange.Answer holds no execution"))
+	}
+	return e, err
+}
+
+func (j *Client) execution(payload []byte, err error) (*Execution, error) {
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Execution *Execution `json:"execution"`
+	}
+	if err := json.Unmarshal(payload, &out); err != nil {
+		return nil, rotation.NewFatal("Client", fmt.Errorf("the exchange.Answer is not JSON: %s", exchange.Snippet(payload)))
+	}
+	return out.Execution, nil
+}
+
+// Update sets a job execution's status and status details.
+func (j *Client) Update(ctx context.Context, jobID, status string, details map[string]string) error {
+	body := map[string]any{"status": status}
+	if details != nil {
+		body["statusDetails"] = details
+	}
+	_, err := j.request(ctx, "UpdateJobExecution "+jobID+" "+status, jobID+"/update", body)
+	return err
+}
+
+// List is a round trip on the thing's Client API (GetPendingJobExecutions): a
+// cheap question whose answer shows that the cloud accepts the connection.
+func (j *Client) List(ctx context.Context) error {
+	_, err := j.request(ctx, "GetPendingJobExecutions", "get", nil)
+	return err
+}
+
+// OnNext calls h with the next pending job each time it changes (the
+// notify-next topic). The subscription lasts until Unsubscribe, and the
+// client restores it after reconnecting.
+func (j *Client) OnNext(ctx context.Context, h func(*Execution)) error {
+	return j.Conn.Subscribe(ctx, j.topic("notify-next"), iot.AtLeastOnce, func(m iot.Message) {
+		var n struct {
+			Execution *Execution `json:"execution"`
+		}
+		if json.Unmarshal(m.Payload, &n) == nil {
+			h(n.Execution)
+		}
+	})
+}
+
+// StartRotationJob looks at the next pending job and, if its document asks
+// for a rotation, marks it IN_PROGRESS and returns the trigger for it. A job
+// of another kind is left alone for whoever handles it: the result is nil.
+func (j *Client) StartRotationJob(ctx context.Context) (*rotation.Trigger, error) {
+	e, err := j.Next(ctx)
+	if err != nil || e == nil || !e.IsRotation() {
+		return nil, err
+	}
+	if e.Status == StatusQueued {
+		if err := j.Update(ctx, e.JobID, StatusInProgress, map[string]string{"step": "rotating"}); err != nil {
+			return nil, err
+		}
+	}
+	return &rotation.Trigger{Kind: rotation.TriggerJob, JobID: e.JobID, Reason: RotateOperation}, nil
+}
+
+// Reporter reports rotations that a job started back to the job.
+type Reporter struct{ Client *Client }
+
+var _ rotation.Reporter = Reporter{}
+
+// Report updates the job: SUCCEEDED with the old and new certificate IDs, or
+// FAILED with the reason. A job already in the status to be reported (the
+// report is repeated after a restart) counts as reported.
+func (r Reporter) Report(ctx context.Context, rep rotation.Report) error {
+	if rep.Trigger.JobID == "" || r.Client == nil {
+		return nil
+	}
+	status := StatusSucceeded
+	details := map[string]string{"oldCertificateId": rep.OldCertificateID, "newCertificateId": rep.NewCertificateID}
+	if rep.Outcome != rotation.Succeeded {
+		status = StatusFailed
+		reason := rep.Reason
+		if len(reason) > 1000 {
+			reason = reason[:1000] + "…"
+		}
+		details = map[string]string{"reason": reason, "phase": string(rep.Phase), "certificateId": rep.OldCertificateID}
+	}
+	err := r.Client.Update(ctx, rep.Trigger.JobID, status, details)
+	var je *Error
+	if errors.As(err, &je) && je.ExecutionState != nil && je.ExecutionState.Status == status {
+		return nil
+	}
+	return err
+}
+
+// Confirm checks, on the connection it is asked over, that the cloud
+// accepts it: for a job's rotation that the job is still IN_PROGRESS (a job
+// cancelled meanwhile fails the confirmation), otherwise that the thing's
+// Client API answers.
+func Confirm(ctx context.Context, j *Client, t rotation.Trigger) error {
+	if t.JobID == "" {
+		return j.List(ctx)
+	}
+	e, err := j.Describe(ctx, t.JobID)
+	if err != nil {
+		return err
+	}
+	if e.Status != StatusInProgress {
+		return rotation.NewFatal("confirming job "+t.JobID, fmt.Errorf("the job is %s, no longer IN_PROGRESS: the cloud does not expect this rotation any more", e.Status))
+	}
+	return nil
+}
