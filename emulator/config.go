@@ -47,6 +47,12 @@ type Config struct {
 	// client ID; zero is AWS's fixed 1 s, negative turns the limit off.
 	ClientConnectInterval time.Duration
 
+	// JobEvents publishes the Jobs events ($aws/events/job/<jobId>/...,
+	// $aws/events/jobExecution/<jobId>/<status>) in every account, as AWS does
+	// once UpdateEventConfigurations enabled JOB and JOB_EXECUTION (which
+	// Registry.UpdateEventConfigurations does per account).
+	JobEvents bool
+
 	// HistoryLimit is how many connection events are kept; zero is 10000.
 	HistoryLimit int
 
@@ -71,6 +77,7 @@ const (
 	alpnMQTT                 = "x-amzn-mqtt-ca"
 	maxPacketSize            = 128 * 1024
 	maxSessionExpiry         = 3600
+	jobsTick                 = time.Second
 )
 
 func (c Config) now() time.Time {

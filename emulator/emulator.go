@@ -14,6 +14,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -48,6 +49,10 @@ type Emulator struct {
 
 	faultsOnce sync.Once // faults.go: InjectFault
 	faults     *faultSet
+
+	// The jobs ticker (AdvanceJobs every second) stops when stopJobs closes.
+	stopJobs chan struct{}
+	jobsDone chan struct{}
 }
 
 // New opens the state (see Open) and prepares an emulator; Start makes it listen.
@@ -158,13 +163,37 @@ func (e *Emulator) start() error {
 		attrs = append(attrs, "mqtt_alpn", a)
 	}
 	e.log.Info("emulator: listening", attrs...)
+	e.stopJobs, e.jobsDone = make(chan struct{}), make(chan struct{})
+	go e.runJobs()
 	return nil
+}
+
+// runJobs advances the jobs once a second of wall time, on the emulator's own
+// clock, so rollouts, timeouts and aborts happen without anyone asking.
+func (e *Emulator) runJobs() {
+	defer close(e.jobsDone)
+	t := time.NewTicker(jobsTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stopJobs:
+			return
+		case <-t.C:
+			if err := e.AdvanceJobs(context.Background()); err != nil {
+				e.log.Warn("emulator: advancing jobs", "error", err)
+			}
+		}
+	}
 }
 
 // Close disconnects every device, stops the listeners and the admin socket and
 // releases the state folder.
 func (e *Emulator) Close() error {
 	e.closeOnce.Do(func() {
+		if e.stopJobs != nil {
+			close(e.stopJobs)
+			<-e.jobsDone
+		}
 		if e.admin != nil {
 			e.admin.close()
 		}

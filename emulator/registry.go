@@ -84,6 +84,9 @@ type accountRec struct {
 	Templates map[string]*Template `json:"templates"`
 	Jobs      map[string]*jobRec   `json:"jobs"`
 	Tokens    map[string]*tokenRec `json:"ownershipTokens"`
+	Groups    map[string]*groupRec `json:"thingGroups,omitempty"`
+	// Events are UpdateEventConfigurations' switches by event type.
+	Events map[string]bool `json:"eventConfigurations,omitempty"`
 }
 
 type caRec struct {
@@ -118,6 +121,7 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 		Account: a, CreatedAt: now,
 		CAs: map[string]*caRec{}, Certs: map[string]*certRec{}, Things: map[string]*thingRec{},
 		Templates: map[string]*Template{}, Jobs: map[string]*jobRec{}, Tokens: map[string]*tokenRec{},
+		Groups: map[string]*groupRec{},
 	}
 }
 
@@ -262,6 +266,14 @@ func (r *Registry) load() error {
 		if a.Tokens == nil {
 			a.Tokens = fresh.Tokens
 		}
+		if a.Groups == nil {
+			a.Groups = fresh.Groups
+		}
+		for _, g := range a.Groups {
+			if g.Things == nil {
+				g.Things = map[string]bool{}
+			}
+		}
 		for id, c := range a.CAs {
 			if c.cert, err = parseOneCert([]byte(c.PEM)); err != nil {
 				return fmt.Errorf("emulator: %s: account %s CA %s: %w", path, name, id, err)
@@ -275,6 +287,9 @@ func (r *Registry) load() error {
 		for _, j := range a.Jobs {
 			if j.Executions == nil {
 				j.Executions = map[string]*execRec{}
+			}
+			if j.Previous == nil {
+				j.Previous = map[string][]*execRec{}
 			}
 		}
 	}
