@@ -41,6 +41,7 @@ type Emulator struct {
 	connectLimit *limiter
 	listeners    []*tlsListener
 	admin        *adminServer
+	api          *apiServer
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -98,6 +99,7 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 			if err := e.reissueServerCert(); err != nil {
 				reg.log.Error("emulator: re-issuing the server certificate", "error", err)
 			}
+			e.apiAccountsChanged()
 		},
 		statusChanged: e.certificateStatusChanged,
 		notify:        e.notify,
@@ -143,6 +145,11 @@ func (e *Emulator) start() error {
 			return err
 		}
 	}
+	if e.cfg.APIListen != "" {
+		if err := e.startAPI(e.cfg.APIListen); err != nil {
+			return err
+		}
+	}
 	if e.dir != "" {
 		a, err := serveAdmin(e.Registry, filepath.Join(e.dir, AdminSocketFile))
 		if err != nil {
@@ -157,6 +164,9 @@ func (e *Emulator) start() error {
 	if a := e.ALPNAddr(); a != "" {
 		attrs = append(attrs, "mqtt_alpn", a)
 	}
+	if u := e.APIURL(); u != "" {
+		attrs = append(attrs, "api", u)
+	}
 	e.log.Info("emulator: listening", attrs...)
 	return nil
 }
@@ -167,6 +177,9 @@ func (e *Emulator) Close() error {
 	e.closeOnce.Do(func() {
 		if e.admin != nil {
 			e.admin.close()
+		}
+		if e.api != nil {
+			e.api.close()
 		}
 		if e.server != nil {
 			_ = e.server.Close()
