@@ -22,6 +22,12 @@ type Config struct {
 	// (see Emulator.ALPNAddr).
 	ALPNListen string
 
+	// APIListen, if set, serves AWS IoT's control-plane API (REST-JSON over
+	// HTTPS, SigV4-signed with the accounts' access keys) on this address;
+	// "127.0.0.1:0" picks a free port (see Emulator.APIURL). Its certificate is
+	// the MQTT server's, issued by RootCAFile for localhost and 127.0.0.1.
+	APIListen string
+
 	// Accounts are added when missing (existing ones are kept as they are).
 	Accounts []Account
 	// Templates are provisioning templates added to every account in Accounts

@@ -42,6 +42,7 @@ type Emulator struct {
 	connectLimit *limiter
 	listeners    []*tlsListener
 	admin        *adminServer
+	api          *apiServer
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -103,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 			if err := e.reissueServerCert(); err != nil {
 				reg.log.Error("emulator: re-issuing the server certificate", "error", err)
 			}
+			e.apiAccountsChanged()
 		},
 		statusChanged: e.certificateStatusChanged,
 		notify:        e.notify,
@@ -148,6 +150,11 @@ func (e *Emulator) start() error {
 			return err
 		}
 	}
+	if e.cfg.APIListen != "" {
+		if err := e.startAPI(e.cfg.APIListen); err != nil {
+			return err
+		}
+	}
 	if e.dir != "" {
 		a, err := serveAdmin(e.Registry, filepath.Join(e.dir, AdminSocketFile))
 		if err != nil {
@@ -161,6 +168,9 @@ func (e *Emulator) start() error {
 	attrs := []any{"mqtt", e.Addr(), "root_ca", e.RootCAFile()}
 	if a := e.ALPNAddr(); a != "" {
 		attrs = append(attrs, "mqtt_alpn", a)
+	}
+	if u := e.APIURL(); u != "" {
+		attrs = append(attrs, "api", u)
 	}
 	e.log.Info("emulator: listening", attrs...)
 	e.stopJobs, e.jobsDone = make(chan struct{}), make(chan struct{})
@@ -196,6 +206,9 @@ func (e *Emulator) Close() error {
 		}
 		if e.admin != nil {
 			e.admin.close()
+		}
+		if e.api != nil {
+			e.api.close()
 		}
 		if e.server != nil {
 			_ = e.server.Close()
