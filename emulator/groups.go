@@ -31,9 +31,9 @@ func exportGroup(a *accountRec, name string, g *groupRec) ThingGroup {
 	}
 }
 
-// checkAttributes applies AWS's attribute rules: names of 1-128 characters
+// checkGroupAttributes applies AWS's attribute rules: names of 1-128 characters
 // [a-zA-Z0-9_.,@/:#-], values of at most 800 [a-zA-Z0-9_.,@/:#=[]-].
-func checkAttributes(attrs map[string]string) error {
+func checkGroupAttributes(attrs map[string]string) error {
 	for _, k := range sortedKeys(attrs) {
 		if !isName(k, 128, "_.,@/:#-") {
 			return fmt.Errorf("emulator: attribute name %q: %w: use 1-128 letters, digits or _.,@/:#-", k, ErrInvalid)
@@ -59,7 +59,7 @@ func (r *Registry) CreateThingGroup(ctx context.Context, account string, g Thing
 	if len(g.Description) > maxGroupDescription || strings.ContainsFunc(g.Description, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
 		return ThingGroup{}, fmt.Errorf("emulator: thing group %s: %w: the description must have at most %d characters, no control characters", g.Name, ErrInvalid, maxGroupDescription)
 	}
-	if err := checkAttributes(g.Attributes); err != nil {
+	if err := checkGroupAttributes(g.Attributes); err != nil {
 		return ThingGroup{}, err
 	}
 	var out ThingGroup
@@ -135,7 +135,7 @@ func (r *Registry) ListThingGroups(ctx context.Context, account, prefix string, 
 	if err != nil {
 		return nil, "", err
 	}
-	return pageOf(all, func(g ThingGroup) string { return g.Name }, p)
+	return listPage(all, func(g ThingGroup) string { return g.Name }, p)
 }
 
 // ListThingsInThingGroup lists the names of a group's things, sorted, one page
@@ -150,14 +150,19 @@ func (r *Registry) ListThingsInThingGroup(ctx context.Context, account, group st
 	if err == nil {
 		var g *groupRec
 		if g, err = r.groupLocked(a, group); err == nil {
-			things = sortedKeys(g.Things)
+			// A deleted thing leaves its groups.
+			for _, t := range sortedKeys(g.Things) {
+				if _, ok := a.Things[t]; ok {
+					things = append(things, t)
+				}
+			}
 		}
 	}
 	r.mu.RUnlock()
 	if err != nil {
 		return nil, "", err
 	}
-	return pageOf(things, func(s string) string { return s }, p)
+	return listPage(things, func(s string) string { return s }, p)
 }
 
 // AddThingToThingGroup adds a thing to a group (adding a member again changes

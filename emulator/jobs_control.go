@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -87,20 +86,8 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// awsAccountID is the 12-digit account ID in the account's ARNs: the account
-// name when it is one, else digits derived from the name, stable across
-// restarts.
-func awsAccountID(a *accountRec) string {
-	if len(a.Name) == 12 && isName(a.Name, 12, "") && strings.Trim(a.Name, "0123456789") == "" {
-		return a.Name
-	}
-	sum := sha256.Sum256([]byte(a.Name))
-	var b strings.Builder
-	for _, c := range sum[:12] {
-		b.WriteByte('0' + c%10)
-	}
-	return b.String()
-}
+// awsAccountID is the 12-digit account ID in the account's ARNs (accountID).
+func awsAccountID(a *accountRec) string { return accountID(a.Name) }
 
 // iotARN is arn:aws:iot:REGION:ACCOUNT:resource.
 func iotARN(a *accountRec, resource string) string {
@@ -470,7 +457,11 @@ func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job,
 			if !ok {
 				return nil, fmt.Errorf("emulator: job %s: thing group %q in account %s: %w (create it first)", job.ID, g, account, ErrNotFound)
 			}
-			members = append(members, sortedKeys(gr.Things)...)
+			for _, t := range sortedKeys(gr.Things) {
+				if _, ok := a.Things[t]; ok { // a deleted thing leaves its groups
+					members = append(members, t)
+				}
+			}
 		}
 		slices.Sort(members)
 		members = slices.Compact(members)
@@ -878,11 +869,12 @@ func (r *Registry) ListJobs(ctx context.Context, account string, f JobFilter, p 
 	if err != nil {
 		return nil, "", err
 	}
-	return pageOf(all, func(j Job) string { return j.ID }, p)
+	return listPage(all, func(j Job) string { return j.ID }, p)
 }
 
-// pageOf cuts one page out of items sorted by key.
-func pageOf[T any](items []T, key func(T) string, p Page) ([]T, string, error) {
+// listPage cuts one page out of items sorted by key (pageOf), after checking
+// the page's size and token.
+func listPage[T any](items []T, key func(T) string, p Page) ([]T, string, error) {
 	n := p.MaxResults
 	if n == 0 {
 		n = DefaultPageSize
@@ -890,24 +882,16 @@ func pageOf[T any](items []T, key func(T) string, p Page) ([]T, string, error) {
 	if n < 1 || n > MaxPageSize {
 		return nil, "", fmt.Errorf("emulator: maxResults %d: %w: use 1-%d", p.MaxResults, ErrInvalid, MaxPageSize)
 	}
-	start := 0
 	if p.NextToken != "" {
-		after, err := base64.RawURLEncoding.DecodeString(p.NextToken)
-		if err != nil || len(after) == 0 {
+		if raw, err := base64.RawURLEncoding.DecodeString(p.NextToken); err != nil || len(raw) == 0 {
 			return nil, "", fmt.Errorf("emulator: nextToken %q: %w: pass the token a previous page returned", p.NextToken, ErrInvalid)
 		}
-		start = sort.Search(len(items), func(i int) bool { return key(items[i]) > string(after) })
 	}
-	end := min(len(items), start+n)
-	page := items[start:end]
+	page, next, err := pageOf(items, key, p.NextToken, n)
 	if page == nil {
 		page = []T{}
 	}
-	next := ""
-	if end < len(items) {
-		next = base64.RawURLEncoding.EncodeToString([]byte(key(items[end-1])))
-	}
-	return page, next, nil
+	return page, next, err
 }
 
 func checkExecStatus(s JobExecutionStatus) error {
@@ -940,7 +924,7 @@ func (r *Registry) ListJobExecutionsForJob(ctx context.Context, account, jobID s
 	if err != nil {
 		return nil, "", err
 	}
-	return pageOf(all, func(x JobExecution) string { return x.ThingName }, p)
+	return listPage(all, func(x JobExecution) string { return x.ThingName }, p)
 }
 
 // ListJobExecutionsForThing lists every execution on a thing (earlier
@@ -972,7 +956,7 @@ func (r *Registry) ListJobExecutionsForThing(ctx context.Context, account, thing
 		return nil, "", err
 	}
 	sort.Slice(all, func(i, k int) bool { return all[i].key < all[k].key })
-	page, next, err := pageOf(all, func(x item) string { return x.key }, p)
+	page, next, err := listPage(all, func(x item) string { return x.key }, p)
 	out := make([]JobExecution, len(page))
 	for i, x := range page {
 		out[i] = x.ex

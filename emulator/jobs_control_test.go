@@ -181,15 +181,17 @@ func TestCreateJobChecks(t *testing.T) {
 		job  Job
 		want error
 	}{
-		"bad id":             {with(func(j *Job) { j.ID = "a b" }), ErrInvalid},
-		"long id":            {with(func(j *Job) { j.ID = strings.Repeat("x", 65) }), ErrInvalid},
-		"doc not object":     {with(func(j *Job) { j.Document = json.RawMessage(`[1]`) }), ErrInvalid},
-		"doc too big":        {with(func(j *Job) { j.Document = json.RawMessage(`{"a":"` + strings.Repeat("x", 32*1024) + `"}`) }), ErrInvalid},
-		"no targets":         {with(func(j *Job) { j.Things = nil }), ErrInvalid},
-		"bad selection":      {with(func(j *Job) { j.TargetSelection = "SOMETIMES" }), ErrInvalid},
-		"rate 0 config":      {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{} }), ErrInvalid},
-		"rate 1001":          {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{MaximumPerMinute: 1001} }), ErrInvalid},
-		"both rates":         {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{MaximumPerMinute: 5, ExponentialRate: expRate(1, 2, 1, 0)} }), ErrInvalid},
+		"bad id":         {with(func(j *Job) { j.ID = "a b" }), ErrInvalid},
+		"long id":        {with(func(j *Job) { j.ID = strings.Repeat("x", 65) }), ErrInvalid},
+		"doc not object": {with(func(j *Job) { j.Document = json.RawMessage(`[1]`) }), ErrInvalid},
+		"doc too big":    {with(func(j *Job) { j.Document = json.RawMessage(`{"a":"` + strings.Repeat("x", 32*1024) + `"}`) }), ErrInvalid},
+		"no targets":     {with(func(j *Job) { j.Things = nil }), ErrInvalid},
+		"bad selection":  {with(func(j *Job) { j.TargetSelection = "SOMETIMES" }), ErrInvalid},
+		"rate 0 config":  {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{} }), ErrInvalid},
+		"rate 1001":      {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{MaximumPerMinute: 1001} }), ErrInvalid},
+		"both rates": {with(func(j *Job) {
+			j.RolloutConfig = &JobRolloutConfig{MaximumPerMinute: 5, ExponentialRate: expRate(1, 2, 1, 0)}
+		}), ErrInvalid},
 		"factor 1.05":        {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{ExponentialRate: expRate(1, 1.05, 1, 0)} }), ErrInvalid},
 		"factor 1.55":        {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{ExponentialRate: expRate(1, 1.55, 1, 0)} }), ErrInvalid},
 		"two increase crit":  {with(func(j *Job) { j.RolloutConfig = &JobRolloutConfig{ExponentialRate: expRate(1, 2, 1, 1)} }), ErrInvalid},
@@ -202,12 +204,14 @@ func TestCreateJobChecks(t *testing.T) {
 		"timeout 8 days":     {with(func(j *Job) { j.TimeoutConfig = &JobTimeoutConfig{InProgressTimeoutInMinutes: 8 * 1440} }), ErrInvalid},
 		"retries 11":         {with(func(j *Job) { j.RetryConfig = retryCfg("FAILED", 11) }), ErrInvalid},
 		"retry REJECTED":     {with(func(j *Job) { j.RetryConfig = retryCfg("REJECTED", 1) }), ErrInvalid},
-		"retries 6+5":        {with(func(j *Job) { j.RetryConfig = &JobRetryConfig{CriteriaList: []JobRetryCriteria{{"FAILED", 6}, {"TIMED_OUT", 5}}} }), ErrInvalid},
-		"bad description":    {with(func(j *Job) { j.Description = "a\x00b" }), ErrInvalid},
-		"unknown thing":      {with(func(j *Job) { j.Things = []string{"ghost"} }), ErrNotFound},
-		"unknown group":      {with(func(j *Job) { j.Things, j.ThingGroups = nil, []string{"ghost"} }), ErrNotFound},
-		"foreign arn":        {with(func(j *Job) { j.Things, j.Targets = nil, []string{"arn:aws:iot:eu-west-1:123456789012:thing/t1"} }), ErrInvalid},
-		"arn of a policy":    {with(func(j *Job) { j.Things, j.Targets = nil, []string{iotARN(a, "policy/p")} }), ErrInvalid},
+		"retries 6+5": {with(func(j *Job) {
+			j.RetryConfig = &JobRetryConfig{CriteriaList: []JobRetryCriteria{{"FAILED", 6}, {"TIMED_OUT", 5}}}
+		}), ErrInvalid},
+		"bad description": {with(func(j *Job) { j.Description = "a\x00b" }), ErrInvalid},
+		"unknown thing":   {with(func(j *Job) { j.Things = []string{"ghost"} }), ErrNotFound},
+		"unknown group":   {with(func(j *Job) { j.Things, j.ThingGroups = nil, []string{"ghost"} }), ErrNotFound},
+		"foreign arn":     {with(func(j *Job) { j.Things, j.Targets = nil, []string{"arn:aws:iot:eu-west-1:123456789012:thing/t1"} }), ErrInvalid},
+		"arn of a policy": {with(func(j *Job) { j.Things, j.Targets = nil, []string{iotARN(a, "policy/p")} }), ErrInvalid},
 	} {
 		if _, err := r.CreateJob(ctx, "A", tc.job); !errors.Is(err, tc.want) {
 			t.Errorf("%s: %v, want %v", name, err, tc.want)
