@@ -54,6 +54,26 @@ var apiRoutes = []apiRoute{
 	// IoT policies go here: CreatePolicy, GetPolicy, AttachPolicy,
 	// DetachPolicy, ListAttachedPolicies (the policy store's routes).
 
-	// Jobs and thing groups go here: CreateJob, DescribeJob, ... ,
-	// CreateThingGroup, AddThingToThingGroup, ListThingsInThingGroup.
+	// Jobs (api_jobs.go).
+	{"PUT", "/jobs/{jobId}", "CreateJob", apiCreateJob},
+	{"GET", "/jobs/{jobId}", "DescribeJob", apiDescribeJob},
+	{"GET", "/jobs/{jobId}/job-document", "GetJobDocument", apiGetJobDocument},
+	{"GET", "/jobs", "ListJobs", apiListJobs},
+	{"PUT", "/jobs/{jobId}/cancel", "CancelJob", apiCancelJob},
+	{"DELETE", "/jobs/{jobId}", "DeleteJob", apiDeleteJob},
+	{"GET", "/jobs/{jobId}/things", "ListJobExecutionsForJob", apiListJobExecutionsForJob},
+	{"GET", "/things/{thingName}/jobs", "ListJobExecutionsForThing", apiListJobExecutionsForThing},
+	{"GET", "/things/{thingName}/jobs/{jobId}", "DescribeJobExecution", apiDescribeJobExecution},
+	{"PUT", "/things/{thingName}/jobs/{jobId}/cancel", "CancelJobExecution", apiCancelJobExecution},
+	{"DELETE", "/things/{thingName}/jobs/{jobId}/executionNumber/{executionNumber}", "DeleteJobExecution", apiDeleteJobExecution},
+	{"PATCH", "/event-configurations", "UpdateEventConfigurations", apiUpdateEventConfigurations},
+	{"GET", "/event-configurations", "DescribeEventConfigurations", apiDescribeEventConfigurations},
+
+	// Thing groups (api_jobs.go).
+	{"POST", "/thing-groups/{thingGroupName}", "CreateThingGroup", apiCreateThingGroup},
+	{"GET", "/thing-groups/{thingGroupName}", "DescribeThingGroup", apiDescribeThingGroup},
+	{"GET", "/thing-groups", "ListThingGroups", apiListThingGroups},
+	{"PUT", "/thing-groups/addThingToThingGroup", "AddThingToThingGroup", apiAddThingToThingGroup},
+	{"PUT", "/thing-groups/removeThingFromThingGroup", "RemoveThingFromThingGroup", apiRemoveThingFromThingGroup},
+	{"GET", "/thing-groups/{thingGroupName}/things", "ListThingsInThingGroup", apiListThingsInThingGroup},
 }
