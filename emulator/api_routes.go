@@ -51,6 +51,27 @@ var apiRoutes = []apiRoute{
 	{"GET", "/things/{thingName}/principals", "ListThingPrincipals", apiListThingPrincipals},
 	{"GET", "/principals/things", "ListPrincipalThings", apiListPrincipalThings},
 
+	// Certificates and CAs (api_certificates.go).
+	{"POST", "/keys-and-certificate", "CreateKeysAndCertificate", apiCreateKeysAndCertificate},
+	{"POST", "/certificates", "CreateCertificateFromCsr", apiCreateCertificateFromCsr},
+	{"POST", "/certificate/register", "RegisterCertificate", apiRegisterCertificate},
+	{"POST", "/certificate/register-no-ca", "RegisterCertificateWithoutCA", apiRegisterCertificateWithoutCA},
+	{"GET", "/certificates/{certificateId}", "DescribeCertificate", apiDescribeCertificate},
+	{"GET", "/certificates", "ListCertificates", apiListCertificates},
+	{"GET", "/certificates-by-ca/{caCertificateId}", "ListCertificatesByCA", apiListCertificatesByCA},
+	{"PUT", "/certificates/{certificateId}", "UpdateCertificate", apiUpdateCertificate},
+	{"DELETE", "/certificates/{certificateId}", "DeleteCertificate", apiDeleteCertificate},
+	{"GET", "/registrationcode", "GetRegistrationCode", apiGetRegistrationCode},
+	{"POST", "/cacertificate", "RegisterCACertificate", apiRegisterCACertificate},
+	{"GET", "/cacertificate/{certificateId}", "DescribeCACertificate", apiDescribeCACertificate},
+	{"PUT", "/cacertificate/{certificateId}", "UpdateCACertificate", apiUpdateCACertificate},
+	{"GET", "/cacertificates", "ListCACertificates", apiListCACertificates},
+
+	// Fleet-provisioning templates (api_templates.go).
+	{"POST", "/provisioning-templates", "CreateProvisioningTemplate", apiCreateProvisioningTemplate},
+	{"GET", "/provisioning-templates/{templateName}", "DescribeProvisioningTemplate", apiDescribeProvisioningTemplate},
+	{"GET", "/provisioning-templates", "ListProvisioningTemplates", apiListProvisioningTemplates},
+
 	// IoT policies go here: CreatePolicy, GetPolicy, AttachPolicy,
 	// DetachPolicy, ListAttachedPolicies (the policy store's routes).
 

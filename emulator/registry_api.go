@@ -2,6 +2,8 @@ package emulator
 
 import (
 	"context"
+	"crypto"
+	"crypto/x509/pkix"
 	"fmt"
 	"sort"
 	"time"
@@ -81,4 +83,77 @@ func (r *Registry) thingsPage(ctx context.Context, account, token string, size i
 		next = encodeToken(last)
 	}
 	return out, next, nil
+}
+
+// issueForKey signs and registers a certificate for a public key the emulator
+// made (CreateKeysAndCertificate).
+func (r *Registry) issueForKey(ctx context.Context, account string, pub crypto.PublicKey, status CertificateStatus) (Certificate, error) {
+	if err := ctx.Err(); err != nil {
+		return Certificate{}, err
+	}
+	var out Certificate
+	err := r.mutate(func(now time.Time) ([]func(), error) {
+		a, err := r.accountLocked(account)
+		if err != nil {
+			return nil, err
+		}
+		id, rec, err := r.issueLocked(a, pub, pkix.Name{}, status, 0, now)
+		if err != nil {
+			return nil, err
+		}
+		out = r.exportCertLocked(a, id, rec)
+		return nil, nil
+	})
+	if err == nil {
+		r.log.Info("emulator: certificate issued with a key pair", "account", account, "cert_id", out.ID, "status", out.Status)
+	}
+	return out, err
+}
+
+// CAUpdate is a change to a registered CA (UpdateCACertificate); nil fields
+// stay as they are.
+type CAUpdate struct {
+	Status           *CertificateStatus
+	AutoRegistration *bool
+	Registration     *CARegistrationConfig
+	// RemoveRegistration drops the registration config.
+	RemoveRegistration bool
+}
+
+// UpdateCA changes a registered CA's status, auto-registration flag or
+// registration config.
+func (r *Registry) UpdateCA(ctx context.Context, account, caID string, u CAUpdate) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if u.Status != nil {
+		s, err := ParseCertificateStatus(string(*u.Status))
+		if err != nil {
+			return err
+		}
+		u.Status = &s
+	}
+	return r.mutate(func(time.Time) ([]func(), error) {
+		a, err := r.accountLocked(account)
+		if err != nil {
+			return nil, err
+		}
+		c, ok := a.CAs[caID]
+		if !ok {
+			return nil, fmt.Errorf("emulator: CA %s in account %s: %w", caID, account, ErrNotFound)
+		}
+		if u.Status != nil {
+			c.Status = *u.Status
+		}
+		if u.AutoRegistration != nil {
+			c.AutoRegistration = *u.AutoRegistration
+		}
+		if u.Registration != nil {
+			c.Registration = u.Registration
+		}
+		if u.RemoveRegistration {
+			c.Registration = nil
+		}
+		return nil, nil
+	})
 }

@@ -112,8 +112,21 @@ type CA struct {
 	Status    CertificateStatus `json:"status"`
 	Mode      CertificateMode   `json:"certificateMode"`
 	Subject   string            `json:"subject"`
+	NotBefore time.Time         `json:"notBefore"`
 	NotAfter  time.Time         `json:"notAfter"`
 	CreatedAt time.Time         `json:"createdAt"`
+	// AutoRegistration is allowAutoRegistration (just-in-time registration,
+	// which the emulator does not do); Registration its registrationConfig.
+	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
+	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
+}
+
+// CARegistrationConfig is a CA's registrationConfig (AWS IoT's just-in-time
+// provisioning settings), stored as given.
+type CARegistrationConfig struct {
+	TemplateBody string `json:"templateBody,omitempty"`
+	TemplateName string `json:"templateName,omitempty"`
+	RoleArn      string `json:"roleArn,omitempty"`
 }
 
 // Certificate is a device certificate registered in an account.
@@ -153,6 +166,12 @@ type Template struct {
 	Name     string          `json:"templateName"`
 	Body     json.RawMessage `json:"templateBody"`
 	Disabled bool            `json:"disabled,omitempty"`
+	// Description, RoleARN, Type and CreatedAt are the control plane's
+	// (CreateProvisioningTemplate), kept and reported only.
+	Description string    `json:"description,omitempty"`
+	RoleARN     string    `json:"provisioningRoleArn,omitempty"`
+	Type        string    `json:"type,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
 }
 
 // JobExecutionStatus is the status of one job on one thing.
