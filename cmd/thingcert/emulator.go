@@ -434,9 +434,9 @@ func newEmulatorListCmd(env *cliEnv, admin adminFn) *cobra.Command {
 				case "jobs":
 					var js []emulator.Job
 					js, err = adm.Jobs(ctx, account)
-					header = []string{"JOB", "THINGS", "CANCELED", "DOCUMENT"}
+					header = []string{"JOB", "STATUS", "THINGS", "THING GROUPS", "DOCUMENT"}
 					for _, x := range js {
-						rows = append(rows, []string{x.ID, strings.Join(x.Things, ","), fmt.Sprint(x.Canceled), string(x.Document)})
+						rows = append(rows, []string{x.ID, string(x.Status), orDash(strings.Join(x.Things, ",")), orDash(strings.Join(x.ThingGroups, ",")), string(x.Document)})
 					}
 					v = js
 				case "executions":
@@ -652,4 +652,12 @@ func newEmulatorHistoryCmd(env *cliEnv, admin adminFn) *cobra.Command {
 	c.Flags().IntVar(&q.Limit, "limit", 0, "only the newest N events")
 	c.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	return c
+}
+
+// orDash is s, or "-" for an empty table cell.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
