@@ -495,6 +495,9 @@ func (r *Registry) queueLocked(j *jobRec, thing string, now time.Time) *execRec 
 	number := int64(1)
 	if old, ok := j.Executions[thing]; ok {
 		number = old.Number + 1
+		if j.Previous == nil {
+			j.Previous = map[string][]*execRec{}
+		}
 		j.Previous[thing] = append(j.Previous[thing], old)
 	}
 	r.st.Seq++
@@ -1094,8 +1097,11 @@ func (r *Registry) DeleteJob(ctx context.Context, account, jobID string, force b
 		if j.status() == JobStatusInProgress && !force {
 			return fmt.Errorf("emulator: job %s in account %s is IN_PROGRESS: %w: cancel it first, or delete with force", jobID, fx.a.Name, ErrInvalidState)
 		}
+		// As on AWS, each execution's event says "deleted" with the
+		// status it had.
 		for _, t := range sortedKeys(j.Executions) {
 			fx.touch(t)
+			fx.execEvent(jobID, t, j.Executions[t], "deleted")
 		}
 		fx.jobEvent(jobID, j, "deleted")
 		delete(fx.a.Jobs, jobID)

@@ -330,3 +330,59 @@ func TestJobsRolloutTimeoutRetryAbortOverMQTT(t *testing.T) {
 		t.Fatalf("sensor-00's executions: %+v %v", exs, err)
 	}
 }
+
+// Events are published only once enabled for the account, and a job's
+// completion and deletion are announced as AWS does.
+func TestJobEventsEnabledPerAccount(t *testing.T) {
+	e, ca := twoAccounts(t, ModeDefault, Config{})
+	for _, th := range []string{"s1", "s2"} {
+		if _, err := e.CreateThing(ctx, "A", th, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := issue(t, ca, "operator", certOpts{})
+	register(t, e, "A", d, CertificateOptions{Thing: "operator"})
+	ops := mustDial(t, e, d, "operator", dialOpts{account: "A"})
+	ops.subscribe(t, "$aws/events/jobExecution/+/+", "$aws/events/job/+/+")
+	if _, err := e.CreateJob(ctx, "A", Job{ID: "j1", Document: json.RawMessage(`{}`), Things: []string{"s1", "s2"}}); err != nil {
+		t.Fatal(err)
+	}
+	e.handleJobs("A", "s1", "j1/update", []byte(`{"status":"SUCCEEDED"}`))
+	if err := e.UpdateEventConfigurations(ctx, "A", map[string]bool{EventJobExecution: true, EventJob: true}); err != nil {
+		t.Fatal(err)
+	}
+	e.handleJobs("A", "s2", "j1/update", []byte(`{"status":"FAILED","statusDetails":{"reason":"x"}}`))
+	var ev jobEvent
+	ops.await(t, "$aws/events/jobExecution/j1/failed", &ev)
+	if slices.Contains(ops.topics(), "$aws/events/jobExecution/j1/succeeded") {
+		t.Fatal("an event was published before events were enabled")
+	}
+	if err := e.AdvanceJobs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var done struct {
+		jobEvent
+		Targets     []string `json:"targets"`
+		CompletedAt int64    `json:"completedAt"`
+	}
+	ops.await(t, "$aws/events/job/j1/completed", &done)
+	if done.EventType != "JOB" || len(done.Targets) != 2 || done.CompletedAt != e.clock.Now().UnixMilli() || done.Process == nil ||
+		done.Process.NumberOfSucceededThings != 1 || done.Process.NumberOfFailedThings != 1 {
+		t.Fatalf("completed event: %+v %+v", done, done.Process)
+	}
+	if err := e.DeleteJob(ctx, "A", "j1", false); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"SUCCEEDED", "FAILED"} { // s1 then s2
+		ev = jobEvent{}
+		ops.await(t, "$aws/events/jobExecution/j1/deleted", &ev)
+		if ev.Operation != "deleted" || ev.Status != want {
+			t.Fatalf("deleted execution event: %+v, want status %s", ev, want)
+		}
+	}
+	ev = jobEvent{}
+	ops.await(t, "$aws/events/job/j1/deleted", &ev)
+	if ev.Status != "DELETED" {
+		t.Fatalf("deleted job event: %+v", ev)
+	}
+}
