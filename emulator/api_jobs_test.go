@@ -144,10 +144,14 @@ func TestAPIJobs(t *testing.T) {
 	_, err = c.CreateJob(ctx, in)
 	wantAPIError(t, err, "ResourceAlreadyExistsException", http.StatusConflict)
 	for name, bad := range map[string]func(*iot.CreateJobInput){
-		"job ID":        func(i *iot.CreateJobInput) { i.JobId = aws.String("a.b") },
-		"document":      func(i *iot.CreateJobInput) { i.Document = aws.String(`not json`) },
-		"rate":          func(i *iot.CreateJobInput) { i.JobExecutionsRolloutConfig = &types.JobExecutionsRolloutConfig{MaximumPerMinute: aws.Int32(5000)} },
-		"retries":       func(i *iot.CreateJobInput) { i.JobExecutionsRetryConfig.CriteriaList[0].NumberOfRetries = aws.Int32(11) },
+		"job ID":   func(i *iot.CreateJobInput) { i.JobId = aws.String("a.b") },
+		"document": func(i *iot.CreateJobInput) { i.Document = aws.String(`not json`) },
+		"rate": func(i *iot.CreateJobInput) {
+			i.JobExecutionsRolloutConfig = &types.JobExecutionsRolloutConfig{MaximumPerMinute: aws.Int32(5000)}
+		},
+		"retries": func(i *iot.CreateJobInput) {
+			i.JobExecutionsRetryConfig.CriteriaList[0].NumberOfRetries = aws.Int32(11)
+		},
 		"timeout":       func(i *iot.CreateJobInput) { i.TimeoutConfig.InProgressTimeoutInMinutes = aws.Int64(0) },
 		"docSource":     func(i *iot.CreateJobInput) { i.Document, i.DocumentSource = nil, aws.String("https://s3/x") },
 		"selection":     func(i *iot.CreateJobInput) { i.TargetSelection = "ALWAYS" },
