@@ -11,14 +11,15 @@ package emulator
 //     awsRestjson1_serializeOpDocument<Op>Input (JSON body keys); the answer's
 //     keys in deserializers.go, awsRestjson1_deserializeOpDocument<Op>Output.
 //     Timestamps are JSON numbers of seconds (the epoch type).
+//
 //  2. Write one function of type apiOp in an api_<area>.go file:
 //
 //     func apiCreateThing(ctx context.Context, c *apiCall) (any, error) {
-//         var in struct{ AttributePayload *struct{ Attributes map[string]string } `json:"attributePayload"` }
-//         if err := c.Decode(&in); err != nil { return nil, err }
-//         t, err := c.Emu.CreateThing(ctx, c.Account, c.Path("thingName"), ...)
-//         if err != nil { return nil, err } // registry sentinels map to AWS's exceptions
-//         return map[string]any{"thingName": t.Name, "thingArn": c.ARN("thing/" + t.Name)}, nil
+//     var in struct{ AttributePayload *struct{ Attributes map[string]string } `json:"attributePayload"` }
+//     if err := c.Decode(&in); err != nil { return nil, err }
+//     t, err := c.Emu.CreateThing(ctx, c.Account, c.Path("thingName"), ...)
+//     if err != nil { return nil, err } // registry sentinels map to AWS's exceptions
+//     return map[string]any{"thingName": t.Name, "thingArn": c.ARN("thing/" + t.Name)}, nil
 //     }
 //
 //     c.Account is the account the signing access key selects; c.Path, c.Query,
@@ -30,7 +31,9 @@ package emulator
 //     CertificateStateException 406, ErrThrottled ThrottlingException 429: see
 //     apiErrorCode), or invalidRequest(...) / apiErrorf(code, status, ...) for
 //     other refusals. Paginated lists use pageOf with nextToken/maxResults.
+//
 //  3. Add its line below: {"POST", "/things/{thingName}", "CreateThing", apiCreateThing}.
+//
 //  4. Test it through aws-sdk-go-v2 in api_<area>_test.go (newAPIClient).
 //
 // Signature verification, the account, errors and the JSON encoding are done

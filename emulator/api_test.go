@@ -38,9 +38,11 @@ func newAPIClient(t testing.TB, e *Emulator, account string, edit ...func(*iot.O
 		t.Fatal(err)
 	}
 	return iot.New(iot.Options{
-		Region:           key.Region,
-		BaseEndpoint:     aws.String(e.APIURL()),
-		Credentials:      aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) { return aws.Credentials{AccessKeyID: key.AccessKeyID, SecretAccessKey: key.SecretAccessKey, Source: "emulator"}, nil }),
+		Region:       key.Region,
+		BaseEndpoint: aws.String(e.APIURL()),
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return aws.Credentials{AccessKeyID: key.AccessKeyID, SecretAccessKey: key.SecretAccessKey, Source: "emulator"}, nil
+		}),
 		HTTPClient:       &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: e.RootCAs(), MinVersion: tls.VersionTLS12}}},
 		RetryMaxAttempts: 1,
 	}, edit...)
