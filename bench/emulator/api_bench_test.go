@@ -39,8 +39,10 @@ func BenchmarkListThings(b *testing.B) {
 	client := iot.New(iot.Options{
 		Region:       key.Region,
 		BaseEndpoint: aws.String(emu.APIURL()),
-		Credentials:  aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) { return aws.Credentials{AccessKeyID: key.AccessKeyID, SecretAccessKey: key.SecretAccessKey}, nil }),
-		HTTPClient:   &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: emu.RootCAs(), MinVersion: tls.VersionTLS12}}},
+		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
+			return aws.Credentials{AccessKeyID: key.AccessKeyID, SecretAccessKey: key.SecretAccessKey}, nil
+		}),
+		HTTPClient: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: emu.RootCAs(), MinVersion: tls.VersionTLS12}}},
 	})
 	for _, size := range []int32{250, 50} {
 		b.Run(fmt.Sprintf("maxResults=%d", size), func(b *testing.B) {
