@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -138,6 +139,18 @@ func TestSigV4MatchesSDKSigner(t *testing.T) {
 		if err := verify(req, tc.body, secret, now); err == nil {
 			t.Errorf("%s %s: a changed signed header verified", tc.method, tc.url)
 		}
+		// The older models' signing name is accepted, other services' not.
+		for svc, ok := range map[string]bool{"execute-api": true, "s3": false} {
+			req := sign()
+			auth := strings.Replace(req.Header.Get("Authorization"), "/iot/", "/"+svc+"/", 1)
+			a, _ := parseSigV4Auth(auth)
+			q := requestForSigV4(req, []byte(tc.body))
+			canonical, _ := q.canonicalRequest(a.SignedHeaders)
+			a.Signature = sigV4Signature(secret, a, req.Header.Get("X-Amz-Date"), canonical)
+			if err := verifySigV4(q, a, secret, "us-east-1", now); (err == nil) != ok {
+				t.Errorf("%s %s signed for %s: %v", tc.method, tc.url, svc, err)
+			}
+		}
 		if err := verify(sign(), tc.body, secret, now.Add(-5*time.Minute-time.Second)); err == nil {
 			t.Errorf("%s %s: a signature from the future verified", tc.method, tc.url)
 		}
@@ -179,8 +192,8 @@ func TestAPIKeysKeptInStateFolder(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ReadCredentials(dir, "prod"); err == nil {
-		t.Error("ReadCredentials with no emulator running succeeded")
+	if _, err := ReadCredentials(dir, "prod"); !errors.Is(err, ErrNoAPI) {
+		t.Errorf("ReadCredentials with no emulator running: %v, want ErrNoAPI", err)
 	}
 	// Restarted, the keys stay.
 	e2 := startAPIEmu(t, Config{StateDir: dir})

@@ -25,6 +25,9 @@ const (
 	APIEndpointFile = "api-endpoint"
 )
 
+// ErrNoAPI: no emulator serves the control-plane API on the state folder.
+var ErrNoAPI = errors.New("no control-plane API is running")
+
 // AccessKey is an account's AWS-style access key for the control-plane API:
 // requests signed with it act on that account.
 type AccessKey struct {
@@ -164,10 +167,13 @@ type Credentials struct {
 // account) and the API's URL. It takes no lock: both files are written
 // atomically by the emulator.
 func ReadCredentials(stateDir, account string) (Credentials, error) {
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		stateDir = abs
+	}
 	urlPath := filepath.Join(stateDir, APIEndpointFile)
 	raw, err := os.ReadFile(urlPath)
 	if errors.Is(err, fs.ErrNotExist) {
-		return Credentials{}, fmt.Errorf("emulator: %s: %w: no emulator is serving the control-plane API on state folder %s (start one with an API listener)", urlPath, ErrNotFound, stateDir)
+		return Credentials{}, fmt.Errorf("emulator: state folder %s: %w (%s is missing): start the emulator with an API listener", stateDir, ErrNoAPI, urlPath)
 	}
 	if err != nil {
 		return Credentials{}, fmt.Errorf("emulator: reading %s: %w", urlPath, err)

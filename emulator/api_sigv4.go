@@ -25,7 +25,11 @@ import (
 const (
 	sigV4Algorithm = "AWS4-HMAC-SHA256"
 	sigV4Service   = "iot"
-	amzDateFormat  = "20060102T150405Z"
+	// sigV4ServiceOld is the signing name older AWS IoT API models give (the
+	// botocore of Debian 12's aws CLI 2.9 signs with it); both are accepted so
+	// every generation of the CLI and SDKs works.
+	sigV4ServiceOld = "execute-api"
+	amzDateFormat   = "20060102T150405Z"
 	// maxClockSkew is how far X-Amz-Date may be from the server's clock: AWS
 	// refuses requests signed more than five minutes before or after.
 	maxClockSkew = 5 * time.Minute
@@ -231,7 +235,7 @@ func sigV4Signature(secret string, a sigV4Auth, amzDate, canonical string) strin
 // the region it must be scoped to and the server's time. It is a pure decision:
 // the caller finds the secret and answers the error.
 func verifySigV4(q sigV4Request, a sigV4Auth, secret, region string, now time.Time) error {
-	if a.Service != sigV4Service {
+	if a.Service != sigV4Service && a.Service != sigV4ServiceOld {
 		return &authError{"InvalidSignatureException", fmt.Sprintf("Credential should be scoped to correct service: '%s'", sigV4Service)}
 	}
 	if a.Region != region {

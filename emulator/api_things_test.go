@@ -80,6 +80,9 @@ func TestAPIThings(t *testing.T) {
 	}
 	_, err = c.DescribeThing(ctx, &iot.DescribeThingInput{ThingName: aws.String("gw-001")})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
+	// An operation the emulator does not implement.
+	_, err = c.UpdateThing(ctx, &iot.UpdateThingInput{ThingName: aws.String("gw-001")})
+	wantAPIError(t, err, "UnknownOperationException", http.StatusNotFound)
 	// AWS: deleting a thing that does not exist succeeds.
 	if _, err := c.DeleteThing(ctx, &iot.DeleteThingInput{ThingName: aws.String("gw-001")}); err != nil {
 		t.Errorf("DeleteThing of a missing thing: %v", err)

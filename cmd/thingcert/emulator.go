@@ -76,6 +76,7 @@ The admin commands work whether the emulator is running (through its socket
 		newEmulatorJobCmd(env, admin),
 		newEmulatorCancelJobCmd(env, admin),
 		newEmulatorHistoryCmd(env, admin),
+		newEmulatorCredentialsCmd(env, stateDir),
 	)
 	return cmd
 }
@@ -85,6 +86,7 @@ type adminFn func(c *cobra.Command, fn func(ctx context.Context, a emulator.Admi
 func newEmulatorServeCmd(env *cliEnv, stateDir func(*cobra.Command) (string, error)) *cobra.Command {
 	var (
 		listen, alpnListen string
+		apiListen          string
 		accounts           []string
 		lifetime           time.Duration
 		createRate         float64
@@ -108,7 +110,7 @@ naming the rule, the certificate ID and the SNI.`,
 				level = slog.LevelDebug
 			}
 			cfg := emulator.Config{
-				StateDir: dir, Listen: listen, ALPNListen: alpnListen,
+				StateDir: dir, Listen: listen, ALPNListen: alpnListen, APIListen: apiListen,
 				CertificateLifetime: lifetime, CreateCertificateRate: createRate,
 				Logger: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level})),
 			}
@@ -128,6 +130,9 @@ naming the rule, the certificate ID and the SNI.`,
 			if a := emu.ALPNAddr(); a != "" {
 				fmt.Fprintf(env.stdout, "mqtt-alpn %s\n", a)
 			}
+			if u := emu.APIURL(); u != "" {
+				fmt.Fprintf(env.stdout, "api %s\n", u)
+			}
 			fmt.Fprintf(env.stdout, "root-ca %s\n", emu.RootCAFile())
 			accts, err := emu.Accounts(c.Context())
 			if err != nil {
@@ -143,6 +148,7 @@ naming the rule, the certificate ID and the SNI.`,
 	f := c.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:8883", "MQTT over TLS listener (AWS's port 8883)")
 	f.StringVar(&alpnListen, "alpn-listen", "", "port-443-style listener requiring ALPN x-amzn-mqtt-ca, e.g. 127.0.0.1:8443")
+	f.StringVar(&apiListen, "api-listen", "", "AWS IoT control-plane API (HTTPS, SigV4) listener, e.g. 127.0.0.1:8444; see `emulator credentials`")
 	f.StringArrayVar(&accounts, "account", nil, "account to add if missing, NAME[:PREFIX[:REGION]] (repeatable)")
 	f.DurationVar(&lifetime, "cert-lifetime", 0, "validity of issued certificates (default: until 2049-12-31T23:59:59Z, as AWS)")
 	f.Float64Var(&createRate, "create-cert-rate", 0, "CreateCertificateFromCsr limit per account and second (default 15, as AWS; negative: none)")
