@@ -215,16 +215,13 @@ func apiListJobExecutionsForThing(ctx context.Context, c *apiCall) (any, error) 
 	if c.Query("namespaceId") != "" {
 		return nil, invalidRequest("the emulator does not emulate job namespaces")
 	}
-	jobID := c.Query("jobId")
-	all, next, err := c.Emu.ListJobExecutionsForThing(ctx, c.Account, c.Path("thingName"), JobExecutionStatus(c.Query("status")), p)
+	exs, next, err := c.Emu.ListJobExecutionsForThing(ctx, c.Account, c.Path("thingName"), JobExecutionStatus(c.Query("status")), c.Query("jobId"), p)
 	if err != nil {
 		return nil, err
 	}
-	list := []any{}
-	for _, x := range all {
-		if jobID == "" || x.JobID == jobID {
-			list = append(list, map[string]any{"jobId": x.JobID, "jobExecutionSummary": execSummaryJSON(x)})
-		}
+	list := make([]any, len(exs))
+	for i, x := range exs {
+		list[i] = map[string]any{"jobId": x.JobID, "jobExecutionSummary": execSummaryJSON(x)}
 	}
 	return withNext(map[string]any{"executionSummaries": list}, next), nil
 }

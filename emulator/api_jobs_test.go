@@ -236,6 +236,9 @@ func TestAPIJobs(t *testing.T) {
 		forThing.ExecutionSummaries[0].JobExecutionSummary.Status != types.JobExecutionStatusInProgress {
 		t.Fatalf("ListJobExecutionsForThing: %+v %v", forThing, err)
 	}
+	if other, err := c.ListJobExecutionsForThing(ctx, &iot.ListJobExecutionsForThingInput{ThingName: aws.String("dev-01"), JobId: aws.String("other")}); err != nil || len(other.ExecutionSummaries) != 0 {
+		t.Fatalf("ListJobExecutionsForThing of another job: %+v %v", other, err)
+	}
 	_, err = c.ListJobExecutionsForThing(ctx, &iot.ListJobExecutionsForThingInput{ThingName: aws.String("ghost")})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
 

@@ -931,9 +931,9 @@ func (r *Registry) ListJobExecutionsForJob(ctx context.Context, account, jobID s
 }
 
 // ListJobExecutionsForThing lists every execution on a thing (earlier
-// attempts too), of the status given ("" for all), in the order they were
-// queued, one page at a time.
-func (r *Registry) ListJobExecutionsForThing(ctx context.Context, account, thing string, status JobExecutionStatus, p Page) ([]JobExecution, string, error) {
+// attempts too) of the status given and of the job given ("" for all), in the
+// order they were queued, one page at a time.
+func (r *Registry) ListJobExecutionsForThing(ctx context.Context, account, thing string, status JobExecutionStatus, jobID string, p Page) ([]JobExecution, string, error) {
 	if err := checkExecStatus(status); err != nil {
 		return nil, "", err
 	}
@@ -947,6 +947,9 @@ func (r *Registry) ListJobExecutionsForThing(ctx context.Context, account, thing
 			return fmt.Errorf("emulator: thing %q in account %s: %w", thing, a.Name, ErrNotFound)
 		}
 		for id, j := range a.Jobs {
+			if jobID != "" && id != jobID {
+				continue
+			}
 			for _, e := range append(slices.Clone(j.Previous[thing]), j.Executions[thing]) {
 				if e != nil && (status == "" || e.status(now) == status) {
 					all = append(all, item{fmt.Sprintf("%020d", e.Seq), e.export(a, id, thing, now)})

@@ -391,11 +391,11 @@ func TestJobTimeoutAndRetry(t *testing.T) {
 	if j.Status != JobStatusCompleted || j.ProcessDetails.NumberOfTimedOutThings != 1 || j.ProcessDetails.NumberOfSucceededThings != 1 || j.CompletedAt.IsZero() {
 		t.Fatalf("after the second timeout: %+v %+v", j, j.ProcessDetails)
 	}
-	exs, _, err := r.ListJobExecutionsForThing(ctx, "A", "t1", "", Page{})
+	exs, _, err := r.ListJobExecutionsForThing(ctx, "A", "t1", "", "", Page{})
 	if err != nil || len(exs) != 2 || exs[0].ExecutionNumber != 1 || exs[1].ExecutionNumber != 2 {
 		t.Fatalf("executions of t1: %+v %v", exs, err)
 	}
-	if exs, _, _ := r.ListJobExecutionsForThing(ctx, "A", "t1", JobTimedOut, Page{MaxResults: 1}); len(exs) != 1 {
+	if exs, _, _ := r.ListJobExecutionsForThing(ctx, "A", "t1", JobTimedOut, "", Page{MaxResults: 1}); len(exs) != 1 {
 		t.Fatalf("TIMED_OUT, one a page: %+v", exs)
 	}
 }

@@ -325,7 +325,7 @@ func TestJobsRolloutTimeoutRetryAbortOverMQTT(t *testing.T) {
 	if d := j.ProcessDetails; j.Status != JobStatusCanceled || d.NumberOfSucceededThings != 1 || d.NumberOfFailedThings != 2 || d.NumberOfCanceledThings != 1 {
 		t.Fatalf("job after the abort: %s %+v", j.Status, d)
 	}
-	exs, _, err := e.ListJobExecutionsForThing(ctx, "A", "sensor-00", "", Page{})
+	exs, _, err := e.ListJobExecutionsForThing(ctx, "A", "sensor-00", "", "", Page{})
 	if err != nil || len(exs) != 2 || exs[0].Status != JobTimedOut || exs[1].Status != JobSucceeded || exs[1].ExecutionNumber != 2 {
 		t.Fatalf("sensor-00's executions: %+v %v", exs, err)
 	}
