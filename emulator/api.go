@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -120,7 +121,9 @@ func (e *Emulator) startAPI(addr string) error {
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		// TLS handshake failures (a client not trusting root-ca.pem) go to the
+		// emulator's log, not to the process's stderr.
+		ErrorLog: slog.NewLogLogger(e.log.With("component", "api").Handler(), slog.LevelInfo),
 		TLSConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// The MQTT server certificate: issued by the root in RootCAFile
