@@ -84,7 +84,7 @@ func TestAPIErrorCodes(t *testing.T) {
 		{fmt.Errorf("emulator: %w: bad", ErrInvalid), "InvalidRequestException", 400},
 		{fmt.Errorf("emulator: %w", ErrConflict), "DeleteConflictException", 409},
 		{fmt.Errorf("emulator: %w", ErrCertificateState), "CertificateStateException", 406},
-		{fmt.Errorf("emulator: %w", ErrThrottled), "ThrottlingException", 429},
+		{fmt.Errorf("emulator: %w", ErrThrottled), "ThrottlingException", 400},
 		{fmt.Errorf("emulator: %w", fmt.Errorf("key: %w", keystore.ErrPolicy)), "CertificateValidationException", 400},
 		{apiErrorf("VersionConflictException", 409, "v"), "VersionConflictException", 409},
 		{&authError{"InvalidSignatureException", "x"}, "InvalidSignatureException", 403},
