@@ -51,6 +51,8 @@ func TestAPIThings(t *testing.T) {
 	wantAPIError(t, err, "ResourceAlreadyExistsException", http.StatusConflict)
 	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("bad name")})
 	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
+	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-002"), AttributePayload: &types.AttributePayload{Attributes: map[string]string{"note": "has spaces"}}})
+	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
 	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("typed"), ThingTypeName: aws.String("Gateway")})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
 
