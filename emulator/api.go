@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -53,8 +54,8 @@ func invalidRequest(format string, args ...any) *APIError {
 
 // apiErrorCode maps an operation's error to AWS's exception name and status:
 // an *APIError as it says, the registry's sentinels as AWS names them (the
-// statuses are those of the AWS IoT API reference), anything else an internal
-// failure.
+// statuses are those of AWS's IoT API model, which gives ThrottlingException
+// 400, not 429), anything else an internal failure.
 func apiErrorCode(err error) (code string, status int) {
 	var ae *APIError
 	var auth *authError
@@ -72,7 +73,7 @@ func apiErrorCode(err error) (code string, status int) {
 	case errors.Is(err, ErrCertificateState):
 		return "CertificateStateException", http.StatusNotAcceptable
 	case errors.Is(err, ErrThrottled):
-		return "ThrottlingException", http.StatusTooManyRequests
+		return "ThrottlingException", http.StatusBadRequest
 	case errors.Is(err, keystore.ErrPolicy):
 		return "CertificateValidationException", http.StatusBadRequest
 	case errors.Is(err, ErrInvalid):
@@ -120,7 +121,9 @@ func (e *Emulator) startAPI(addr string) error {
 	s.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          nil,
+		// TLS handshake failures (a client not trusting root-ca.pem) go to the
+		// emulator's log, not to the process's stderr.
+		ErrorLog: slog.NewLogLogger(e.log.With("component", "api").Handler(), slog.LevelInfo),
 		TLSConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			// The MQTT server certificate: issued by the root in RootCAFile

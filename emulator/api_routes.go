@@ -28,7 +28,7 @@ package emulator
 //     ResourceNotFoundException 404, ErrExists ResourceAlreadyExistsException
 //     409, ErrInvalid InvalidRequestException 400, ErrConflict
 //     DeleteConflictException 409, ErrCertificateState
-//     CertificateStateException 406, ErrThrottled ThrottlingException 429: see
+//     CertificateStateException 406, ErrThrottled ThrottlingException 400, as AWS's model says: see
 //     apiErrorCode), or invalidRequest(...) / apiErrorf(code, status, ...) for
 //     other refusals. Paginated lists use pageOf with nextToken/maxResults.
 //

@@ -47,6 +47,10 @@ func apiCreateProvisioningTemplate(ctx context.Context, c *apiCall) (any, error)
 		return nil, invalidRequest("templateBody is required")
 	case in.ProvisioningRoleArn == "":
 		return nil, invalidRequest("provisioningRoleArn is required (the emulator assumes no role, but AWS requires one)")
+	case len(in.TemplateBody) > 10240:
+		return nil, invalidRequest("templateBody is %d characters: AWS takes at most 10240", len(in.TemplateBody))
+	case len(in.Description) > 500:
+		return nil, invalidRequest("description is %d characters: AWS takes at most 500", len(in.Description))
 	case in.PreProvisioningHook != nil:
 		return nil, invalidRequest("preProvisioningHook: the emulator runs no Lambda functions")
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/iot"
 	"github.com/aws/smithy-go"
+
+	"github.com/thingcert/thingcert/keystore"
 )
 
 // startAPIEmu runs an emulator with the control-plane API and the given
@@ -65,5 +68,30 @@ func wantAPIError(t *testing.T, err error, code string, status int) {
 	}
 	if ae.ErrorMessage() == "" {
 		t.Fatalf("%s without a message", code)
+	}
+}
+
+// TestAPIErrorCodes: the registry's sentinels, wrapped as the registry wraps
+// them, become AWS's exception names and statuses.
+func TestAPIErrorCodes(t *testing.T) {
+	for _, c := range []struct {
+		err    error
+		code   string
+		status int
+	}{
+		{fmt.Errorf("emulator: thing x: %w", ErrNotFound), "ResourceNotFoundException", 404},
+		{fmt.Errorf("emulator: thing x: %w", ErrExists), "ResourceAlreadyExistsException", 409},
+		{fmt.Errorf("emulator: %w: bad", ErrInvalid), "InvalidRequestException", 400},
+		{fmt.Errorf("emulator: %w", ErrConflict), "DeleteConflictException", 409},
+		{fmt.Errorf("emulator: %w", ErrCertificateState), "CertificateStateException", 406},
+		{fmt.Errorf("emulator: %w", ErrThrottled), "ThrottlingException", 400},
+		{fmt.Errorf("emulator: %w", fmt.Errorf("key: %w", keystore.ErrPolicy)), "CertificateValidationException", 400},
+		{apiErrorf("VersionConflictException", 409, "v"), "VersionConflictException", 409},
+		{&authError{"InvalidSignatureException", "x"}, "InvalidSignatureException", 403},
+		{errors.New("disk full"), "InternalFailureException", 500},
+	} {
+		if code, status := apiErrorCode(c.err); code != c.code || status != c.status {
+			t.Errorf("%v: %s %d, want %s %d", c.err, code, status, c.code, c.status)
+		}
 	}
 }

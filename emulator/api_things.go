@@ -44,10 +44,10 @@ func thingAttributes(t Thing) map[string]string {
 	return t.Attributes
 }
 
-// checkAttributes applies AWS's attribute rules: names up to 128 and values
-// up to 800 characters of [a-zA-Z0-9_.,@/:#=\[\]-] (values may be empty), at most 50.
+// checkAttributes applies the attribute patterns of AWS's API model: names of
+// 1-128 and values of 0-800 characters of [a-zA-Z0-9_.,@/:#-]; and at most 50.
 func checkAttributes(attrs map[string]string) error {
-	const allowed = "_.,@/:#=[]-"
+	const allowed = "_.,@/:#-"
 	if len(attrs) > 50 {
 		return invalidRequest("%d attributes: a thing has at most 50", len(attrs))
 	}

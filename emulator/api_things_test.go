@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 
@@ -49,6 +50,8 @@ func TestAPIThings(t *testing.T) {
 	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-001")})
 	wantAPIError(t, err, "ResourceAlreadyExistsException", http.StatusConflict)
 	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("bad name")})
+	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
+	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("gw-002"), AttributePayload: &types.AttributePayload{Attributes: map[string]string{"note": "has spaces"}}})
 	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
 	_, err = c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String("typed"), ThingTypeName: aws.String("Gateway")})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
@@ -156,4 +159,64 @@ func TestAPIListThingsPaginates(t *testing.T) {
 	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
 	_, err = c.ListThings(ctx, &iot.ListThingsInput{NextToken: aws.String("!!not-a-token")})
 	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
+}
+
+func TestAPIPrincipalListsPaginate(t *testing.T) {
+	e := startAPIEmu(t, Config{}, "prod")
+	ctx := context.Background()
+	c := newAPIClient(t, e.Emulator, "prod")
+	for _, th := range []string{"a", "b", "c"} {
+		if _, err := c.CreateThing(ctx, &iot.CreateThingInput{ThingName: aws.String(th)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var arns []string
+	for range 3 {
+		kc, err := c.CreateKeysAndCertificate(ctx, &iot.CreateKeysAndCertificateInput{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		arns = append(arns, aws.ToString(kc.CertificateArn))
+		if _, err := c.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String("a"), Principal: kc.CertificateArn}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, th := range []string{"b", "c"} {
+		if _, err := c.AttachThingPrincipal(ctx, &iot.AttachThingPrincipalInput{ThingName: aws.String(th), Principal: aws.String(arns[0])}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var principals []string
+	p := iot.NewListThingPrincipalsPaginator(c, &iot.ListThingPrincipalsInput{ThingName: aws.String("a"), MaxResults: aws.Int32(2)})
+	for p.HasMorePages() {
+		out, err := p.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out.Principals) > 2 {
+			t.Fatalf("page of %d", len(out.Principals))
+		}
+		principals = append(principals, out.Principals...)
+	}
+	shared := arns[0] // attached to a, b and c
+	arns = slices.Sorted(slices.Values(arns))
+	if !slices.Equal(principals, arns) {
+		t.Errorf("principals of a: %v, want %v", principals, arns)
+	}
+	var things []string
+	pages := 0
+	q := iot.NewListPrincipalThingsPaginator(c, &iot.ListPrincipalThingsInput{Principal: aws.String(shared), MaxResults: aws.Int32(2)})
+	for q.HasMorePages() {
+		out, err := q.NextPage(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		things = append(things, out.Things...)
+		pages++
+	}
+	if !slices.Equal(things, []string{"a", "b", "c"}) || pages != 2 {
+		t.Errorf("things of %s: %v in %d pages, want a b c in 2", shared, things, pages)
+	}
+	_, err := c.ListThingPrincipals(ctx, &iot.ListThingPrincipalsInput{ThingName: aws.String("nope")})
+	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
 }

@@ -160,6 +160,18 @@ field kc.json certificateArn > cert.arn`, true)
 	out = s.run("history", `"$THINGCERT" emulator history --state "$EMU_STATE"`, true)
 	want(out, "refused rule=status", "cert="+strings.TrimSpace(s.file("cert.id")))
 
+	out = s.run("create-provisioning-template", `cat > fleet.json <<'JSON'
+{"Parameters": {"SerialNumber": {"Type": "String"}, "AWS::IoT::Certificate::Id": {"Type": "String"}},
+ "Resources": {
+  "thing": {"Type": "AWS::IoT::Thing", "Properties": {"ThingName": {"Fn::Join": ["", ["gw-", {"Ref": "SerialNumber"}]]}}},
+  "certificate": {"Type": "AWS::IoT::Certificate", "Properties": {"CertificateId": {"Ref": "AWS::IoT::Certificate::Id"}, "Status": "Active"}}}}
+JSON
+iot create-provisioning-template --template-name fleet --enabled --template-body file://fleet.json \
+    --provisioning-role-arn arn:aws:iam::123456789012:role/IoTProvisioning --query templateArn --output text`, true)
+	want(out, ":provisioningtemplate/fleet")
+	out = s.run("describe-provisioning-template", `iot describe-provisioning-template --template-name fleet --query [enabled,type] --output text`, true)
+	want(out, "True", "FLEET_PROVISIONING")
+
 	out = s.run("wrong secret", `AWS_SECRET_ACCESS_KEY=wrong-secret iot list-things`, false)
 	want(out, "InvalidSignatureException")
 }

@@ -96,8 +96,9 @@ func newEmulatorServeCmd(env *cliEnv, stateDir func(*cobra.Command) (string, err
 		Use:   "serve",
 		Short: "Run the emulator until interrupted",
 		Long: `Run the emulator until SIGINT or SIGTERM. On stdout it prints what clients need:
-the listener addresses, the root CA file to trust, and each account's endpoint
-(the SNI its devices send). Its log (stderr) has one line per refused connection
+the listener addresses (with --api-listen, the AWS IoT control-plane API's URL:
+see "emulator credentials"), the root CA file to trust, and each account's
+endpoint (the SNI its devices send). Its log (stderr) has one line per refused connection
 naming the rule, the certificate ID and the SNI.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
