@@ -272,8 +272,12 @@ func apiCancelJob(ctx context.Context, c *apiCall) (any, error) {
 		return nil, err
 	}
 	j, err := c.Emu.CancelJobWith(ctx, c.Account, c.Path("jobId"), CancelJobOptions{Force: force, Comment: in.Comment, ReasonCode: in.ReasonCode})
+	if errors.Is(err, ErrInvalidState) {
+		// CancelJob has no InvalidStateTransitionException in AWS's model.
+		return nil, invalidRequest("%v", err)
+	}
 	if err != nil {
-		return nil, jobsAPIError(err)
+		return nil, err
 	}
 	out := map[string]any{"jobId": j.ID, "jobArn": j.ARN}
 	if j.Description != "" {

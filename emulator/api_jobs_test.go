@@ -283,6 +283,8 @@ func TestAPIJobs(t *testing.T) {
 		!aws.ToBool(d.Job.ForceCanceled) || aws.ToInt32(d.Job.JobProcessDetails.NumberOfCanceledThings) != 2 || aws.ToInt32(d.Job.JobProcessDetails.NumberOfSucceededThings) != 1 {
 		t.Fatalf("after CancelJob: %+v %v", d.Job, err)
 	}
+	_, err = c.CancelJob(ctx, &iot.CancelJobInput{JobId: aws.String("rotate-1")})
+	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest) // already CANCELED
 	if _, err := c.DeleteJob(ctx, &iot.DeleteJobInput{JobId: aws.String("rotate-1")}); err != nil {
 		t.Fatal(err)
 	}

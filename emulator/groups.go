@@ -56,8 +56,9 @@ func (r *Registry) CreateThingGroup(ctx context.Context, account string, g Thing
 	if !isThingName(g.Name) {
 		return ThingGroup{}, fmt.Errorf("emulator: thing group name %q: %w: use 1-128 letters, digits, ':', '_' or '-'", g.Name, ErrInvalid)
 	}
-	if len(g.Description) > maxGroupDescription || strings.ContainsFunc(g.Description, func(c rune) bool { return c < 0x20 || c == 0x7f }) {
-		return ThingGroup{}, fmt.Errorf("emulator: thing group %s: %w: the description must have at most %d characters, no control characters", g.Name, ErrInvalid, maxGroupDescription)
+	// AWS's pattern [\p{Graph}\x20]* is ASCII (Java's \p{Graph}).
+	if len(g.Description) > maxGroupDescription || strings.ContainsFunc(g.Description, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
+		return ThingGroup{}, fmt.Errorf("emulator: thing group %s: %w: the description must have at most %d printable ASCII characters", g.Name, ErrInvalid, maxGroupDescription)
 	}
 	if err := checkGroupAttributes(g.Attributes); err != nil {
 		return ThingGroup{}, err
@@ -120,6 +121,9 @@ func (r *Registry) DescribeThingGroup(ctx context.Context, account, name string)
 func (r *Registry) ListThingGroups(ctx context.Context, account, prefix string, p Page) ([]ThingGroup, string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, "", err
+	}
+	if prefix != "" && !isThingName(prefix) {
+		return nil, "", fmt.Errorf("emulator: thing group name prefix %q: %w: use 1-128 letters, digits, ':', '_' or '-'", prefix, ErrInvalid)
 	}
 	r.mu.RLock()
 	a, err := r.accountLocked(account)

@@ -858,6 +858,9 @@ func (r *Registry) ListJobs(ctx context.Context, account string, f JobFilter, p 
 	default:
 		return nil, "", fmt.Errorf("emulator: targetSelection %q: %w: use SNAPSHOT or CONTINUOUS", f.TargetSelection, ErrInvalid)
 	}
+	if f.ThingGroupName != "" && !isThingName(f.ThingGroupName) {
+		return nil, "", fmt.Errorf("emulator: thing group name %q: %w: use 1-128 letters, digits, ':', '_' or '-'", f.ThingGroupName, ErrInvalid)
+	}
 	var all []Job
 	err := r.jobsRead(ctx, account, func(a *accountRec, now time.Time) error {
 		for _, id := range sortedKeys(a.Jobs) {

@@ -92,7 +92,7 @@ func TestThingGroups(t *testing.T) {
 	if _, err := r.CreateThingGroup(ctx, "A", ThingGroup{Name: "fleet", Description: "other"}); !errors.Is(err, ErrExists) {
 		t.Fatalf("create with other properties: %v", err)
 	}
-	for _, bad := range []ThingGroup{{Name: ""}, {Name: "has space"}, {Name: strings.Repeat("g", 129)}, {Name: "ok", Description: "line\nbreak"}, {Name: "ok", Attributes: map[string]string{"bad key": "v"}}} {
+	for _, bad := range []ThingGroup{{Name: ""}, {Name: "has space"}, {Name: strings.Repeat("g", 129)}, {Name: "ok", Description: "line\nbreak"}, {Name: "ok", Description: "café"}, {Name: "ok", Attributes: map[string]string{"bad key": "v"}}} {
 		if _, err := r.CreateThingGroup(ctx, "A", bad); !errors.Is(err, ErrInvalid) {
 			t.Errorf("create %+v: %v, want ErrInvalid", bad, err)
 		}
