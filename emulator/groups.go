@@ -217,6 +217,24 @@ func (r *Registry) AddThingToThingGroup(ctx context.Context, account, group, thi
 	return err
 }
 
+// thingDeletedLocked takes a deleted thing out of its groups and marks its
+// pending executions REMOVED, as AWS does; it returns the events to publish.
+func (r *Registry) thingDeletedLocked(a *accountRec, thing string, now time.Time) []func() {
+	fx := r.jobEffectsFor(a, now)
+	for _, g := range a.Groups {
+		delete(g.Things, thing)
+	}
+	for _, id := range sortedKeys(a.Jobs) {
+		j := a.Jobs[id]
+		if e, ok := j.Executions[thing]; ok && !e.status(now).Terminal() {
+			e.Status, e.LastUpdatedAt, e.Version, e.AwaitingRollout = JobRemoved, now, e.Version+1, false
+			fx.ended(id, j, thing, e)
+		}
+	}
+	// The thing has no connection left to notify: only the events go out.
+	return fx.events
+}
+
 // RemoveThingFromThingGroup takes a thing out of a group (a thing that is not
 // a member is no error, as on AWS). The thing's pending executions of the
 // group's CONTINUOUS jobs become REMOVED, unless the job targets it otherwise.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -469,6 +470,28 @@ func TestContinuousJob(t *testing.T) {
 	}
 	if ex, _ := r.DescribeJobExecution(ctx, "A", "cont", "t3", 0); ex.Status != JobQueued || ex.ExecutionNumber != 2 {
 		t.Fatalf("t3 back: %+v", ex)
+	}
+	// A deleted thing leaves its groups; its pending execution is REMOVED.
+	if err := r.AddThingToThingGroup(ctx, "A", "g", "t4"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("unknown thing: %v", err)
+	}
+	if _, err := r.CreateThing(ctx, "A", "t4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.AddThingToThingGroup(ctx, "A", "g", "t4"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.DeleteThing(ctx, "A", "t4"); err != nil {
+		t.Fatal(err)
+	}
+	if ex, _ := r.DescribeJobExecution(ctx, "A", "cont", "t4", 0); ex.Status != JobRemoved {
+		t.Fatalf("t4 deleted: %+v", ex)
+	}
+	if _, err := r.CreateThing(ctx, "A", "t4", nil); err != nil {
+		t.Fatal(err)
+	}
+	if m, _, _ := r.ListThingsInThingGroup(ctx, "A", "g", Page{}); slices.Contains(m, "t4") {
+		t.Fatalf("a thing made again under a deleted one's name is in its groups: %v", m)
 	}
 	jobs, _, err := r.ListJobs(ctx, "A", JobFilter{TargetSelection: TargetContinuous, ThingGroupName: "g"}, Page{})
 	if err != nil || len(jobs) != 1 || jobs[0].ID != "cont" {

@@ -18,7 +18,7 @@ func (r *Registry) DeleteThing(ctx context.Context, account, name string) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -34,7 +34,7 @@ func (r *Registry) DeleteThing(ctx context.Context, account, name string) error 
 			}
 		}
 		delete(a.Things, name)
-		return nil, nil
+		return r.thingDeletedLocked(a, name, now), nil
 	})
 }
 
