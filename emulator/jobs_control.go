@@ -251,7 +251,8 @@ func exportJob(a *accountRec, id string, j *jobRec) Job {
 		Description: j.Description, ARN: iotARN(a, "job/"+id), Status: j.status(),
 		CreatedAt: j.CreatedAt, LastUpdatedAt: j.LastUpdatedAt, CompletedAt: j.CompletedAt,
 		Canceled: j.Canceled, ForceCanceled: j.ForceCanceled, ReasonCode: j.ReasonCode, Comment: j.Comment,
-		RolloutConfig: j.Rollout, AbortConfig: j.Abort, TimeoutConfig: j.Timeout, RetryConfig: j.Retry,
+		// Copies: the caller must not reach into the registry.
+		RolloutConfig: cloneConfig(j.Rollout), AbortConfig: cloneConfig(j.Abort), TimeoutConfig: cloneConfig(j.Timeout), RetryConfig: cloneConfig(j.Retry),
 	}
 	if out.LastUpdatedAt.IsZero() {
 		out.LastUpdatedAt = j.CreatedAt
