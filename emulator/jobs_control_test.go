@@ -633,3 +633,42 @@ func TestLegacyJobRecord(t *testing.T) {
 		t.Fatalf("legacy job: %+v", j)
 	}
 }
+
+// A rollout, its configurations and the executions' attempts survive a
+// restart of the registry.
+func TestJobStateSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	things := names("t", 3)
+	r, clock := openJobsRegistry(t, dir, things...)
+	_, err := r.CreateJob(ctx, "A", Job{ID: "j", Document: json.RawMessage(rotateDoc), Things: things,
+		RolloutConfig: &JobRolloutConfig{MaximumPerMinute: 1}, RetryConfig: retryCfg("FAILED", 1), TimeoutConfig: &JobTimeoutConfig{InProgressTimeoutInMinutes: 10}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev(t, r, "t00", "j/update", `{"status":"FAILED"}`) // retried: execution 2
+	r.Close()
+
+	clock2 := newClock()
+	clock2.Advance(clock.Now().Sub(clock2.Now()) + time.Minute)
+	r2, err := Open(ctx, Config{Now: clock2.Now, StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if err := r2.AdvanceJobs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := visible(t, r2, "j", things); n != 2 {
+		t.Fatalf("a minute after the restart: %d notified, want 2", n)
+	}
+	j, err := r2.DescribeJob(ctx, "A", "j")
+	if err != nil || j.RolloutConfig == nil || j.RolloutConfig.MaximumPerMinute != 1 || j.RetryConfig == nil || j.TimeoutConfig.InProgressTimeoutInMinutes != 10 {
+		t.Fatalf("configurations after the restart: %+v %v", j, err)
+	}
+	if ex, err := r2.DescribeJobExecution(ctx, "A", "j", "t00", 1); err != nil || ex.Status != JobFailed {
+		t.Fatalf("execution 1 after the restart: %+v %v", ex, err)
+	}
+	if ex, _ := r2.DescribeJobExecution(ctx, "A", "j", "t00", 0); ex.ExecutionNumber != 2 || ex.RetryAttempt != 1 {
+		t.Fatalf("the retry after the restart: %+v", ex)
+	}
+}
