@@ -173,7 +173,7 @@ func (r *Registry) ListThingsInThingGroup(ctx context.Context, account, group st
 // nothing). A thing belongs to at most 10 groups, as on AWS. The group's
 // CONTINUOUS jobs get an execution on the thing.
 func (r *Registry) AddThingToThingGroup(ctx context.Context, account, group, thing string) error {
-	err := r.jobsMutate(ctx, account, func(fx *jobEffects) error {
+	err := r.jobsUpdate(ctx, account, false, func(fx *jobEffects) error {
 		a := fx.a
 		g, err := r.groupLocked(a, group)
 		if err != nil {
@@ -239,7 +239,7 @@ func (r *Registry) thingDeletedLocked(a *accountRec, thing string, now time.Time
 // a member is no error, as on AWS). The thing's pending executions of the
 // group's CONTINUOUS jobs become REMOVED, unless the job targets it otherwise.
 func (r *Registry) RemoveThingFromThingGroup(ctx context.Context, account, group, thing string) error {
-	return r.jobsMutate(ctx, account, func(fx *jobEffects) error {
+	return r.jobsUpdate(ctx, account, false, func(fx *jobEffects) error {
 		a := fx.a
 		g, err := r.groupLocked(a, group)
 		if err != nil {

@@ -71,3 +71,23 @@ func BenchmarkDeviceUpdate10k(b *testing.B) {
 		r.handleJobs("A", thing, "rot/update", []byte(`{"status":"SUCCEEDED","statusDetails":{"newCertificateId":"x"}}`))
 	}
 }
+
+// A thing joining a group that a CONTINUOUS job targets, beside a
+// 10,000-thing job.
+func BenchmarkAddThingToGroupBesideJob10k(b *testing.B) {
+	r, _ := benchJobRegistry(b, 10000)
+	if _, err := r.CreateThingGroup(ctx, "A", ThingGroup{Name: "late"}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := r.CreateJob(ctx, "A", Job{ID: "cont", Document: json.RawMessage(`{}`), ThingGroups: []string{"late"}, TargetSelection: TargetContinuous}); err != nil {
+		b.Fatal(err)
+	}
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		if err := r.AddThingToThingGroup(ctx, "A", "late", fmt.Sprintf("dev-%05d", i%10000)); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}

@@ -687,13 +687,20 @@ func (fx *jobEffects) stepLocked() {
 		if j.status() == JobStatusCompleted {
 			continue
 		}
-		for _, t := range sortedKeys(j.Executions) {
-			e := j.Executions[t]
+		// Only the few executions due are sorted (for a stable order of
+		// events), not the job's thousands.
+		var due []string
+		for t, e := range j.Executions {
 			if e.status(fx.now) != e.Status {
-				fx.touch(t)
-				e.settle(fx.now)
-				fx.ended(id, j, t, e)
+				due = append(due, t)
 			}
+		}
+		sort.Strings(due)
+		for _, t := range due {
+			e := j.Executions[t]
+			fx.touch(t)
+			e.settle(fx.now)
+			fx.ended(id, j, t, e)
 		}
 		if j.status() != JobStatusInProgress {
 			continue
@@ -732,6 +739,13 @@ func (r *Registry) AdvanceJobs(ctx context.Context) error {
 // jobsMutate runs fn on an account's jobs after bringing them to now, saving
 // and publishing what changed.
 func (r *Registry) jobsMutate(ctx context.Context, account string, fn func(fx *jobEffects) error) error {
+	return r.jobsUpdate(ctx, account, true, fn)
+}
+
+// jobsUpdate is jobsMutate, with the step over every job only when step is
+// set: a thing joining a group (ten thousand of them as a fleet provisions)
+// need not scan every job's executions.
+func (r *Registry) jobsUpdate(ctx context.Context, account string, step bool, fn func(fx *jobEffects) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -742,7 +756,9 @@ func (r *Registry) jobsMutate(ctx context.Context, account string, fn func(fx *j
 			return nil, false, err
 		}
 		fx := r.jobEffectsFor(a, now)
-		fx.stepLocked()
+		if step {
+			fx.stepLocked()
+		}
 		if opErr = fn(fx); opErr != nil {
 			// The step's changes stand; the operation's own changed nothing.
 			return fx.finish(), fx.changed, nil
