@@ -38,6 +38,10 @@ func aclAllows(clientID, topic string, write bool) bool {
 		return true
 	case len(levels) >= 2 && levels[0] == "$aws" && (levels[1] == "certificates" || levels[1] == "provisioning-templates"):
 		return !(write && isReply)
+	case len(levels) >= 3 && levels[0] == "$aws" && levels[1] == "events" && (levels[2] == "job" || levels[2] == "jobExecution"):
+		// Jobs events (when enabled) are for the account's cloud-side
+		// programs to read; only the emulator publishes them.
+		return !write
 	}
 	return false
 }

@@ -170,6 +170,7 @@ var errorKinds = []struct {
 }{
 	{"not_found", ErrNotFound}, {"exists", ErrExists}, {"invalid", ErrInvalid},
 	{"locked", ErrLocked}, {"policy", keystore.ErrPolicy},
+	{"invalid_state", ErrInvalidState}, {"version_conflict", ErrVersionConflict},
 }
 
 type adminError struct {

@@ -22,6 +22,12 @@ type Config struct {
 	// (see Emulator.ALPNAddr).
 	ALPNListen string
 
+	// APIListen, if set, serves AWS IoT's control-plane API (REST-JSON over
+	// HTTPS, SigV4-signed with the accounts' access keys) on this address;
+	// "127.0.0.1:0" picks a free port (see Emulator.APIURL). Its certificate is
+	// the MQTT server's, issued by RootCAFile for localhost and 127.0.0.1.
+	APIListen string
+
 	// Accounts are added when missing (existing ones are kept as they are).
 	Accounts []Account
 	// Templates are provisioning templates added to every account in Accounts
@@ -47,6 +53,12 @@ type Config struct {
 	// client ID; zero is AWS's fixed 1 s, negative turns the limit off.
 	ClientConnectInterval time.Duration
 
+	// JobEvents publishes the Jobs events ($aws/events/job/<jobId>/...,
+	// $aws/events/jobExecution/<jobId>/<status>) in every account, as AWS does
+	// once UpdateEventConfigurations enabled JOB and JOB_EXECUTION (which
+	// Registry.UpdateEventConfigurations does per account).
+	JobEvents bool
+
 	// HistoryLimit is how many connection events are kept; zero is 10000.
 	HistoryLimit int
 
@@ -71,6 +83,7 @@ const (
 	alpnMQTT                 = "x-amzn-mqtt-ca"
 	maxPacketSize            = 128 * 1024
 	maxSessionExpiry         = 3600
+	jobsTick                 = time.Second
 )
 
 func (c Config) now() time.Time {

@@ -39,4 +39,10 @@
 // certificates and their status, things, templates, jobs and their
 // executions, and the connection history. OpenAdmin reaches the same API on a
 // state folder whether its emulator runs (through the admin socket) or not.
+//
+// With Config.APIListen the emulator also serves AWS IoT's control-plane API
+// (REST-JSON over HTTPS, SigV4-verified against per-account access keys), so
+// the aws CLI and the AWS SDKs drive it as they drive AWS: Emulator.APIURL is
+// the endpoint and Emulator.AccessKey an account's credentials. api_routes.go
+// lists the operations and says how to add one.
 package emulator

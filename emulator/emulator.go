@@ -14,6 +14,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -41,6 +42,7 @@ type Emulator struct {
 	connectLimit *limiter
 	listeners    []*tlsListener
 	admin        *adminServer
+	api          *apiServer
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -48,6 +50,10 @@ type Emulator struct {
 
 	faultsOnce sync.Once // faults.go: InjectFault
 	faults     *faultSet
+
+	// The jobs ticker (AdvanceJobs every second) stops when stopJobs closes.
+	stopJobs chan struct{}
+	jobsDone chan struct{}
 }
 
 // New opens the state (see Open) and prepares an emulator; Start makes it listen.
@@ -98,6 +104,7 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 			if err := e.reissueServerCert(); err != nil {
 				reg.log.Error("emulator: re-issuing the server certificate", "error", err)
 			}
+			e.apiAccountsChanged()
 		},
 		statusChanged: e.certificateStatusChanged,
 		notify:        e.notify,
@@ -143,6 +150,11 @@ func (e *Emulator) start() error {
 			return err
 		}
 	}
+	if e.cfg.APIListen != "" {
+		if err := e.startAPI(e.cfg.APIListen); err != nil {
+			return err
+		}
+	}
 	if e.dir != "" {
 		a, err := serveAdmin(e.Registry, filepath.Join(e.dir, AdminSocketFile))
 		if err != nil {
@@ -157,16 +169,46 @@ func (e *Emulator) start() error {
 	if a := e.ALPNAddr(); a != "" {
 		attrs = append(attrs, "mqtt_alpn", a)
 	}
+	if u := e.APIURL(); u != "" {
+		attrs = append(attrs, "api", u)
+	}
 	e.log.Info("emulator: listening", attrs...)
+	e.stopJobs, e.jobsDone = make(chan struct{}), make(chan struct{})
+	go e.runJobs()
 	return nil
+}
+
+// runJobs advances the jobs once a second of wall time, on the emulator's own
+// clock, so rollouts, timeouts and aborts happen without anyone asking.
+func (e *Emulator) runJobs() {
+	defer close(e.jobsDone)
+	t := time.NewTicker(jobsTick)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.stopJobs:
+			return
+		case <-t.C:
+			if err := e.AdvanceJobs(context.Background()); err != nil {
+				e.log.Warn("emulator: advancing jobs", "error", err)
+			}
+		}
+	}
 }
 
 // Close disconnects every device, stops the listeners and the admin socket and
 // releases the state folder.
 func (e *Emulator) Close() error {
 	e.closeOnce.Do(func() {
+		if e.stopJobs != nil {
+			close(e.stopJobs)
+			<-e.jobsDone
+		}
 		if e.admin != nil {
 			e.admin.close()
+		}
+		if e.api != nil {
+			e.api.close()
 		}
 		if e.server != nil {
 			_ = e.server.Close()

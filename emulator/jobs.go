@@ -10,14 +10,41 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 type jobRec struct {
-	Document   json.RawMessage     `json:"document"`
-	Things     []string            `json:"things"`
-	CreatedAt  time.Time           `json:"createdAt"`
-	Canceled   bool                `json:"canceled,omitempty"`
-	Executions map[string]*execRec `json:"executions"`
+	Document json.RawMessage `json:"document"`
+	// Things and Groups are the job's targets by name.
+	Things          []string  `json:"things"`
+	Groups          []string  `json:"thingGroups,omitempty"`
+	TargetSelection string    `json:"targetSelection,omitempty"`
+	Description     string    `json:"description,omitempty"`
+	Status          JobStatus `json:"status,omitempty"`
+	CreatedAt       time.Time `json:"createdAt"`
+	LastUpdatedAt   time.Time `json:"lastUpdatedAt,omitzero"`
+	CompletedAt     time.Time `json:"completedAt,omitzero"`
+	Canceled        bool      `json:"canceled,omitempty"`
+	ForceCanceled   bool      `json:"forceCanceled,omitempty"`
+	ReasonCode      string    `json:"reasonCode,omitempty"`
+	Comment         string    `json:"comment,omitempty"`
+
+	Rollout *JobRolloutConfig `json:"rollout,omitempty"`
+	Abort   *JobAbortConfig   `json:"abort,omitempty"`
+	Timeout *JobTimeoutConfig `json:"timeout,omitempty"`
+	Retry   *JobRetryConfig   `json:"retry,omitempty"`
+	// Notified counts the executions released to their things by the rollout;
+	// WindowStart and WindowCount are the current rollout minute and how many
+	// were released in it.
+	Notified    int       `json:"notified,omitempty"`
+	WindowStart time.Time `json:"rolloutWindowStart,omitzero"`
+	WindowCount int       `json:"rolloutWindowCount,omitempty"`
+
+	// Executions holds each thing's latest execution, Previous its earlier
+	// ones (retried, or before a CONTINUOUS job's thing came back to a group).
+	Executions map[string]*execRec   `json:"executions"`
+	Previous   map[string][]*execRec `json:"previousExecutions,omitempty"`
 }
 
 type execRec struct {
@@ -27,124 +54,66 @@ type execRec struct {
 	StartedAt     time.Time          `json:"startedAt,omitzero"`
 	LastUpdatedAt time.Time          `json:"lastUpdatedAt"`
 	StepTimeoutAt time.Time          `json:"stepTimeoutAt,omitzero"`
-	Version       int64              `json:"versionNumber"`
-	Number        int64              `json:"executionNumber"`
+	// InProgressTimeoutAt is set from the job's timeoutConfig when the
+	// execution starts; unlike the step timer, updates do not move it.
+	InProgressTimeoutAt time.Time `json:"inProgressTimeoutAt,omitzero"`
+	Version             int64     `json:"versionNumber"`
+	Number              int64     `json:"executionNumber"`
 	// Seq orders executions as they were queued, across jobs.
 	Seq int64 `json:"seq"`
+	// AwaitingRollout: queued but not yet released to the thing by the
+	// job's rollout rate; the device sees nothing of it until then.
+	AwaitingRollout bool `json:"awaitingRollout,omitempty"`
+	ForceCanceled   bool `json:"forceCanceled,omitempty"`
+	RetryAttempt    int  `json:"retryAttempt,omitempty"`
+	// Retries counts the retries made so far by failure type.
+	Retries map[string]int `json:"retries,omitempty"`
 }
 
-// status is the execution's status at now: an IN_PROGRESS execution whose step
+// timeoutAt is when an IN_PROGRESS execution times out: the earlier of its
+// step timer and the job's in-progress timeout, or zero.
+func (e *execRec) timeoutAt() time.Time {
+	t := e.StepTimeoutAt
+	if !e.InProgressTimeoutAt.IsZero() && (t.IsZero() || e.InProgressTimeoutAt.Before(t)) {
+		t = e.InProgressTimeoutAt
+	}
+	return t
+}
+
+// status is the execution's status at now: an IN_PROGRESS execution whose
 // timer ran out is TIMED_OUT even before anyone wrote that down.
 func (e *execRec) status(now time.Time) JobExecutionStatus {
-	if e.Status == JobInProgress && !e.StepTimeoutAt.IsZero() && !now.Before(e.StepTimeoutAt) {
+	if t := e.timeoutAt(); e.Status == JobInProgress && !t.IsZero() && !now.Before(t) {
 		return JobTimedOut
 	}
 	return e.Status
 }
 
-// settle writes a step timeout down, reporting whether it did.
+// settle writes a timeout down, reporting whether it did.
 func (e *execRec) settle(now time.Time) bool {
 	if s := e.status(now); s != e.Status {
-		e.Status, e.LastUpdatedAt, e.Version = s, e.StepTimeoutAt, e.Version+1
+		e.Status, e.LastUpdatedAt, e.Version = s, e.timeoutAt(), e.Version+1
 		return true
 	}
 	return false
 }
 
-func (e *execRec) export(account, jobID, thing string, now time.Time) JobExecution {
+func (e *execRec) export(a *accountRec, jobID, thing string, now time.Time) JobExecution {
 	return JobExecution{
-		Account: account, JobID: jobID, ThingName: thing, Status: e.status(now),
+		Account: a.Name, JobID: jobID, ThingName: thing, Status: e.status(now),
 		StatusDetails: maps.Clone(e.StatusDetails), QueuedAt: e.QueuedAt, StartedAt: e.StartedAt,
 		LastUpdatedAt: e.LastUpdatedAt, VersionNumber: e.Version, ExecutionNumber: e.Number, StepTimeoutAt: e.StepTimeoutAt,
+		InProgressTimeoutAt: e.InProgressTimeoutAt, ThingARN: iotARN(a, "thing/"+thing),
+		ForceCanceled: e.ForceCanceled, RetryAttempt: e.RetryAttempt,
 	}
-}
-
-// CreateJob queues a job for each of job.Things (which must exist in the
-// account) with job.Document, a JSON object the device receives as jobDocument.
-// A running emulator notifies the things (notify-next, notify) at once.
-func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job, error) {
-	if err := ctx.Err(); err != nil {
-		return Job{}, err
-	}
-	if !isJobID(job.ID) {
-		return Job{}, fmt.Errorf("emulator: job ID %q: %w: use 1-64 letters, digits, '_' or '-'", job.ID, ErrInvalid)
-	}
-	var doc map[string]any
-	if err := json.Unmarshal(job.Document, &doc); err != nil {
-		return Job{}, fmt.Errorf("emulator: job %s: %w: the document must be a JSON object: %v", job.ID, ErrInvalid, err)
-	}
-	var compact bytes.Buffer
-	_ = json.Compact(&compact, job.Document)
-	if len(job.Things) == 0 {
-		return Job{}, fmt.Errorf("emulator: job %s: %w: name at least one thing", job.ID, ErrInvalid)
-	}
-	var out Job
-	err := r.mutate(func(now time.Time) ([]func(), error) {
-		a, err := r.accountLocked(account)
-		if err != nil {
-			return nil, err
-		}
-		if _, ok := a.Jobs[job.ID]; ok {
-			return nil, fmt.Errorf("emulator: job %s in account %s: %w", job.ID, account, ErrExists)
-		}
-		things := slices.Clone(job.Things)
-		slices.Sort(things)
-		things = slices.Compact(things)
-		for _, t := range things {
-			if _, ok := a.Things[t]; !ok {
-				return nil, fmt.Errorf("emulator: job %s: thing %q in account %s: %w (create it, or register its certificate with a thing)", job.ID, t, account, ErrNotFound)
-			}
-		}
-		before := r.pendingByThingLocked(a, things, now)
-		rec := &jobRec{Document: compact.Bytes(), Things: things, CreatedAt: now, Executions: map[string]*execRec{}}
-		for _, t := range things {
-			r.st.Seq++
-			rec.Executions[t] = &execRec{Status: JobQueued, QueuedAt: now, LastUpdatedAt: now, Version: 1, Number: 1, Seq: r.st.Seq}
-		}
-		a.Jobs[job.ID] = rec
-		out = exportJob(account, job.ID, rec)
-		return r.jobNotificationsLocked(a, before, now), nil
-	})
-	if err == nil {
-		r.log.Info("emulator: job created", "account", account, "job_id", job.ID, "things", strings.Join(out.Things, ","))
-	}
-	return out, err
-}
-
-func exportJob(account, id string, j *jobRec) Job {
-	return Job{Account: account, ID: id, Document: slices.Clone(j.Document), Things: slices.Clone(j.Things), CreatedAt: j.CreatedAt, Canceled: j.Canceled}
-}
-
-// CancelJob cancels a job: its QUEUED executions become CANCELED, and with force
-// its IN_PROGRESS ones too (as AWS's CancelJob --force).
-func (r *Registry) CancelJob(ctx context.Context, account, jobID string, force bool) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	return r.mutate(func(now time.Time) ([]func(), error) {
-		a, err := r.accountLocked(account)
-		if err != nil {
-			return nil, err
-		}
-		j, ok := a.Jobs[jobID]
-		if !ok {
-			return nil, fmt.Errorf("emulator: job %s in account %s: %w", jobID, account, ErrNotFound)
-		}
-		before := r.pendingByThingLocked(a, j.Things, now)
-		j.Canceled = true
-		for _, e := range j.Executions {
-			e.settle(now)
-			if e.Status == JobQueued || (force && e.Status == JobInProgress) {
-				e.Status, e.LastUpdatedAt, e.Version = JobCanceled, now, e.Version+1
-			}
-		}
-		return r.jobNotificationsLocked(a, before, now), nil
-	})
 }
 
 // Jobs lists an account's jobs by ID.
 func (r *Registry) Jobs(ctx context.Context, account string) ([]Job, error) {
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := r.AdvanceJobs(ctx); err != nil {
 		return nil, err
 	}
 	r.mu.RLock()
@@ -155,36 +124,25 @@ func (r *Registry) Jobs(ctx context.Context, account string) ([]Job, error) {
 	}
 	out := make([]Job, 0, len(a.Jobs))
 	for id, j := range a.Jobs {
-		out = append(out, exportJob(account, id, j))
+		out = append(out, exportJob(a, id, j))
 	}
 	sort.Slice(out, func(i, k int) bool { return out[i].ID < out[k].ID })
 	return out, nil
 }
 
-// JobExecution is one job's execution on one thing: the status and status
-// details the device reported.
+// JobExecution is one job's latest execution on one thing: the status and
+// status details the device reported.
 func (r *Registry) JobExecution(ctx context.Context, account, thing, jobID string) (JobExecution, error) {
-	if err := ctx.Err(); err != nil {
-		return JobExecution{}, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return JobExecution{}, err
-	}
-	if j, ok := a.Jobs[jobID]; ok {
-		if e, ok := j.Executions[thing]; ok {
-			return e.export(account, jobID, thing, r.cfg.now()), nil
-		}
-	}
-	return JobExecution{}, fmt.Errorf("emulator: execution of job %s on thing %q in account %s: %w", jobID, thing, account, ErrNotFound)
+	return r.DescribeJobExecution(ctx, account, jobID, thing, 0)
 }
 
-// JobExecutions lists the executions on a thing ("" lists every thing's) in the
-// order they were queued.
+// JobExecutions lists the latest executions on a thing ("" lists every
+// thing's) in the order they were queued.
 func (r *Registry) JobExecutions(ctx context.Context, account, thing string) ([]JobExecution, error) {
 	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := r.AdvanceJobs(ctx); err != nil {
 		return nil, err
 	}
 	r.mu.RLock()
@@ -202,7 +160,7 @@ func (r *Registry) JobExecutions(ctx context.Context, account, thing string) ([]
 	for id, j := range a.Jobs {
 		for t, e := range j.Executions {
 			if thing == "" || t == thing {
-				items = append(items, item{e.Seq, e.export(account, id, t, now)})
+				items = append(items, item{e.Seq, e.export(a, id, t, now)})
 			}
 		}
 	}
@@ -224,7 +182,7 @@ type pendingExec struct {
 func pendingLocked(a *accountRec, thing string, now time.Time) []pendingExec {
 	var out []pendingExec
 	for id, j := range a.Jobs {
-		if e, ok := j.Executions[thing]; ok && !e.status(now).Terminal() {
+		if e, ok := j.Executions[thing]; ok && !e.AwaitingRollout && !e.status(now).Terminal() {
 			out = append(out, pendingExec{id, e})
 		}
 	}
@@ -303,8 +261,8 @@ func execJSON(jobID, thing string, j *jobRec, e *execRec, withDoc bool, now time
 	if len(e.StatusDetails) > 0 {
 		m["statusDetails"] = e.StatusDetails
 	}
-	if !e.StepTimeoutAt.IsZero() && e.status(now) == JobInProgress {
-		m["approximateSecondsBeforeTimedOut"] = int64(e.StepTimeoutAt.Sub(now).Seconds())
+	if t := e.timeoutAt(); !t.IsZero() && e.status(now) == JobInProgress {
+		m["approximateSecondsBeforeTimedOut"] = int64(t.Sub(now).Seconds())
 	}
 	if withDoc {
 		m["jobDocument"] = json.RawMessage(j.Document)
@@ -391,16 +349,19 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 				jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
 				return nil, false, nil
 			}
-			before := r.pendingByThingLocked(a, []string{thing}, now)
-			changed := false
-			for _, j := range a.Jobs {
+			fx := r.jobEffectsFor(a, now)
+			fx.touch(thing)
+			// Timeouts due on this thing are written down (with their
+			// events and retries) before the request sees the executions.
+			for _, id := range sortedKeys(a.Jobs) {
+				j := a.Jobs[id]
 				if e, ok := j.Executions[thing]; ok && e.settle(now) {
-					changed = true
+					fx.changed = true
+					fx.ended(id, j, thing, e)
 				}
 			}
-			var opChanged bool
-			accepted, opChanged, jerr = jobsOperation(a, thing, rest, &req, now)
-			return r.jobNotificationsLocked(a, before, now), changed || opChanged, nil
+			accepted, jerr = jobsOperationLocked(fx, thing, rest, &req)
+			return fx.finish(), fx.changed, nil
 		})
 		if err != nil {
 			jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
@@ -427,13 +388,11 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 	return message{Topic: topic + "/accepted", Payload: b}, true
 }
 
-// jobsOperation carries out one Jobs API request on account a, under the lock.
-func jobsOperation(a *accountRec, thing, rest string, req *jobsRequest, now time.Time) (out map[string]any, changed bool, jerr *jobsError) {
-	out, jerr = jobsOperationLocked(a, thing, rest, req, now, &changed)
-	return out, changed, jerr
-}
-
-func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, now time.Time, changed *bool) (map[string]any, *jobsError) {
+// jobsOperationLocked carries out one Jobs API request on fx's account, under
+// the lock.
+func jobsOperationLocked(fx *jobEffects, thing, rest string, req *jobsRequest) (map[string]any, *jobsError) {
+	a, now := fx.a, fx.now
+	changed := &fx.changed
 	withDoc := req.IncludeJobDocument == nil || *req.IncludeJobDocument
 	switch {
 	case rest == "get":
@@ -470,6 +429,7 @@ func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, no
 		if e.Status == JobQueued {
 			*changed = true
 			e.Status, e.StartedAt, e.LastUpdatedAt, e.Version = JobInProgress, now, now, e.Version+1
+			startTimers(a.Jobs[p[0].id], e, now)
 			if details != nil {
 				e.StatusDetails = details
 			}
@@ -489,7 +449,7 @@ func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, no
 	if ok {
 		e = j.Executions[thing]
 	}
-	if e == nil {
+	if e == nil || e.AwaitingRollout {
 		return nil, &jobsError{code: jobsResourceNotFound, msg: fmt.Sprintf("job %s has no execution on thing %s", jobID, thing)}
 	}
 	if n, err := req.ExecutionNumber.Int64(); req.ExecutionNumber != "" && (err != nil || n != e.Number) {
@@ -530,6 +490,7 @@ func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, no
 	*changed = true
 	if e.Status == JobQueued && status == JobInProgress {
 		e.StartedAt = now
+		startTimers(j, e, now)
 	}
 	e.Status, e.LastUpdatedAt, e.Version = status, now, e.Version+1
 	if details != nil {
@@ -550,6 +511,11 @@ func jobsOperationLocked(a *accountRec, thing, rest string, req *jobsRequest, no
 	if req.IncludeJobDocument != nil && *req.IncludeJobDocument {
 		out["jobDocument"] = json.RawMessage(j.Document)
 	}
+	if status.Terminal() {
+		// The event and any retry come after the reply is composed: the
+		// reply describes this execution, not its retry.
+		fx.ended(jobID, j, thing, e)
+	}
 	return out, nil
 }
 
@@ -558,14 +524,41 @@ func stringDetails(in map[string]any) (map[string]string, *jobsError) {
 		return nil, nil
 	}
 	out := make(map[string]string, len(in))
-	for k, v := range in {
-		s, ok := v.(string)
+	for _, k := range sortedKeys(in) {
+		s, ok := in[k].(string)
 		if !ok {
 			return nil, &jobsError{code: jobsInvalidRequest, msg: fmt.Sprintf("statusDetails[%q] must be a string", k)}
 		}
 		out[k] = s
 	}
+	if err := checkStatusDetails(out); err != nil {
+		return nil, &jobsError{code: jobsInvalidRequest, msg: err.Error()}
+	}
 	return out, nil
+}
+
+// checkStatusDetails applies AWS's rules for statusDetails: keys of 1-128
+// characters [a-zA-Z0-9:_-], values of 1-1,024 characters none of which is a
+// control, format or other Unicode "C" character (the pattern [^\p{C}]+).
+func checkStatusDetails(m map[string]string) error {
+	for _, k := range sortedKeys(m) {
+		if !isName(k, 128, ":_-") {
+			return fmt.Errorf("statusDetails key %q: use 1-128 letters, digits, ':', '_' or '-'", k)
+		}
+		v := m[k]
+		if v == "" {
+			return fmt.Errorf("statusDetails[%q] is empty: values must have 1-1024 characters", k)
+		}
+		if n := utf8.RuneCountInString(v); n > 1024 {
+			return fmt.Errorf("statusDetails[%q] has %d characters, more than 1024", k, n)
+		}
+		for i, c := range v {
+			if c == utf8.RuneError || unicode.Is(unicode.C, c) {
+				return fmt.Errorf("statusDetails[%q] holds the control character %U at byte %d: values must be printable", k, c, i)
+			}
+		}
+	}
+	return nil
 }
 
 // stepTimeout reads stepTimeoutInMinutes: positive sets a step timer, -1

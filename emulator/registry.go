@@ -84,6 +84,9 @@ type accountRec struct {
 	Templates map[string]*Template `json:"templates"`
 	Jobs      map[string]*jobRec   `json:"jobs"`
 	Tokens    map[string]*tokenRec `json:"ownershipTokens"`
+	Groups    map[string]*groupRec `json:"thingGroups,omitempty"`
+	// Events are UpdateEventConfigurations' switches by event type.
+	Events map[string]bool `json:"eventConfigurations,omitempty"`
 }
 
 type caRec struct {
@@ -91,7 +94,11 @@ type caRec struct {
 	Status    CertificateStatus `json:"status"`
 	Mode      CertificateMode   `json:"mode"`
 	CreatedAt time.Time         `json:"createdAt"`
-	cert      *x509.Certificate
+	// AutoRegistration and Registration are kept for the control plane
+	// (allowAutoRegistration, registrationConfig); nothing acts on them yet.
+	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
+	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
+	cert             *x509.Certificate
 }
 
 type certRec struct {
@@ -118,6 +125,7 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 		Account: a, CreatedAt: now,
 		CAs: map[string]*caRec{}, Certs: map[string]*certRec{}, Things: map[string]*thingRec{},
 		Templates: map[string]*Template{}, Jobs: map[string]*jobRec{}, Tokens: map[string]*tokenRec{},
+		Groups: map[string]*groupRec{},
 	}
 }
 
@@ -262,6 +270,14 @@ func (r *Registry) load() error {
 		if a.Tokens == nil {
 			a.Tokens = fresh.Tokens
 		}
+		if a.Groups == nil {
+			a.Groups = fresh.Groups
+		}
+		for _, g := range a.Groups {
+			if g.Things == nil {
+				g.Things = map[string]bool{}
+			}
+		}
 		for id, c := range a.CAs {
 			if c.cert, err = parseOneCert([]byte(c.PEM)); err != nil {
 				return fmt.Errorf("emulator: %s: account %s CA %s: %w", path, name, id, err)
@@ -275,6 +291,9 @@ func (r *Registry) load() error {
 		for _, j := range a.Jobs {
 			if j.Executions == nil {
 				j.Executions = map[string]*execRec{}
+			}
+			if j.Previous == nil {
+				j.Previous = map[string][]*execRec{}
 			}
 		}
 	}
@@ -530,6 +549,10 @@ type CAOptions struct {
 	Mode CertificateMode `json:"mode,omitempty"`
 	// Status is ACTIVE when empty; an INACTIVE CA's certificates cannot connect.
 	Status CertificateStatus `json:"status,omitempty"`
+	// AutoRegistration and Registration are RegisterCACertificate's
+	// allowAutoRegistration and registrationConfig, stored and reported only.
+	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
+	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
 }
 
 // RegisterCA registers a CA certificate (the first PEM certificate of caPEM) in
@@ -566,7 +589,7 @@ func (r *Registry) RegisterCA(ctx context.Context, account string, caPEM []byte,
 		if _, ok := a.CAs[id]; ok {
 			return nil, fmt.Errorf("emulator: CA %s in account %s: %w", id, account, ErrExists)
 		}
-		rec := &caRec{PEM: string(encodeCert(cert.Raw)), Status: status, Mode: mode, CreatedAt: now, cert: cert}
+		rec := &caRec{PEM: string(encodeCert(cert.Raw)), Status: status, Mode: mode, CreatedAt: now, AutoRegistration: opts.AutoRegistration, Registration: opts.Registration, cert: cert}
 		a.CAs[id] = rec
 		out = rec.export(account, id)
 		return nil, nil
@@ -579,7 +602,7 @@ func (r *Registry) RegisterCA(ctx context.Context, account string, caPEM []byte,
 }
 
 func (c *caRec) export(account, id string) CA {
-	return CA{Account: account, ID: id, PEM: c.PEM, Status: c.Status, Mode: c.Mode, Subject: c.cert.Subject.String(), NotAfter: c.cert.NotAfter, CreatedAt: c.CreatedAt}
+	return CA{Account: account, ID: id, PEM: c.PEM, Status: c.Status, Mode: c.Mode, Subject: c.cert.Subject.String(), NotBefore: c.cert.NotBefore, NotAfter: c.cert.NotAfter, CreatedAt: c.CreatedAt, AutoRegistration: c.AutoRegistration, Registration: c.Registration}
 }
 
 // SetCAStatus changes a registered CA's status (ACTIVE or INACTIVE, as AWS's
@@ -1127,10 +1150,13 @@ func (r *Registry) CreateTemplate(ctx context.Context, account string, t Templat
 	if _, err := parseTemplate(t.Body); err != nil {
 		return fmt.Errorf("emulator: template %q: %w", t.Name, err)
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
+		}
+		if t.CreatedAt.IsZero() {
+			t.CreatedAt = now
 		}
 		if _, ok := a.Templates[t.Name]; ok {
 			return nil, fmt.Errorf("emulator: template %q in account %s: %w", t.Name, account, ErrExists)

@@ -115,6 +115,10 @@ func TestACL(t *testing.T) {
 		{"$aws/provisioning-templates/t/provision/json/+", false, true},
 		{"$SYS/#", false, false},
 		{"$aws/events/#", false, false},
+		{"$aws/events/jobExecution/+/succeeded", false, true},
+		{"$aws/events/job/j1/completed", false, true},
+		{"$aws/events/jobExecution/j1/succeeded", true, false},
+		{"$aws/events/presence/connected/me", false, false},
 		{"$share/g/$aws/things/other/#", false, false},
 		{"$share/g/sensors/#", false, true},
 	}

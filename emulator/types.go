@@ -112,8 +112,21 @@ type CA struct {
 	Status    CertificateStatus `json:"status"`
 	Mode      CertificateMode   `json:"certificateMode"`
 	Subject   string            `json:"subject"`
+	NotBefore time.Time         `json:"notBefore"`
 	NotAfter  time.Time         `json:"notAfter"`
 	CreatedAt time.Time         `json:"createdAt"`
+	// AutoRegistration is allowAutoRegistration (just-in-time registration,
+	// which the emulator does not do); Registration its registrationConfig.
+	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
+	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
+}
+
+// CARegistrationConfig is a CA's registrationConfig (AWS IoT's just-in-time
+// provisioning settings), stored as given.
+type CARegistrationConfig struct {
+	TemplateBody string `json:"templateBody,omitempty"`
+	TemplateName string `json:"templateName,omitempty"`
+	RoleArn      string `json:"roleArn,omitempty"`
 }
 
 // Certificate is a device certificate registered in an account.
@@ -153,6 +166,12 @@ type Template struct {
 	Name     string          `json:"templateName"`
 	Body     json.RawMessage `json:"templateBody"`
 	Disabled bool            `json:"disabled,omitempty"`
+	// Description, RoleARN, Type and CreatedAt are the control plane's
+	// (CreateProvisioningTemplate), kept and reported only.
+	Description string    `json:"description,omitempty"`
+	RoleARN     string    `json:"provisioningRoleArn,omitempty"`
+	Type        string    `json:"type,omitempty"`
+	CreatedAt   time.Time `json:"createdAt,omitzero"`
 }
 
 // JobExecutionStatus is the status of one job on one thing.
@@ -179,16 +198,39 @@ func (s JobExecutionStatus) Terminal() bool {
 	return true
 }
 
-// Job is a job created for one or more things, with its document.
+// Job is a job created for things and thing groups, with its document and
+// AWS's job configurations. CreateJob reads ID, Document, the targets
+// (Things, ThingGroups by name or Targets by ARN), TargetSelection,
+// Description and the four configurations; the rest is the job's state.
 type Job struct {
-	Account   string          `json:"account"`
-	ID        string          `json:"jobId"`
-	Document  json.RawMessage `json:"document"`
-	Things    []string        `json:"things"`
-	CreatedAt time.Time       `json:"createdAt"`
-	// Canceled is set by CancelJob: its QUEUED and IN_PROGRESS executions became
-	// CANCELED.
-	Canceled bool `json:"canceled,omitempty"`
+	Account  string          `json:"account"`
+	ID       string          `json:"jobId"`
+	Document json.RawMessage `json:"document"`
+	// Things and ThingGroups are the targets by name; Targets the same as
+	// ARNs (arn:aws:iot:REGION:ACCOUNT:thing/NAME or thinggroup/NAME).
+	Things      []string `json:"things"`
+	ThingGroups []string `json:"thingGroups,omitempty"`
+	Targets     []string `json:"targets,omitempty"`
+	// TargetSelection is SNAPSHOT (the default) or CONTINUOUS.
+	TargetSelection string    `json:"targetSelection,omitempty"`
+	Description     string    `json:"description,omitempty"`
+	ARN             string    `json:"jobArn,omitempty"`
+	Status          JobStatus `json:"status,omitempty"`
+	CreatedAt       time.Time `json:"createdAt"`
+	LastUpdatedAt   time.Time `json:"lastUpdatedAt,omitzero"`
+	CompletedAt     time.Time `json:"completedAt,omitzero"`
+	// Canceled is set by CancelJob or an abort: its QUEUED (and, forced,
+	// IN_PROGRESS) executions became CANCELED.
+	Canceled      bool   `json:"canceled,omitempty"`
+	ForceCanceled bool   `json:"forceCanceled,omitempty"`
+	ReasonCode    string `json:"reasonCode,omitempty"`
+	Comment       string `json:"comment,omitempty"`
+
+	RolloutConfig  *JobRolloutConfig  `json:"jobExecutionsRolloutConfig,omitempty"`
+	AbortConfig    *JobAbortConfig    `json:"abortConfig,omitempty"`
+	TimeoutConfig  *JobTimeoutConfig  `json:"timeoutConfig,omitempty"`
+	RetryConfig    *JobRetryConfig    `json:"jobExecutionsRetryConfig,omitempty"`
+	ProcessDetails *JobProcessDetails `json:"jobProcessDetails,omitempty"`
 }
 
 // JobExecution is a job on one thing: what the device reported (status and
@@ -207,6 +249,14 @@ type JobExecution struct {
 	// StepTimeoutAt, when set, is when an IN_PROGRESS execution becomes TIMED_OUT
 	// unless updated (stepTimeoutInMinutes).
 	StepTimeoutAt time.Time `json:"stepTimeoutAt,omitzero"`
+	// InProgressTimeoutAt is the job's timeoutConfig applied to this execution:
+	// it becomes TIMED_OUT then if still IN_PROGRESS, updates or not.
+	InProgressTimeoutAt time.Time `json:"inProgressTimeoutAt,omitzero"`
+	ThingARN            string    `json:"thingArn,omitempty"`
+	ForceCanceled       bool      `json:"forceCanceled,omitempty"`
+	// RetryAttempt counts the retries (jobExecutionsRetryConfig) before this
+	// execution: 0 for the first one.
+	RetryAttempt int `json:"retryAttempt,omitempty"`
 }
 
 // Outcome is what became of a connection attempt.

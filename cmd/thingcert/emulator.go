@@ -76,6 +76,7 @@ The admin commands work whether the emulator is running (through its socket
 		newEmulatorJobCmd(env, admin),
 		newEmulatorCancelJobCmd(env, admin),
 		newEmulatorHistoryCmd(env, admin),
+		newEmulatorCredentialsCmd(env, stateDir),
 	)
 	return cmd
 }
@@ -85,6 +86,7 @@ type adminFn func(c *cobra.Command, fn func(ctx context.Context, a emulator.Admi
 func newEmulatorServeCmd(env *cliEnv, stateDir func(*cobra.Command) (string, error)) *cobra.Command {
 	var (
 		listen, alpnListen string
+		apiListen          string
 		accounts           []string
 		lifetime           time.Duration
 		createRate         float64
@@ -94,8 +96,9 @@ func newEmulatorServeCmd(env *cliEnv, stateDir func(*cobra.Command) (string, err
 		Use:   "serve",
 		Short: "Run the emulator until interrupted",
 		Long: `Run the emulator until SIGINT or SIGTERM. On stdout it prints what clients need:
-the listener addresses, the root CA file to trust, and each account's endpoint
-(the SNI its devices send). Its log (stderr) has one line per refused connection
+the listener addresses (with --api-listen, the AWS IoT control-plane API's URL:
+see "emulator credentials"), the root CA file to trust, and each account's
+endpoint (the SNI its devices send). Its log (stderr) has one line per refused connection
 naming the rule, the certificate ID and the SNI.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -108,7 +111,7 @@ naming the rule, the certificate ID and the SNI.`,
 				level = slog.LevelDebug
 			}
 			cfg := emulator.Config{
-				StateDir: dir, Listen: listen, ALPNListen: alpnListen,
+				StateDir: dir, Listen: listen, ALPNListen: alpnListen, APIListen: apiListen,
 				CertificateLifetime: lifetime, CreateCertificateRate: createRate,
 				Logger: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level})),
 			}
@@ -128,6 +131,9 @@ naming the rule, the certificate ID and the SNI.`,
 			if a := emu.ALPNAddr(); a != "" {
 				fmt.Fprintf(env.stdout, "mqtt-alpn %s\n", a)
 			}
+			if u := emu.APIURL(); u != "" {
+				fmt.Fprintf(env.stdout, "api %s\n", u)
+			}
 			fmt.Fprintf(env.stdout, "root-ca %s\n", emu.RootCAFile())
 			accts, err := emu.Accounts(c.Context())
 			if err != nil {
@@ -143,6 +149,7 @@ naming the rule, the certificate ID and the SNI.`,
 	f := c.Flags()
 	f.StringVar(&listen, "listen", "127.0.0.1:8883", "MQTT over TLS listener (AWS's port 8883)")
 	f.StringVar(&alpnListen, "alpn-listen", "", "port-443-style listener requiring ALPN x-amzn-mqtt-ca, e.g. 127.0.0.1:8443")
+	f.StringVar(&apiListen, "api-listen", "", "AWS IoT control-plane API (HTTPS, SigV4) listener, e.g. 127.0.0.1:8444; see `emulator credentials`")
 	f.StringArrayVar(&accounts, "account", nil, "account to add if missing, NAME[:PREFIX[:REGION]] (repeatable)")
 	f.DurationVar(&lifetime, "cert-lifetime", 0, "validity of issued certificates (default: until 2049-12-31T23:59:59Z, as AWS)")
 	f.Float64Var(&createRate, "create-cert-rate", 0, "CreateCertificateFromCsr limit per account and second (default 15, as AWS; negative: none)")
@@ -434,9 +441,9 @@ func newEmulatorListCmd(env *cliEnv, admin adminFn) *cobra.Command {
 				case "jobs":
 					var js []emulator.Job
 					js, err = adm.Jobs(ctx, account)
-					header = []string{"JOB", "THINGS", "CANCELED", "DOCUMENT"}
+					header = []string{"JOB", "STATUS", "THINGS", "THING GROUPS", "DOCUMENT"}
 					for _, x := range js {
-						rows = append(rows, []string{x.ID, strings.Join(x.Things, ","), fmt.Sprint(x.Canceled), string(x.Document)})
+						rows = append(rows, []string{x.ID, string(x.Status), orDash(strings.Join(x.Things, ",")), orDash(strings.Join(x.ThingGroups, ",")), string(x.Document)})
 					}
 					v = js
 				case "executions":
@@ -652,4 +659,12 @@ func newEmulatorHistoryCmd(env *cliEnv, admin adminFn) *cobra.Command {
 	c.Flags().IntVar(&q.Limit, "limit", 0, "only the newest N events")
 	c.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	return c
+}
+
+// orDash is s, or "-" for an empty table cell.
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
