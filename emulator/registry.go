@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/thingcert/thingcert/emulator/iotpolicy"
 	"github.com/thingcert/thingcert/internal/atomicfile"
 	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/keystore"
@@ -84,6 +85,8 @@ type accountRec struct {
 	Templates map[string]*Template `json:"templates"`
 	Jobs      map[string]*jobRec   `json:"jobs"`
 	Tokens    map[string]*tokenRec `json:"ownershipTokens"`
+	// Policies are the account's IoT policies (policies.go).
+	Policies map[string]*policyRec `json:"policies,omitempty"`
 }
 
 type caRec struct {
@@ -99,7 +102,9 @@ type certRec struct {
 	Status    CertificateStatus `json:"status"`
 	CAID      string            `json:"caId,omitempty"`
 	Things    []string          `json:"things,omitempty"`
-	CreatedAt time.Time         `json:"createdAt"`
+	// Policies are the names of the IoT policies attached to it.
+	Policies  []string  `json:"policies,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
 	cert      *x509.Certificate
 }
 
@@ -118,6 +123,7 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 		Account: a, CreatedAt: now,
 		CAs: map[string]*caRec{}, Certs: map[string]*certRec{}, Things: map[string]*thingRec{},
 		Templates: map[string]*Template{}, Jobs: map[string]*jobRec{}, Tokens: map[string]*tokenRec{},
+		Policies: map[string]*policyRec{},
 	}
 }
 
@@ -261,6 +267,14 @@ func (r *Registry) load() error {
 		}
 		if a.Tokens == nil {
 			a.Tokens = fresh.Tokens
+		}
+		if a.Policies == nil {
+			a.Policies = fresh.Policies
+		}
+		for pname, p := range a.Policies {
+			if p.doc, err = iotpolicy.Parse(p.Document); err != nil {
+				return fmt.Errorf("emulator: %s: account %s policy %s: %w", path, name, pname, err)
+			}
 		}
 		for id, c := range a.CAs {
 			if c.cert, err = parseOneCert([]byte(c.PEM)); err != nil {
@@ -977,6 +991,9 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 		}
 		if c.Status == StatusActive {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrInvalid)
+		}
+		if len(c.Policies) > 0 {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w: policies %s are attached to it; detach them first", certID, account, ErrConflict, strings.Join(c.Policies, ", "))
 		}
 		delete(a.Certs, certID)
 		return nil, nil
