@@ -35,6 +35,10 @@ func register(t *testing.T, e *testEmu, account string, d *device, o Certificate
 	if _, err := e.RegisterCertificate(ctx, account, d.pem, o); err != nil {
 		t.Fatalf("registering %s in %s: %v", d.id, account, err)
 	}
+	// These tests are about the connection rules, not policies.
+	if err := e.AttachAllowAllPolicy(ctx, account, d.id); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // expectRefused checks that a connection failed, and that the history and the
@@ -343,6 +347,9 @@ func TestChainThroughAnIntermediate(t *testing.T) {
 	bundle := append(append([]byte{}, d.pem...), interCA.pem...)
 	if _, err := e.RegisterCertificate(ctx, "A", bundle, CertificateOptions{}); err != nil {
 		t.Fatalf("registering with the intermediate: %v", err)
+	}
+	if err := e.AttachAllowAllPolicy(ctx, "A", d.id); err != nil {
+		t.Fatal(err)
 	}
 	// Without the intermediate the chain does not reach the root.
 	_, err = dial(t, e, d, "dev", dialOpts{account: "A"})
