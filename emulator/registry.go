@@ -98,10 +98,10 @@ type caRec struct {
 }
 
 type certRec struct {
-	PEM       string            `json:"pem"`
-	Status    CertificateStatus `json:"status"`
-	CAID      string            `json:"caId,omitempty"`
-	Things    []string          `json:"things,omitempty"`
+	PEM    string            `json:"pem"`
+	Status CertificateStatus `json:"status"`
+	CAID   string            `json:"caId,omitempty"`
+	Things []string          `json:"things,omitempty"`
 	// Policies are the names of the IoT policies attached to it.
 	Policies  []string  `json:"policies,omitempty"`
 	CreatedAt time.Time `json:"createdAt"`
