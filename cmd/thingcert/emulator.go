@@ -76,6 +76,8 @@ The admin commands work whether the emulator is running (through its socket
 		newEmulatorJobCmd(env, admin),
 		newEmulatorCancelJobCmd(env, admin),
 		newEmulatorHistoryCmd(env, admin),
+		newEmulatorCreatePolicyCmd(env, admin),
+		newEmulatorAttachPolicyCmd(env, admin),
 	)
 	return cmd
 }
