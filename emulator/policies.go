@@ -46,11 +46,11 @@ const AllowAllPolicy = `{"Version": "2012-10-17", "Statement": [{"Effect": "Allo
 const AllowAllPolicyName = "thingcert-allow-all"
 
 // ClaimPolicy is the least-privilege policy of a fleet-provisioning claim
-// certificate, as AWS's documentation writes it: connect, and use
-// CreateCertificateFromCsr, CreateKeysAndCertificate and the RegisterThing
-// topics of template (may be "*" for every template), nothing else.
+// certificate: connect, and use CreateCertificateFromCsr and the RegisterThing
+// topics of template (may be "*" for every template), nothing else — not even
+// CreateKeysAndCertificate, which makes the private key in the cloud.
 func ClaimPolicy(template string) string {
-	topics := []string{"$aws/certificates/create-from-csr/*", "$aws/certificates/create/*", "$aws/provisioning-templates/" + template + "/provision/*"}
+	topics := []string{"$aws/certificates/create-from-csr/*", "$aws/provisioning-templates/" + template + "/provision/*"}
 	return policyJSON(
 		stmt("Allow", []string{iotpolicy.ActionConnect}, []string{"*"}),
 		stmt("Allow", []string{iotpolicy.ActionPublish, iotpolicy.ActionReceive}, arns("topic", topics)),

@@ -196,6 +196,15 @@ func TestFleetProvisioningErrors(t *testing.T) {
 
 func TestCreateKeysAndCertificate(t *testing.T) {
 	e, claim := claimSetup(t, Config{CertificateLifetime: 10 * time.Minute})
+	// AWS's example claim policy also allows CreateKeysAndCertificate; the
+	// emulator's least-privilege one does not.
+	keys := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/$aws/certificates/create/*"},{"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/$aws/certificates/create/*"}]}`
+	if _, err := e.CreatePolicy(ctx, "fleet", "create-keys", keys); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AttachPolicy(ctx, "fleet", "create-keys", claim.id); err != nil {
+		t.Fatal(err)
+	}
 	c := mustDial(t, e, claim, "provisioner", dialOpts{account: "fleet"})
 	c.subscribe(t, topicCreateKeys+"/accepted", topicCreateKeys+"/rejected")
 	c.publish(t, topicCreateKeys, []byte{})
