@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sort"
 	"strconv"
 	"strings"
@@ -96,6 +97,8 @@ var operators = map[string]operator{
 	"ArnNotEquals":              {true, likeMatch},
 	"ArnNotLike":                {true, likeMatch},
 	"Bool":                      {false, func(g, w string, s func(string) string) bool { return strings.EqualFold(g, s(w)) }},
+	"IpAddress":                 {false, ipMatch},
+	"NotIpAddress":              {true, ipMatch},
 	"NumericEquals":             {false, numeric(func(a, b float64) bool { return a == b })},
 	"NumericNotEquals":          {true, numeric(func(a, b float64) bool { return a == b })},
 	"NumericLessThan":           {false, numeric(func(a, b float64) bool { return a < b })},
@@ -106,6 +109,20 @@ var operators = map[string]operator{
 
 func likeMatch(got, want string, subst func(string) string) bool {
 	return compile(want, subst).match(got)
+}
+
+// ipMatch: the address got lies in the CIDR (or is the address) want.
+func ipMatch(got, want string, subst func(string) string) bool {
+	ip, err := netip.ParseAddr(got)
+	if err != nil {
+		return false
+	}
+	w := subst(want)
+	if p, err := netip.ParsePrefix(w); err == nil {
+		return p.Contains(ip)
+	}
+	a, err := netip.ParseAddr(w)
+	return err == nil && a == ip
 }
 
 func numeric(cmp func(a, b float64) bool) func(string, string, func(string) string) bool {
@@ -318,7 +335,7 @@ func parseConditions(where string, raw json.RawMessage) ([]Condition, error) {
 		}
 		c.op = base
 		if _, ok := operators[base]; !ok && base != "Null" {
-			return nil, fmt.Errorf("%w: %s Condition operator %q is not one the emulator evaluates (String*, Arn*, Bool, Numeric*, Null)", ErrMalformed, where, opName)
+			return nil, fmt.Errorf("%w: %s Condition operator %q is not one the emulator evaluates (String*, Arn*, Bool, Numeric*, IpAddress, NotIpAddress, Null)", ErrMalformed, where, opName)
 		}
 		keys := make([]string, 0, len(block[opName]))
 		for k := range block[opName] {

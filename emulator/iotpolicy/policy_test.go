@@ -64,6 +64,7 @@ const (
 	docNotEquals = `{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"iot:Connect","Resource":"*","Condition":{"StringNotEquals":{"iot:Certificate.Subject.Organization":"Acme"}}},{"Effect":"Allow","Action":"iot:Connect","Resource":"*"}]}`
 	docIfExists  = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*","Condition":{"StringEqualsIfExists":{"iot:Connection.Thing.Attributes[site]":"north"}}}]}`
 	docNull      = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*","Condition":{"Null":{"iot:Connection.Thing.ThingName":"false"}}}]}`
+	docIP        = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*","Condition":{"IpAddress":{"aws:SourceIp":["127.0.0.0/8","::1"]}}}]}`
 	docLike      = `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"iot:Connect","Resource":"*","Condition":{"StringLike":{"iot:ClientId":"sensor-*"},"ArnLike":{"iot:ClientId":"*"}}}]}`
 )
 
@@ -127,6 +128,9 @@ func TestEvaluate(t *testing.T) {
 		{"IfExists: present key must match", docIfExists, ActionConnect, arn + "client/c", one("iot:Connection.Thing.Attributes[site]", "south"), false, false},
 		{"Null false: key required", docNull, ActionConnect, arn + "client/c", nil, false, false},
 		{"Null false: key present", docNull, ActionConnect, arn + "client/c", one("iot:Connection.Thing.ThingName", "c"), true, true},
+		{"IpAddress: loopback", docIP, ActionConnect, arn + "client/c", one("aws:SourceIp", "127.0.0.1"), true, true},
+		{"IpAddress: ::1", docIP, ActionConnect, arn + "client/c", one("aws:SourceIp", "::1"), true, true},
+		{"IpAddress: elsewhere", docIP, ActionConnect, arn + "client/c", one("aws:SourceIp", "10.0.0.1"), false, false},
 		{"StringLike", docLike, ActionConnect, arn + "client/sensor-1", one("iot:ClientId", "sensor-1"), true, true},
 		{"StringLike refuses", docLike, ActionConnect, arn + "client/pump-1", one("iot:ClientId", "pump-1"), false, false},
 	}
