@@ -334,7 +334,11 @@ func subscribed(cl *mqtt.Client, topic string) bool {
 		account = sess.account()
 	}
 	for filter := range cl.State.Subscriptions.GetAll() {
-		if f, ok := fromBroker(account, filter); ok && topicMatches(f, topic) {
+		f, ok := fromBroker(account, filter)
+		if rest, shared := strings.CutPrefix(f, "$share/"); shared {
+			_, f, _ = strings.Cut(rest, "/") // the filter after $share/<group>/
+		}
+		if ok && topicMatches(f, topic) {
 			return true
 		}
 	}

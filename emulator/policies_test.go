@@ -371,3 +371,23 @@ func TestAccountIsolation(t *testing.T) {
 		t.Fatalf("topic %q", m[0].Topic())
 	}
 }
+
+// MQTT: # and + at the first level do not match $ topics, although the broker
+// sees every topic under the account's namespace.
+func TestWildcardsSkipReservedTopics(t *testing.T) {
+	e, ca := twoAccounts(t, ModeDefault, Config{})
+	d := issue(t, ca, "d", certOpts{})
+	register(t, e, "A", d, CertificateOptions{})
+	all := mustDial(t, e, d, "all", dialOpts{account: "A"})
+	shadow := mustDial(t, e, d, "shadow", dialOpts{account: "A"})
+	all.subscribe(t, "#", "+/things/d/shadow/update")
+	shadow.subscribe(t, "$aws/things/d/shadow/update")
+	pub := mustDial(t, e, d, "pub", dialOpts{account: "A"})
+	pub.publish(t, "$aws/things/d/shadow/update", "{}")
+	pub.publish(t, "plain", "x")
+	shadow.await(t, "$aws/things/d/shadow/update", nil)
+	all.await(t, "plain", nil)
+	if got := all.topics(); len(got) != 0 {
+		t.Fatalf("a first-level wildcard received %v", got)
+	}
+}
