@@ -37,7 +37,11 @@ func startOwnerCA(t *testing.T, emu *emulator.Emulator) *ownerCA {
 	}
 	// The service's own identity, signed by the same CA.
 	svc := ownerIdentity(t, o.ca, "owner-ca-service")
-	if _, err := emu.RegisterCertificate(ctx, account, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: svc.Chain[0].Raw}), emulator.CertificateOptions{}); err != nil {
+	svcCert, err := emu.RegisterCertificate(ctx, account, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: svc.Chain[0].Raw}), emulator.CertificateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := emu.AttachAllowAllPolicy(ctx, account, svcCert.ID); err != nil {
 		t.Fatal(err)
 	}
 	c, err := iot.New(iot.Config{Endpoint: iot.Endpoint{Host: emu.Endpoint(account), Address: emu.Addr()}, Roots: emu.RootCAs(),
@@ -82,6 +86,10 @@ func startOwnerCA(t *testing.T, emu *emulator.Emulator) *ownerCA {
 		der := o.ca.issue(t, csr.PublicKey, time.Now().Add(-time.Minute), time.Now().Add(30*24*time.Hour), x509.ECDSAWithSHA256)
 		certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 		reg, err := emu.RegisterCertificate(context.Background(), account, certPEM, emulator.CertificateOptions{Thing: thingName})
+		if err == nil {
+			// The owner's topics are outside the least-privilege device policy.
+			err = emu.AttachAllowAllPolicy(context.Background(), account, reg.ID)
+		}
 		if err != nil {
 			reply(false, map[string]any{"statusCode": 500, "errorCode": "InternalError", "errorMessage": err.Error()})
 			return
@@ -119,6 +127,9 @@ func TestTopicIssuer(t *testing.T) {
 	owner := startOwnerCA(t, emu)
 	r := newRig(t, emu, fileStores)
 	old := r.provision().Current
+	if err := emu.AttachAllowAllPolicy(context.Background(), account, old.CertificateID); err != nil {
+		t.Fatal(err)
+	}
 	r.runner.Issuer = &fleetprov.TopicIssuer{Conn: r.session, ThingName: thing, Request: "certs/{thing}/csr", Response: "certs/{thing}/issued", Timeout: 10 * time.Second}
 	r.runner.Roots = owner.ca.pool()
 	ctx := context.Background()

@@ -2,48 +2,71 @@ package emulator
 
 import "strings"
 
-// The emulator's one topic policy, in place of AWS IoT policies: a device may
-// use ordinary topics freely, its own thing's reserved topics
-// ($aws/things/<client ID>/...), and the fleet-provisioning API, whose replies
-// go only to the connection that asked. Everything else under $ is refused,
-// so no device can read another thing's job documents or new certificates.
+// Accounts share one mochi broker, so every topic and filter a device sends
+// is moved into its account's namespace ($acct/<account>/<topic>) on the way
+// in and taken out on the way out: a message published in one account never
+// matches a subscription, or replaces a retained message, of another. Client
+// IDs are namespaced the same way (account/clientID), so a device of one
+// account cannot take over another account's session.
 
-// aclAllows reports whether a client may publish to a topic (write) or
-// subscribe to a filter / receive on a topic (!write).
-func aclAllows(clientID, topic string, write bool) bool {
-	if rest, ok := strings.CutPrefix(topic, "$share/"); ok {
-		// $share/<group>/<filter>: the filter is what matters.
-		_, filter, found := strings.Cut(rest, "/")
-		if !found {
-			return false
-		}
-		topic = filter
+const nsRoot = "$acct/"
+
+func topicNS(account string) string { return nsRoot + account + "/" }
+
+// toBroker moves a topic name or filter into an account's namespace; a shared
+// subscription keeps its $share/<group>/ in front.
+func toBroker(account, topic string) string {
+	if topic == "" {
+		return ""
 	}
+	if rest, ok := strings.CutPrefix(topic, "$share/"); ok {
+		if group, filter, found := strings.Cut(rest, "/"); found {
+			return "$share/" + group + "/" + topicNS(account) + filter
+		}
+	}
+	return topicNS(account) + topic
+}
+
+// fromBroker is the inverse of toBroker; ok is false for a topic outside the
+// account's namespace (none should reach a device).
+func fromBroker(account, topic string) (string, bool) {
+	if rest, ok := strings.CutPrefix(topic, "$share/"); ok {
+		if group, filter, found := strings.Cut(rest, "/"); found {
+			if f, ok := strings.CutPrefix(filter, topicNS(account)); ok {
+				return "$share/" + group + "/" + f, true
+			}
+		}
+		return topic, false
+	}
+	return strings.CutPrefix(topic, topicNS(account))
+}
+
+func clientNS(account, clientID string) string { return account + "/" + clientID }
+
+// reservedPublish says why AWS IoT refuses a device's PUBLISH to a reserved
+// topic whatever its policies allow ("" when it does not): topics starting
+// with $ belong to AWS IoT, and a device may publish only the requests of its
+// APIs there, never the replies and notifications AWS IoT itself publishes
+// (…/accepted, …/rejected, Jobs notify and notify-next, shadow
+// delta/documents, $aws/events).
+func reservedPublish(topic string) string {
 	if !strings.HasPrefix(topic, "$") {
-		return true
+		return ""
+	}
+	if !strings.HasPrefix(topic, "$aws/") {
+		return "topics starting with $ are reserved for AWS IoT; a device cannot publish to " + topic
 	}
 	levels := strings.Split(topic, "/")
 	last := levels[len(levels)-1]
-	isReply := last == "accepted" || last == "rejected"
 	switch {
-	case len(levels) >= 3 && levels[0] == "$aws" && levels[1] == "things":
-		// A client ID of "+" or "#" must not turn into a wildcard over
-		// every thing.
-		if levels[2] != clientID || levels[2] == "+" || levels[2] == "#" {
-			return false
-		}
-		if write && (isReply || (len(levels) == 5 && levels[3] == "jobs" && (last == "notify" || last == "notify-next"))) {
-			return false
-		}
-		return true
-	case len(levels) >= 2 && levels[0] == "$aws" && (levels[1] == "certificates" || levels[1] == "provisioning-templates"):
-		return !(write && isReply)
-	case len(levels) >= 3 && levels[0] == "$aws" && levels[1] == "events" && (levels[2] == "job" || levels[2] == "jobExecution"):
-		// Jobs events (when enabled) are for the account's cloud-side
-		// programs to read; only the emulator publishes them.
-		return !write
+	case levels[1] == "events":
+		return "AWS IoT publishes the $aws/events topics; devices may only subscribe to them"
+	case last == "accepted" || last == "rejected" || last == "delta" || last == "documents":
+		return "AWS IoT publishes the replies on …/" + last + "; a device publishes the request topic and subscribes to this one"
+	case len(levels) == 5 && levels[1] == "things" && levels[3] == "jobs" && (last == "notify" || last == "notify-next"):
+		return "AWS IoT publishes Jobs notifications on " + last + "; devices may only subscribe to it"
 	}
-	return false
+	return ""
 }
 
 // topicMatches reports whether an MQTT topic filter matches a topic name.

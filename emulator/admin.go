@@ -46,6 +46,14 @@ type Admin interface {
 	JobExecution(ctx context.Context, account, thing, jobID string) (JobExecution, error)
 	JobExecutions(ctx context.Context, account, thing string) ([]JobExecution, error)
 	History(ctx context.Context, q HistoryQuery) ([]ConnectionEvent, error)
+	CreatePolicy(ctx context.Context, account, name, document string) (Policy, error)
+	Policy(ctx context.Context, account, name string) (Policy, error)
+	Policies(ctx context.Context, account string) ([]Policy, error)
+	DeletePolicy(ctx context.Context, account, name string) error
+	AttachPolicy(ctx context.Context, account, policyName, target string) error
+	DetachPolicy(ctx context.Context, account, policyName, target string) error
+	AttachedPolicies(ctx context.Context, account, target string) ([]Policy, error)
+	AttachAllowAllPolicy(ctx context.Context, account, certID string) error
 	// Close releases the state folder (offline) or the socket client (online).
 	Close() error
 }
@@ -96,6 +104,9 @@ type adminArgs struct {
 	Template     *Template           `json:"template,omitempty"`
 	Job          *Job                `json:"job,omitempty"`
 	Query        *HistoryQuery       `json:"query,omitempty"`
+	Name         string              `json:"name,omitempty"`
+	Document     string              `json:"document,omitempty"`
+	Target       string              `json:"target,omitempty"`
 }
 
 func deref[T any](p *T) T {
@@ -159,6 +170,22 @@ func dispatch(ctx context.Context, r *Registry, method string, a adminArgs) (any
 		return r.JobExecutions(ctx, a.Account, a.Thing)
 	case "History":
 		return r.History(ctx, deref(a.Query))
+	case "CreatePolicy":
+		return r.CreatePolicy(ctx, a.Account, a.Name, a.Document)
+	case "Policy":
+		return r.Policy(ctx, a.Account, a.Name)
+	case "Policies":
+		return r.Policies(ctx, a.Account)
+	case "DeletePolicy":
+		return nil, r.DeletePolicy(ctx, a.Account, a.Name)
+	case "AttachPolicy":
+		return nil, r.AttachPolicy(ctx, a.Account, a.Name, a.Target)
+	case "DetachPolicy":
+		return nil, r.DetachPolicy(ctx, a.Account, a.Name, a.Target)
+	case "AttachedPolicies":
+		return r.AttachedPolicies(ctx, a.Account, a.Target)
+	case "AttachAllowAllPolicy":
+		return nil, r.AttachAllowAllPolicy(ctx, a.Account, a.ID)
 	}
 	return nil, fmt.Errorf("emulator: admin call %q: %w: no such call", method, ErrInvalid)
 }
@@ -169,7 +196,7 @@ var errorKinds = []struct {
 	err  error
 }{
 	{"not_found", ErrNotFound}, {"exists", ErrExists}, {"invalid", ErrInvalid},
-	{"locked", ErrLocked}, {"policy", keystore.ErrPolicy},
+	{"locked", ErrLocked}, {"policy", keystore.ErrPolicy}, {"conflict", ErrConflict},
 	{"invalid_state", ErrInvalidState}, {"version_conflict", ErrVersionConflict},
 }
 
@@ -387,4 +414,28 @@ func (c *adminClient) JobExecutions(ctx context.Context, account, thing string) 
 }
 func (c *adminClient) History(ctx context.Context, q HistoryQuery) ([]ConnectionEvent, error) {
 	return callFor[[]ConnectionEvent](ctx, c, "History", adminArgs{Query: &q})
+}
+func (c *adminClient) CreatePolicy(ctx context.Context, account, name, document string) (Policy, error) {
+	return callFor[Policy](ctx, c, "CreatePolicy", adminArgs{Account: account, Name: name, Document: document})
+}
+func (c *adminClient) Policy(ctx context.Context, account, name string) (Policy, error) {
+	return callFor[Policy](ctx, c, "Policy", adminArgs{Account: account, Name: name})
+}
+func (c *adminClient) Policies(ctx context.Context, account string) ([]Policy, error) {
+	return callFor[[]Policy](ctx, c, "Policies", adminArgs{Account: account})
+}
+func (c *adminClient) DeletePolicy(ctx context.Context, account, name string) error {
+	return c.call(ctx, "DeletePolicy", adminArgs{Account: account, Name: name}, nil)
+}
+func (c *adminClient) AttachPolicy(ctx context.Context, account, policyName, target string) error {
+	return c.call(ctx, "AttachPolicy", adminArgs{Account: account, Name: policyName, Target: target}, nil)
+}
+func (c *adminClient) DetachPolicy(ctx context.Context, account, policyName, target string) error {
+	return c.call(ctx, "DetachPolicy", adminArgs{Account: account, Name: policyName, Target: target}, nil)
+}
+func (c *adminClient) AttachedPolicies(ctx context.Context, account, target string) ([]Policy, error) {
+	return callFor[[]Policy](ctx, c, "AttachedPolicies", adminArgs{Account: account, Target: target})
+}
+func (c *adminClient) AttachAllowAllPolicy(ctx context.Context, account, certID string) error {
+	return c.call(ctx, "AttachAllowAllPolicy", adminArgs{Account: account, ID: certID}, nil)
 }

@@ -96,6 +96,9 @@ func TestOpenAdminOfflineAndOnline(t *testing.T) {
 	if cert.ID != d.id || cert.Mode != ModeSNIOnly || cert.Things[0] != "dev-1" {
 		t.Fatalf("registered over the socket: %+v", cert)
 	}
+	if err := adm.AttachAllowAllPolicy(ctx, "A", cert.ID); err != nil {
+		t.Fatal(err)
+	}
 	// The running emulator sees it at once.
 	mustDial(t, e, d, "dev-1", dialOpts{account: "A"})
 	// Errors keep their kind across the socket.

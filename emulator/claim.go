@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"math/big"
 	"time"
@@ -17,7 +18,8 @@ import (
 // year by the emulator's clock — and registers it in account without a CA, as
 // RegisterCertificateWithoutCA does. It returns the certificate as PEM, for the
 // device's claim.cert, and its registration. The key signs the certificate, so
-// it may be in any key store.
+// it may be in any key store. The certificate gets the least-privilege
+// ClaimPolicy (for every template), stored as ClaimPolicyName.
 func (r *Registry) RegisterClaim(ctx context.Context, account string, key crypto.Signer, commonName string) ([]byte, Certificate, error) {
 	now := r.cfg.now()
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 64))
@@ -41,5 +43,15 @@ func (r *Registry) RegisterClaim(ctx context.Context, account string, key crypto
 	if err != nil {
 		return nil, Certificate{}, err
 	}
+	// As a factory would on AWS: the claim may provision and nothing else.
+	if _, err := r.CreatePolicy(ctx, account, ClaimPolicyName, ClaimPolicy("*")); err != nil && !errors.Is(err, ErrExists) {
+		return nil, Certificate{}, err
+	}
+	if err := r.AttachPolicy(ctx, account, ClaimPolicyName, c.ID); err != nil {
+		return nil, Certificate{}, err
+	}
 	return certPEM, c, nil
 }
+
+// ClaimPolicyName is the policy RegisterClaim attaches to claim certificates.
+const ClaimPolicyName = "thingcert-claim"

@@ -18,6 +18,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/thingcert/thingcert/emulator/iotpolicy"
 )
 
 // Emulator is a running local AWS IoT Core for devices: an MQTT broker over
@@ -292,7 +294,9 @@ func (e *Emulator) record(ev ConnectionEvent, v verdict) {
 	attrs := []any{"rule", ev.Rule, "reason", ev.Reason, "cert_id", ev.CertificateID, "sni", ev.SNI, "account", ev.Account, "client_id", ev.ClientID, "remote", ev.Remote, "listener", ev.Listener}
 	switch ev.Outcome {
 	case Refused:
-		e.log.Warn("emulator: connection refused", attrs...)
+		e.log.Warn("emulator: connection refused", append(attrs, "action", ev.Action, "resource", ev.Resource)...)
+	case Denied:
+		e.log.Warn("emulator: action denied", append(attrs, "action", ev.Action, "resource", ev.Resource)...)
 	case Accepted:
 		e.log.Info("emulator: connection accepted", "cert_id", ev.CertificateID, "sni", ev.SNI, "account", ev.Account, "client_id", ev.ClientID, "remote", ev.Remote, "listener", ev.Listener, "tls", ev.TLS)
 	default:
@@ -300,9 +304,25 @@ func (e *Emulator) record(ev ConnectionEvent, v verdict) {
 	}
 }
 
+// denied records an action of an accepted connection that its policies (or
+// AWS IoT's reserved-topic rules) refused: which action, on which resource ARN.
+func (e *Emulator) denied(sess *session, rule Rule, action, resource, reason string) {
+	ev := sess.event(Denied, e.cfg.now())
+	ev.Action, ev.Resource = action, resource
+	e.record(ev, verdict{Rule: rule, Reason: reason})
+}
+
 // send writes a reply to one client only, bypassing the broker, so no other
-// client can see it.
+// client can see it. Like every delivery it needs iot:Receive on its topic.
 func (e *Emulator) send(cl *mqtt.Client, m message) {
+	if sess := sessionOf(cl); sess != nil {
+		account, certID, clientID, remote := sess.connInfo()
+		d, resource := e.authorize(request{account: account, certID: certID, clientID: clientID, remote: remote, action: iotpolicy.ActionReceive, kind: "topic", name: m.Topic})
+		if !d.Allowed {
+			e.denied(sess, RulePolicy, iotpolicy.ActionReceive, resource, fmt.Sprintf("iot:Receive on %s: %s; the reply was not delivered", resource, d))
+			return
+		}
+	}
 	err := cl.WritePacket(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish},
 		TopicName:   m.Topic,

@@ -38,6 +38,15 @@ func ExampleStart() {
 		log.Fatal(err)
 	}
 	fmt.Println(emu.Endpoint("dev"), cert.Mode)
+	// AWS IoT refuses a CONNECT that no policy of the certificate allows:
+	// give it the least-privilege device policy (connect as its thing name,
+	// its own Jobs and rotation topics).
+	if _, err := emu.CreatePolicy(ctx, "dev", "device", emulator.DevicePolicy("*")); err != nil {
+		log.Fatal(err)
+	}
+	if err := emu.AttachPolicy(ctx, "dev", "device", cert.ID); err != nil {
+		log.Fatal(err)
+	}
 
 	cfg := emu.ClientTLS("dev")
 	cfg.Certificates = []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}

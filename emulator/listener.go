@@ -30,6 +30,13 @@ type session struct {
 	clientID   string
 	endRule    Rule
 	endReason  string
+	// pendingSub holds the iot:Subscribe decisions of the SUBSCRIBE being
+	// processed, by broker filter, for OnACLCheck (hooks.go).
+	pendingSub map[string]bool
+	// pubQoS is the QoS of the PUBLISH being processed; aliases are the
+	// client's MQTT 5 topic aliases (device topic names).
+	pubQoS  byte
+	aliases map[uint16]string
 }
 
 func (s *session) event(outcome Outcome, now time.Time) ConnectionEvent {

@@ -117,8 +117,12 @@ func waitSubscribed(t *testing.T, e *testEmu, clientID string) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if cl, ok := e.server.Clients.Get(clientID); ok && !cl.Closed() && cl.State.Subscriptions.Len() > 0 {
-			return
+		for _, cl := range e.server.Clients.GetAll() {
+			if sess := sessionOf(cl); sess != nil && !cl.Closed() && cl.State.Subscriptions.Len() > 0 {
+				if _, _, id, _ := sess.connInfo(); id == clientID {
+					return
+				}
+			}
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -190,7 +194,7 @@ func TestMosquittoCreateCertificateFromCSR(t *testing.T) {
 		t.Fatal("openssl wrote no PEM key")
 	}
 	dev := &device{cert: cert, pem: []byte(acc.CertificatePEM), keyPEM: keyPEM, id: acc.CertificateID}
-	if _, err := m.run(t, "mosquitto_pub", m.args(t, dev, "sensor-77", "-t", "hello", "-m", strconv.Itoa(77), "-q", "1")...); err != nil {
+	if _, err := m.run(t, "mosquitto_pub", m.args(t, dev, "sensor-77", "-t", "dt/sensor-77/hello", "-m", strconv.Itoa(77), "-q", "1")...); err != nil {
 		t.Fatalf("connecting with the provisioned certificate: %v", err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"maps"
 	"strings"
 	"time"
+
+	"github.com/thingcert/thingcert/emulator/iotpolicy"
 )
 
 // Fleet provisioning MQTT API topics (JSON payloads).
@@ -237,6 +239,25 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 		if err != nil {
 			perr = badRequest(errInvalidRequest, "Provisioning template %s: %v", templateName, err)
 			return nil, nil
+		}
+		// Every policy must be there (or be made) before anything changes.
+		for _, p := range plan.Policies {
+			if _, ok := a.Policies[p.Name]; !ok && p.Document == "" {
+				perr = badRequest(errInvalidRequest, "Provisioning template %s: policy %s does not exist in this account; create it first or give a PolicyDocument", templateName, p.Name)
+				return nil, nil
+			}
+		}
+		for _, p := range plan.Policies {
+			if _, ok := a.Policies[p.Name]; !ok {
+				doc, _ := iotpolicy.Parse(p.Document) // evalTemplate parsed it
+				if _, err := createPolicyLocked(a, p.Name, p.Document, doc, now); err != nil {
+					return nil, err
+				}
+			}
+			if err := attachPolicyLocked(a, p.Name, tok.CertID); err != nil {
+				perr = badRequest(errInvalidRequest, "Provisioning template %s: %v", templateName, err)
+				return nil, nil
+			}
 		}
 		if plan.ThingName != "" {
 			attachLocked(a, plan.ThingName, tok.CertID, now)

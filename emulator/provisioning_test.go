@@ -44,7 +44,17 @@ func claimSetup(t *testing.T, cfg Config) (*testEmu, *device) {
 		t.Fatal(err)
 	}
 	claim := issue(t, ca, "claim", certOpts{})
-	register(t, e, "fleet", claim, CertificateOptions{})
+	if _, err := e.RegisterCertificate(ctx, "fleet", claim.pem, CertificateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The least-privilege claim policy of AWS's documentation: these tests
+	// prove it is enough to provision.
+	if _, err := e.CreatePolicy(ctx, "fleet", "claim", ClaimPolicy("*")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AttachPolicy(ctx, "fleet", "claim", claim.id); err != nil {
+		t.Fatal(err)
+	}
 	return e, claim
 }
 
@@ -186,6 +196,15 @@ func TestFleetProvisioningErrors(t *testing.T) {
 
 func TestCreateKeysAndCertificate(t *testing.T) {
 	e, claim := claimSetup(t, Config{CertificateLifetime: 10 * time.Minute})
+	// AWS's example claim policy also allows CreateKeysAndCertificate; the
+	// emulator's least-privilege one does not.
+	keys := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["iot:Publish","iot:Receive"],"Resource":"arn:aws:iot:*:*:topic/$aws/certificates/create/*"},{"Effect":"Allow","Action":"iot:Subscribe","Resource":"arn:aws:iot:*:*:topicfilter/$aws/certificates/create/*"}]}`
+	if _, err := e.CreatePolicy(ctx, "fleet", "create-keys", keys); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AttachPolicy(ctx, "fleet", "create-keys", claim.id); err != nil {
+		t.Fatal(err)
+	}
 	c := mustDial(t, e, claim, "provisioner", dialOpts{account: "fleet"})
 	c.subscribe(t, topicCreateKeys+"/accepted", topicCreateKeys+"/rejected")
 	c.publish(t, topicCreateKeys, []byte{})
@@ -210,6 +229,14 @@ func TestCreateKeysAndCertificate(t *testing.T) {
 
 func TestProvisioningRepliesReachOnlyTheRequester(t *testing.T) {
 	e, claim := claimSetup(t, Config{})
+	// The spy may also use the topic "probe", for the round trip below.
+	probe := `{"Version":"2012-10-17","Statement":{"Effect":"Allow","Action":["iot:Publish","iot:Subscribe","iot:Receive"],"Resource":["arn:aws:iot:*:*:topic/probe","arn:aws:iot:*:*:topicfilter/probe"]}}`
+	if _, err := e.CreatePolicy(ctx, "fleet", "probe", probe); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.AttachPolicy(ctx, "fleet", "probe", claim.id); err != nil {
+		t.Fatal(err)
+	}
 	asker := mustDial(t, e, claim, "asker", dialOpts{account: "fleet"})
 	spy := mustDial(t, e, claim, "spy", dialOpts{account: "fleet"})
 	spy.subscribe(t, topicCreateFromCSR+"/accepted", topicCreateFromCSR)
@@ -225,7 +252,7 @@ func TestProvisioningRepliesReachOnlyTheRequester(t *testing.T) {
 	if got := spy.topics(); len(got) != 0 {
 		t.Fatalf("another client received %v", got)
 	}
-	// And no client may subscribe to another thing's reserved topics.
+	// And the claim policy lets no client subscribe to a thing's topics.
 	tok := spy.Subscribe("$aws/things/asker/jobs/notify-next", 1, nil)
 	tok.Wait()
 	if code := tok.(interface{ Result() map[string]byte }).Result()["$aws/things/asker/jobs/notify-next"]; code != 0x80 {

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/thingcert/thingcert/emulator/iotpolicy"
 	"github.com/thingcert/thingcert/internal/atomicfile"
 	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/keystore"
@@ -87,6 +88,8 @@ type accountRec struct {
 	Groups    map[string]*groupRec `json:"thingGroups,omitempty"`
 	// Events are UpdateEventConfigurations' switches by event type.
 	Events map[string]bool `json:"eventConfigurations,omitempty"`
+	// Policies are the account's IoT policies (policies.go).
+	Policies map[string]*policyRec `json:"policies,omitempty"`
 }
 
 type caRec struct {
@@ -102,11 +105,13 @@ type caRec struct {
 }
 
 type certRec struct {
-	PEM       string            `json:"pem"`
-	Status    CertificateStatus `json:"status"`
-	CAID      string            `json:"caId,omitempty"`
-	Things    []string          `json:"things,omitempty"`
-	CreatedAt time.Time         `json:"createdAt"`
+	PEM    string            `json:"pem"`
+	Status CertificateStatus `json:"status"`
+	CAID   string            `json:"caId,omitempty"`
+	Things []string          `json:"things,omitempty"`
+	// Policies are the names of the IoT policies attached to it.
+	Policies  []string  `json:"policies,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
 	cert      *x509.Certificate
 }
 
@@ -125,7 +130,8 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 		Account: a, CreatedAt: now,
 		CAs: map[string]*caRec{}, Certs: map[string]*certRec{}, Things: map[string]*thingRec{},
 		Templates: map[string]*Template{}, Jobs: map[string]*jobRec{}, Tokens: map[string]*tokenRec{},
-		Groups: map[string]*groupRec{},
+		Groups:   map[string]*groupRec{},
+		Policies: map[string]*policyRec{},
 	}
 }
 
@@ -276,6 +282,14 @@ func (r *Registry) load() error {
 		for _, g := range a.Groups {
 			if g.Things == nil {
 				g.Things = map[string]bool{}
+			}
+		}
+		if a.Policies == nil {
+			a.Policies = fresh.Policies
+		}
+		for pname, p := range a.Policies {
+			if p.doc, err = iotpolicy.Parse(p.Document); err != nil {
+				return fmt.Errorf("emulator: %s: account %s policy %s: %w", path, name, pname, err)
 			}
 		}
 		for id, c := range a.CAs {
@@ -1000,6 +1014,9 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 		}
 		if c.Status == StatusActive {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrInvalid)
+		}
+		if len(c.Policies) > 0 {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w: policies %s are attached to it; detach them first", certID, account, ErrConflict, strings.Join(c.Policies, ", "))
 		}
 		delete(a.Certs, certID)
 		return nil, nil

@@ -93,43 +93,47 @@ func TestDecideTLS(t *testing.T) {
 	}
 }
 
-func TestACL(t *testing.T) {
-	cases := []struct {
+func TestReservedTopicsAndNamespaces(t *testing.T) {
+	for _, c := range []struct {
 		topic string
-		write bool
 		ok    bool
 	}{
-		{"sensors/temp", true, true},
-		{"#", false, true},
-		{"$aws/things/me/jobs/notify-next", false, true},
-		{"$aws/things/me/jobs/+/update/accepted", false, true},
-		{"$aws/things/me/jobs/j1/update", true, true},
-		{"$aws/things/me/jobs/notify-next", true, false},
-		{"$aws/things/me/jobs/j1/update/accepted", true, false},
-		{"$aws/things/other/jobs/notify-next", false, false},
-		{"$aws/things/+/jobs/notify-next", false, false},
-		{"$aws/things/#", false, false},
-		{"$aws/certificates/create-from-csr/json", true, true},
-		{"$aws/certificates/create-from-csr/json/accepted", false, true},
-		{"$aws/certificates/create-from-csr/json/accepted", true, false},
-		{"$aws/provisioning-templates/t/provision/json/+", false, true},
-		{"$SYS/#", false, false},
-		{"$aws/events/#", false, false},
-		{"$aws/events/jobExecution/+/succeeded", false, true},
-		{"$aws/events/job/j1/completed", false, true},
-		{"$aws/events/jobExecution/j1/succeeded", true, false},
-		{"$aws/events/presence/connected/me", false, false},
-		{"$share/g/$aws/things/other/#", false, false},
-		{"$share/g/sensors/#", false, true},
-	}
-	for _, c := range cases {
-		if got := aclAllows("me", c.topic, c.write); got != c.ok {
-			t.Errorf("aclAllows(me, %q, write=%v) = %v, want %v", c.topic, c.write, got, c.ok)
+		{"sensors/temp", true},
+		{"$aws/things/me/jobs/j1/update", true},
+		{"$aws/things/me/jobs/get", true},
+		{"$aws/certificates/create-from-csr/json", true},
+		{"$aws/provisioning-templates/t/provision/json", true},
+		{"$aws/things/me/shadow/update", true},
+		{"$aws/things/me/jobs/notify-next", false},
+		{"$aws/things/me/jobs/notify", false},
+		{"$aws/things/me/jobs/j1/update/accepted", false},
+		{"$aws/certificates/create-from-csr/json/accepted", false},
+		{"$aws/provisioning-templates/t/provision/json/rejected", false},
+		{"$aws/things/me/shadow/update/delta", false},
+		{"$aws/events/presence/connected/me", false},
+		{"$aws/events/jobExecution/j1/succeeded", false},
+		{"$SYS/broker/uptime", false},
+		{"$share/g/x", false},
+	} {
+		if why := reservedPublish(c.topic); (why == "") != c.ok {
+			t.Errorf("reservedPublish(%q) = %q, want allowed=%v", c.topic, why, c.ok)
 		}
 	}
-	for _, wild := range []string{"+", "#"} {
-		if aclAllows(wild, "$aws/things/"+wild+"/jobs/notify-next", false) {
-			t.Errorf("client ID %q may subscribe to every thing's jobs", wild)
+	for _, c := range []struct{ account, topic, broker string }{
+		{"A", "a/b", "$acct/A/a/b"},
+		{"A", "$aws/things/t/jobs/notify", "$acct/A/$aws/things/t/jobs/notify"},
+		{"B", "$share/g/x/#", "$share/g/$acct/B/x/#"},
+		{"B", "", ""},
+	} {
+		got := toBroker(c.account, c.topic)
+		if got != c.broker {
+			t.Errorf("toBroker(%s, %q) = %q, want %q", c.account, c.topic, got, c.broker)
+		}
+		if back, ok := fromBroker(c.account, got); c.topic != "" && (!ok || back != c.topic) {
+			t.Errorf("fromBroker(%s, %q) = %q, %v", c.account, got, back, ok)
+		}
+		if _, ok := fromBroker("other", got); c.topic != "" && ok {
+			t.Errorf("fromBroker(other, %q) accepted another account's topic", got)
 		}
 	}
 	for _, c := range []struct {

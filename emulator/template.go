@@ -2,18 +2,22 @@ package emulator
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
+
+	"github.com/thingcert/thingcert/emulator/iotpolicy"
 )
 
 // The subset of AWS's provisioning template language the emulator evaluates:
 // Parameters (Type String, Default), Resources of type AWS::IoT::Thing
 // (ThingName, AttributePayload), AWS::IoT::Certificate (CertificateId, Status)
-// and AWS::IoT::Policy (accepted, not enforced: the emulator has one fixed
-// topic policy), values written as literals, {"Ref": name}, {"Fn::Join": [sep,
+// and AWS::IoT::Policy (PolicyName of an existing policy, or PolicyDocument,
+// attached to the new certificate), values written as literals, {"Ref": name}, {"Fn::Join": [sep,
 // [values]]} or {"Fn::Sub": "text ${name}"}, and DeviceConfiguration.
 
 type templateDoc struct {
@@ -61,6 +65,9 @@ func parseTemplate(body json.RawMessage) (*templateDoc, error) {
 		case resCertificate:
 			certs++
 		case resPolicy:
+			if err := checkPolicyResource(name, res); err != nil {
+				return nil, err
+			}
 		default:
 			return nil, fmt.Errorf("%w: resource %s has type %q; the emulator handles AWS::IoT::Thing, AWS::IoT::Certificate and AWS::IoT::Policy", ErrInvalid, name, res.Type)
 		}
@@ -85,6 +92,14 @@ type provisionPlan struct {
 	ThingAttributes     map[string]string
 	CertificateStatus   CertificateStatus
 	DeviceConfiguration map[string]string
+	// Policies are attached to the certificate: existing ones by name, or
+	// made from Document (named by PolicyName or a hash of the document).
+	Policies []planPolicy
+}
+
+type planPolicy struct {
+	Name     string
+	Document string
 }
 
 // evalTemplate evaluates a template for the given parameters and certificate.
@@ -144,6 +159,12 @@ func evalTemplate(doc *templateDoc, params map[string]string, certID string, cer
 				}
 				plan.ThingAttributes = attrs
 			}
+		case resPolicy:
+			p, err := evalPolicyResource(res, vals)
+			if err != nil {
+				return provisionPlan{}, fmt.Errorf("resource %s: %w", name, err)
+			}
+			plan.Policies = append(plan.Policies, p)
 		case resCertificate:
 			if raw, ok := res.Properties["CertificateId"]; ok {
 				id, err := evalValue(raw, vals)
@@ -272,8 +293,9 @@ func evalAttributes(raw json.RawMessage, vals map[string]string) (map[string]str
 
 // SimpleTemplate is the body of a common template: the thing is named
 // thingNamePrefix followed by the value of the parameter thingNameParameter
-// (e.g. "sensor-" and "SerialNumber"), the new certificate is attached to it and
-// activated. An empty prefix names the thing by the parameter alone.
+// (e.g. "sensor-" and "SerialNumber"), the new certificate is attached to it,
+// activated, and given the least-privilege DevicePolicy (for any template
+// name). An empty prefix names the thing by the parameter alone.
 func SimpleTemplate(thingNamePrefix, thingNameParameter string) json.RawMessage {
 	var thingName any = map[string]any{"Ref": thingNameParameter}
 	if thingNamePrefix != "" {
@@ -295,6 +317,11 @@ func SimpleTemplate(thingNamePrefix, thingNameParameter string) json.RawMessage 
 					"CertificateId": map[string]any{"Ref": CertificateIDParameter},
 					"Status":        "Active",
 				},
+			},
+			// AWS IoT refuses a certificate without a policy at CONNECT.
+			"policy": map[string]any{
+				"Type":       resPolicy,
+				"Properties": map[string]any{"PolicyDocument": DevicePolicy("*")},
 			},
 		},
 	}
@@ -331,4 +358,78 @@ func substitute(text string, vals map[string]string) (string, error) {
 		b.WriteString(val)
 		text = text[i+2+j+1:]
 	}
+}
+
+// checkPolicyResource checks an AWS::IoT::Policy resource when the template is
+// created: PolicyName or PolicyDocument, not both, and a literal document
+// must be one AWS IoT accepts.
+func checkPolicyResource(name string, res templateResource) error {
+	_, hasName := res.Properties["PolicyName"]
+	raw, hasDoc := res.Properties["PolicyDocument"]
+	if hasName == hasDoc {
+		return fmt.Errorf("%w: resource %s (AWS::IoT::Policy) takes PolicyName or PolicyDocument, one of them", ErrInvalid, name)
+	}
+	if hasDoc {
+		doc, literal, err := policyDocument(raw)
+		if err != nil {
+			return fmt.Errorf("%w: resource %s PolicyDocument: %v", ErrInvalid, name, err)
+		}
+		if literal {
+			if _, err := iotpolicy.Parse(doc); err != nil {
+				return fmt.Errorf("%w: resource %s PolicyDocument: %w", ErrInvalid, name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// policyDocument reads a PolicyDocument: AWS writes it as a JSON string; a
+// JSON object is taken as the document too. literal is false for a Ref or
+// function, whose value is known only at RegisterThing.
+func policyDocument(raw json.RawMessage) (doc string, literal bool, err error) {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s, true, nil
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return "", false, fmt.Errorf("a policy document is a JSON string (or object)")
+	}
+	if _, fn := obj["Ref"]; fn || len(obj) == 1 && strings.HasPrefix(firstKey(obj), "Fn::") {
+		return "", false, nil
+	}
+	return string(raw), true, nil
+}
+
+func firstKey(m map[string]json.RawMessage) string {
+	for k := range m {
+		return k
+	}
+	return ""
+}
+
+func evalPolicyResource(res templateResource, vals map[string]string) (planPolicy, error) {
+	if raw, ok := res.Properties["PolicyName"]; ok {
+		n, err := evalValue(raw, vals)
+		if err != nil {
+			return planPolicy{}, fmt.Errorf("PolicyName: %w", err)
+		}
+		return planPolicy{Name: n}, nil
+	}
+	raw := res.Properties["PolicyDocument"]
+	doc, literal, err := policyDocument(raw)
+	if err != nil {
+		return planPolicy{}, fmt.Errorf("PolicyDocument: %w", err)
+	}
+	if !literal {
+		if doc, err = evalValue(raw, vals); err != nil {
+			return planPolicy{}, fmt.Errorf("PolicyDocument: %w", err)
+		}
+	}
+	if _, err := iotpolicy.Parse(doc); err != nil {
+		return planPolicy{}, fmt.Errorf("PolicyDocument: %w", err)
+	}
+	// AWS names a policy made from a template by a hash of its document.
+	sum := sha256.Sum256([]byte(doc))
+	return planPolicy{Name: hex.EncodeToString(sum[:]), Document: doc}, nil
 }

@@ -267,6 +267,10 @@ const (
 	Accepted     Outcome = "accepted"
 	Refused      Outcome = "refused"
 	Disconnected Outcome = "disconnected"
+	// Denied: an accepted connection asked for something its policies do not
+	// allow (a PUBLISH, a SUBSCRIBE filter, a delivery); Action and Resource
+	// say what.
+	Denied Outcome = "denied"
 )
 
 // Rule names the connection rule that refused (or ended) a connection, so tests
@@ -290,6 +294,8 @@ const (
 	RuleSessionTakeover Rule = "session-takeover"     // a newer connection took the client ID
 	RuleStatusChanged   Rule = "status-changed"       // the certificate stopped being ACTIVE while connected
 	RuleClosed          Rule = "closed"               // the client or the emulator closed the connection
+	RulePolicy          Rule = "policy"               // the certificate's IoT policies do not allow the action
+	RuleReservedTopic   Rule = "reserved-topic"       // a publish AWS IoT refuses on a reserved ($) topic, whatever the policy
 )
 
 // ConnectionEvent is one entry of the connection history: an accepted or refused
@@ -308,6 +314,10 @@ type ConnectionEvent struct {
 	// CertificateID is the SHA-256 of the client certificate, when one was sent.
 	CertificateID string `json:"certificateId,omitempty"`
 	ClientID      string `json:"clientId,omitempty"`
+	// Action and Resource are the IoT policy action and resource ARN a
+	// policy refusal was about (iot:Publish on arn:aws:iot:…:topic/…).
+	Action   string `json:"action,omitempty"`
+	Resource string `json:"resource,omitempty"`
 }
 
 // String is the event in one line, for logs and the CLI.
@@ -317,7 +327,7 @@ func (e ConnectionEvent) String() string {
 	if e.Rule != "" {
 		fmt.Fprintf(&b, " rule=%s", e.Rule)
 	}
-	for _, kv := range [][2]string{{"account", e.Account}, {"sni", e.SNI}, {"cert", e.CertificateID}, {"client", e.ClientID}, {"listener", e.Listener}, {"tls", e.TLS}, {"alpn", e.ALPN}} {
+	for _, kv := range [][2]string{{"account", e.Account}, {"sni", e.SNI}, {"cert", e.CertificateID}, {"client", e.ClientID}, {"listener", e.Listener}, {"tls", e.TLS}, {"alpn", e.ALPN}, {"action", e.Action}, {"resource", e.Resource}} {
 		if kv[1] != "" {
 			fmt.Fprintf(&b, " %s=%s", kv[0], kv[1])
 		}

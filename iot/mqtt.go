@@ -660,6 +660,12 @@ func (c *Client) Publish(ctx context.Context, topic string, qos QoS, payload []b
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
+			// paho fails a pending publish with its own words when the
+			// connection drops under it ("connection lost before Publish
+			// completed"): that is a lost connection, and callers test for it.
+			if strings.Contains(err.Error(), "connection lost") {
+				return fmt.Errorf("iot: %s: publish to %q: %w before the PUBACK (the message may or may not have been delivered): %v", c.ep, topic, ErrConnectionLost, err)
+			}
 			return fmt.Errorf("iot: %s: publish to %q: %w", c.ep, topic, err)
 		}
 		return nil

@@ -156,7 +156,12 @@ func startEmulator(b *testing.B, p *pki) *broker {
 		b.Fatal(err)
 	}
 	for _, c := range p.pems {
-		if _, err := reg.RegisterCertificate(ctx, account, c, emulator.CertificateOptions{}); err != nil {
+		cert, err := reg.RegisterCertificate(ctx, account, c, emulator.CertificateOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Every CONNECT is evaluated against the certificate's policies.
+		if err := reg.AttachAllowAllPolicy(ctx, account, cert.ID); err != nil {
 			b.Fatal(err)
 		}
 	}

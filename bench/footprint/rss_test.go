@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -150,6 +151,13 @@ func identity(b *testing.B, emu *emulator.Emulator, dir, who string) (keyURI, ce
 	}
 	c, err := emu.IssueCertificate(ctx, "bench", keystore.EncodeCSR(csr), emulator.IssueOptions{Thing: "bench-" + who})
 	if err != nil {
+		b.Fatal(err)
+	}
+	// The least-privilege device policy covers the dt/<thing>/ topics used here.
+	if _, err := emu.CreatePolicy(ctx, "bench", "device", emulator.DevicePolicy("*")); err != nil && !errors.Is(err, emulator.ErrExists) {
+		b.Fatal(err)
+	}
+	if err := emu.AttachPolicy(ctx, "bench", "device", c.ID); err != nil {
 		b.Fatal(err)
 	}
 	return keyURI, writeFile(b, dir, who+".pem", []byte(c.PEM))

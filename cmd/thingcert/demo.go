@@ -212,7 +212,7 @@ func (d *demo) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("claim: %w", err)
 	}
-	d.tl.step("claim", "claim identity made at the \"factory\": certificate %s registered (no CA, no thing)", short12(claimID))
+	d.tl.step("claim", "claim identity made at the \"factory\": certificate %s registered (no CA, no thing; its policy %s allows fleet provisioning only)", short12(claimID), emulator.ClaimPolicyName)
 
 	// 3. The device: a key store, a config, the agent.
 	store, err := d.deviceStore(ctx)
@@ -255,7 +255,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.stops = append(d.stops, func() { prog.Close() })
 	echo := make(chan agentclient.Message, 16)
-	topic := "demo/" + demoThing + "/hello"
+	topic := "dt/" + demoThing + "/hello" // within the least-privilege device policy (emulator.DevicePolicy)
 	if err := prog.Subscribe(ctx, topic, agentclient.AtLeastOnce, func(m agentclient.Message) { echo <- m }); err != nil {
 		return fmt.Errorf("subscribing through the agent: %w", err)
 	}

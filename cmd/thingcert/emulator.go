@@ -77,6 +77,8 @@ The admin commands work whether the emulator is running (through its socket
 		newEmulatorCancelJobCmd(env, admin),
 		newEmulatorHistoryCmd(env, admin),
 		newEmulatorCredentialsCmd(env, stateDir),
+		newEmulatorCreatePolicyCmd(env, admin),
+		newEmulatorAttachPolicyCmd(env, admin),
 	)
 	return cmd
 }
@@ -632,10 +634,10 @@ func newEmulatorHistoryCmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			switch emulator.Outcome(outcome) {
-			case "", emulator.Accepted, emulator.Refused, emulator.Disconnected:
+			case "", emulator.Accepted, emulator.Refused, emulator.Disconnected, emulator.Denied:
 				q.Outcome = emulator.Outcome(outcome)
 			default:
-				return usageError{err: fmt.Errorf("--outcome %q: use accepted, refused or disconnected", outcome)}
+				return usageError{err: fmt.Errorf("--outcome %q: use accepted, refused, disconnected or denied", outcome)}
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
 				evs, err := adm.History(ctx, q)
@@ -655,7 +657,7 @@ func newEmulatorHistoryCmd(env *cliEnv, admin adminFn) *cobra.Command {
 	c.Flags().StringVar(&q.Account, "account", "", "only this account")
 	c.Flags().StringVar(&q.CertificateID, "cert-id", "", "only this certificate")
 	c.Flags().StringVar(&q.ClientID, "client-id", "", "only this client ID")
-	c.Flags().StringVar(&outcome, "outcome", "", "accepted, refused or disconnected")
+	c.Flags().StringVar(&outcome, "outcome", "", "accepted, refused, disconnected or denied (by policy)")
 	c.Flags().IntVar(&q.Limit, "limit", 0, "only the newest N events")
 	c.Flags().BoolVar(&asJSON, "json", false, "JSON output")
 	return c

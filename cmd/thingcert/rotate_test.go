@@ -629,7 +629,10 @@ func TestShellStory(t *testing.T) {
 	sh(bin, "emulator", "create-template", "--state", "emu", "--account", "dev", "--name", "fleet", "--thing-name-prefix", "dev-", "--thing-name-param", "SerialNumber")
 	sh(bin, "key", "generate", "--key", "file:"+filepath.Join(dir, "claim", "claim.pem"))
 	sh(openssl, "req", "-new", "-x509", "-key", "claim/claim.pem", "-subj", "/CN=claim", "-days", "30", "-out", "claim/claim.crt")
-	sh(bin, "emulator", "register-cert", "--state", "emu", "--account", "dev", "--cert", "claim/claim.crt", "--without-ca")
+	claimID := strings.TrimSpace(sh(bin, "emulator", "register-cert", "--state", "emu", "--account", "dev", "--cert", "claim/claim.crt", "--without-ca"))
+	// The least-privilege claim policy: enough to provision, nothing more.
+	sh(bin, "emulator", "create-policy", "--state", "emu", "--account", "dev", "--name", "claim", "--document-json", emulator.ClaimPolicy("fleet"))
+	sh(bin, "emulator", "attach-policy", "--state", "emu", "--account", "dev", "--name", "claim", "--cert-id", claimID)
 	cfg := fmt.Sprintf(`endpoint: demo-ats.iot.us-east-1.amazonaws.com
 address: 127.0.0.1:%d
 ca: emu/root-ca.pem

@@ -57,6 +57,13 @@ func TestSensorThroughAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The device's least-privilege policy covers its dt/ and cmd/ topics.
+	if _, err := emu.CreatePolicy(ctx, "a", "device", emulator.DevicePolicy("*")); err != nil {
+		t.Fatal(err)
+	}
+	if err := emu.AttachPolicy(ctx, "a", "device", cert.ID); err != nil {
+		t.Fatal(err)
+	}
 	write := func(name string, b []byte) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, b, 0o600); err != nil {

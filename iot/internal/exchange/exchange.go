@@ -68,7 +68,13 @@ func Do(ctx context.Context, m iot.MQTT, op, topic string, payload []byte, token
 		_ = m.Unsubscribe(uctx, acc, rej)
 	}()
 	if err := m.Publish(ctx, topic, iot.AtLeastOnce, payload); err != nil {
-		return Answer{}, classifyRequestErr(ctx, op, "publishing to "+topic, err)
+		what := "publishing to " + topic
+		if errors.Is(err, iot.ErrConnectionLost) {
+			// AWS IoT closes the connection on a PUBLISH the policy does not
+			// allow, without saying why: name the likely cause.
+			what += " (the connection closed on the request: on AWS IoT the policy may not allow iot:Publish on topic/" + topic + ")"
+		}
+		return Answer{}, classifyRequestErr(ctx, op, what, err)
 	}
 	select {
 	case a := <-replies:
