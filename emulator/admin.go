@@ -170,6 +170,7 @@ var errorKinds = []struct {
 }{
 	{"not_found", ErrNotFound}, {"exists", ErrExists}, {"invalid", ErrInvalid},
 	{"locked", ErrLocked}, {"policy", keystore.ErrPolicy},
+	{"conflict", ErrConflict}, {"certificate_state", ErrCertificateState}, {"throttled", ErrThrottled},
 }
 
 type adminError struct {

@@ -892,6 +892,13 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 	if err != nil {
 		return err
 	}
+	// AWS's UpdateCertificate throws on PENDING_TRANSFER and
+	// PENDING_ACTIVATION (its own internal statuses) and calls
+	// REGISTER_INACTIVE deprecated: none is a status one sets.
+	switch status {
+	case StatusPendingActivation, StatusPendingTransfer, StatusRegisterInactive:
+		return fmt.Errorf("emulator: certificate %s in account %s: %w: status %s cannot be set (AWS IoT uses it internally or has deprecated it); set ACTIVE, INACTIVE or REVOKED", certID, account, ErrInvalid, status)
+	}
 	err = r.mutate(func(time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
@@ -900,6 +907,10 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 		c, ok := a.Certs[certID]
 		if !ok {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
+		}
+		// AWS: once a certificate is revoked, its status cannot change.
+		if c.Status == StatusRevoked && status != StatusRevoked {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is REVOKED: %w: a revoked certificate's status cannot change; register or issue a new certificate", certID, account, ErrCertificateState)
 		}
 		c.Status = status
 		if r.events.statusChanged == nil {
@@ -959,9 +970,11 @@ func (r *Registry) Certificates(ctx context.Context, account string) ([]Certific
 	return out, nil
 }
 
-// DeleteCertificate removes a certificate that is not ACTIVE from an account
-// and detaches it from its things, as AWS's DeleteCertificate (which refuses
-// ACTIVE ones too).
+// DeleteCertificate removes a certificate from an account, as AWS's
+// DeleteCertificate: an ACTIVE certificate is refused (ErrCertificateState,
+// AWS's CertificateStateException: set it INACTIVE first), and so is one still
+// attached to a thing (ErrConflict, AWS's DeleteConflictException: detach it
+// first).
 func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -976,7 +989,10 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
 		}
 		if c.Status == StatusActive {
-			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrInvalid)
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrCertificateState)
+		}
+		if len(c.Things) > 0 {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is attached to %s: %w: detach it first", certID, account, strings.Join(c.Things, ", "), ErrConflict)
 		}
 		delete(a.Certs, certID)
 		return nil, nil
