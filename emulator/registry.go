@@ -153,6 +153,9 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 		if err := os.MkdirAll(r.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("emulator: making state folder: %w", err)
 		}
+		if err := checkStateDirMode(r.dir); err != nil {
+			return nil, err
+		}
 		if err := r.lockDir(); err != nil {
 			return nil, err
 		}
@@ -203,6 +206,22 @@ func (r *Registry) Close() error {
 		r.lock = nil
 	}
 	return err
+}
+
+// checkStateDirMode refuses a state folder others can write to: they could
+// replace the CA keys, the registry or the admin socket.
+func checkStateDirMode(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("emulator: state folder %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("emulator: state folder %s is not a folder", dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("emulator: state folder %s is writable by group or others (mode %04o), who could replace its CA keys and registry; run: chmod 700 %s", dir, perm, dir)
+	}
+	return nil
 }
 
 func (r *Registry) lockDir() error {
