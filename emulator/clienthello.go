@@ -53,7 +53,7 @@ func readClientHello(r io.Reader) (raw []byte, hello *clientHello, err error) {
 		}
 		raw = append(raw, hdr...)
 		n := int(hdr[3])<<8 | int(hdr[4])
-		if hdr[0] != recordTypeHandshake || n == 0 || n > maxRecordPayload {
+		if hdr[0] != recordTypeHandshake || n > maxRecordPayload {
 			return raw, nil, nil
 		}
 		body := make([]byte, n)
@@ -62,19 +62,19 @@ func readClientHello(r io.Reader) (raw []byte, hello *clientHello, err error) {
 		}
 		raw = append(raw, body...)
 		msg = append(msg, body...)
+		if len(raw) > 2*maxClientHelloSize {
+			return raw, nil, nil // a stream of empty records, not a device
+		}
 		if len(msg) < handshakeHeaderLen {
 			continue
 		}
-		want := handshakeHeaderLen + (int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3]))
-		if msg[0] != handshakeTypeClientHello || want > maxClientHelloSize {
+		bodyLen := int(msg[1])<<16 | int(msg[2])<<8 | int(msg[3])
+		if msg[0] != handshakeTypeClientHello || bodyLen > maxClientHelloSize {
 			return raw, nil, nil
 		}
-		if len(msg) >= want {
-			if len(msg) > want {
-				// Another handshake message in the same flight: crypto/tls
-				// refuses that in a ClientHello record; so does the parser.
-				return raw, nil, nil
-			}
+		if want := handshakeHeaderLen + bodyLen; len(msg) >= want {
+			// Bytes after the ClientHello are replayed too; crypto/tls
+			// decides what they mean.
 			h, ok := parseClientHello(msg[handshakeHeaderLen:want])
 			if !ok {
 				return raw, nil, nil

@@ -448,7 +448,11 @@ type evaluator struct {
 	doc   *templateDoc
 	vals  map[string]string
 	conds map[string]bool
-	depth int
+	// evaluating marks the conditions being evaluated: meeting one again is
+	// a cycle, refused at once (exploring it to the depth bound could take
+	// exponential time through Fn::And and Fn::Or).
+	evaluating map[string]bool
+	depth      int
 }
 
 // maxEvalDepth bounds nesting (functions and conditions), so a hostile
@@ -687,6 +691,14 @@ func (ev *evaluator) condition(name string) (bool, error) {
 	if !ok {
 		return false, fmt.Errorf("condition %q is not in the template's Conditions", name)
 	}
+	if ev.evaluating[name] {
+		return false, fmt.Errorf("condition %s refers to itself", name)
+	}
+	if ev.evaluating == nil {
+		ev.evaluating = map[string]bool{}
+	}
+	ev.evaluating[name] = true
+	defer delete(ev.evaluating, name)
 	ev.depth++
 	defer func() { ev.depth-- }()
 	if ev.depth > maxEvalDepth {

@@ -155,3 +155,18 @@ func TestSubjectFieldsAreForJITPOnly(t *testing.T) {
 		t.Fatal("a fleet evaluation read the certificate's CommonName")
 	}
 }
+
+func TestTemplateConditionCycleIsRefusedAtOnce(t *testing.T) {
+	// Ten-way Fn::Or over a cycle: explored to a depth bound, this would take
+	// 10^depth steps.
+	or := `{"Fn::Or": [` + strings.Repeat(`{"Condition": "B"},`, 9) + `{"Condition": "B"}]}`
+	body := json.RawMessage(`{"Conditions": {"A": ` + or + `, "B": ` + strings.ReplaceAll(or, `"B"`, `"A"`) + `},
+	  "Resources": {"c": {"Type": "AWS::IoT::Certificate", "Condition": "A", "Properties": {}}}}`)
+	doc, err := parseTemplate(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := evalTemplate(doc, nil, "abc", nil); err == nil || !strings.Contains(err.Error(), "refers to itself") {
+		t.Fatalf("a cycle of conditions: %v", err)
+	}
+}
