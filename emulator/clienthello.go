@@ -26,8 +26,8 @@ const (
 	handshakeTypeClientHello   = 1
 	extensionServerName        = 0
 	extensionALPN              = 16
-	maxClientHelloSize         = 1 << 16 // as crypto/tls: no ClientHello is larger
-	maxRecordPayload           = 1<<14 + 256
+	maxClientHelloSize         = 1 << 16      // as crypto/tls: no ClientHello is larger
+	maxRecordPayload           = 1<<14 + 2048 // crypto/tls's maxCiphertext
 	recordHeaderLen            = 5
 	handshakeHeaderLen         = 4
 	serverNameTypeHostName     = 0

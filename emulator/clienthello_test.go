@@ -145,3 +145,23 @@ func isWholeHello(b []byte) bool {
 	_, h, err := readClientHello(strings.NewReader(string(b)))
 	return err == nil && h != nil
 }
+
+// TestClientHelloSplitAcrossRecords: TLS lets a client split its ClientHello
+// over several records; the reader reassembles it as crypto/tls does, so the
+// SNI rule cannot be dodged by fragmenting.
+func TestClientHelloSplitAcrossRecords(t *testing.T) {
+	whole := clientHelloBytes(t, &tls.Config{ServerName: "abc-ats.iot.us-east-1.amazonaws.com", NextProtos: []string{alpnMQTT}})
+	body := whole[5 : 5+(int(whole[3])<<8|int(whole[4]))]
+	var split []byte
+	for _, part := range [][]byte{body[:3], body[3:40], body[40:]} {
+		split = append(split, 22, 3, 1, byte(len(part)>>8), byte(len(part)))
+		split = append(split, part...)
+	}
+	_, h, err := readClientHello(strings.NewReader(string(split)))
+	if err != nil || h == nil || h.ServerName != "abc-ats.iot.us-east-1.amazonaws.com" || len(h.ALPN) != 1 {
+		t.Fatalf("split ClientHello: %+v, %v", h, err)
+	}
+	if g := goClientHello(split); g == nil || g.ServerName != h.ServerName {
+		t.Fatalf("crypto/tls read the split ClientHello as %+v", g)
+	}
+}
