@@ -92,7 +92,9 @@ func parseClientHello(body []byte) (*clientHello, bool) {
 	var version uint16
 	var random, sessionID, suites, compression cryptobyte.String
 	if !s.ReadUint16(&version) || !s.ReadBytes((*[]byte)(&random), 32) ||
-		!s.ReadUint8LengthPrefixed(&sessionID) || len(sessionID) > 32 ||
+		// RFC 8446 caps legacy_session_id at 32 bytes, but crypto/tls reads
+		// longer ones, and the reader must read all crypto/tls reads.
+		!s.ReadUint8LengthPrefixed(&sessionID) ||
 		!s.ReadUint16LengthPrefixed(&suites) || len(suites)%2 != 0 ||
 		!s.ReadUint8LengthPrefixed(&compression) {
 		return nil, false
