@@ -7,8 +7,12 @@ GO ?= go
 PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli
 PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze aws
 TEST_TIMEOUT ?= 15m
+# make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
+# narrows the packages); crashers land in the package's testdata/fuzz.
+FUZZTIME ?= 5m
+FUZZPKGS ?= ./...
 
-.PHONY: test peers vet build bench
+.PHONY: test peers vet build bench fuzz
 
 test: peers vet
 	THINGCERT_REQUIRE_PEERS=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
@@ -34,3 +38,12 @@ build:
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/...
+
+fuzz:
+	@failed=""; for pkg in $$($(GO) list $(FUZZPKGS)); do \
+	  for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$t for $(FUZZTIME)"; \
+	    $(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) || failed="$$failed $$pkg.$$t"; \
+	  done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz targets that failed:$$failed"; exit 1; fi; echo "every fuzz target ran $(FUZZTIME) without a failure"

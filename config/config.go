@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -194,8 +195,19 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// ParseDuration reads 90d, 1d12h, 36h, 30m, "off" (-1) or "0".
+// MaxDuration bounds every duration in the config: 100 years, far beyond any
+// certificate's life and far below what time.Duration holds (292 years), so a
+// slip of the keyboard (200000d) is refused instead of overflowing into a
+// negative value, which rotation reads as "off".
+const MaxDuration = 36500 * 24 * time.Hour
+
+// durationRange is the allowed range, as errors state it.
+const durationRange = "0 to 36500d (100 years), or off"
+
+// ParseDuration reads 90d, 1d12h, 36h, 30m, "off" (-1) or "0". Anything
+// longer than MaxDuration, negative, NaN or infinite is refused.
 func ParseDuration(s string) (time.Duration, error) {
+	orig := s
 	s = strings.TrimSpace(s)
 	switch strings.ToLower(s) {
 	case "off", "false", "never":
@@ -206,8 +218,11 @@ func ParseDuration(s string) (time.Duration, error) {
 	var days time.Duration
 	if i := strings.IndexByte(s, 'd'); i > 0 {
 		n, err := strconv.ParseFloat(s[:i], 64)
-		if err != nil || n < 0 {
-			return 0, fmt.Errorf("%q is not a duration; write e.g. 90d, 36h or 30m", s)
+		if err != nil || math.IsNaN(n) || n < 0 {
+			return 0, fmt.Errorf("%q is not a duration; write e.g. 90d, 36h or 30m (allowed: %s)", orig, durationRange)
+		}
+		if n > float64(MaxDuration/(24*time.Hour)) {
+			return 0, fmt.Errorf("%q is too long: allowed %s", orig, durationRange)
 		}
 		days = time.Duration(n * float64(24*time.Hour))
 		s = s[i+1:]
@@ -217,9 +232,21 @@ func ParseDuration(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(s)
 	if err != nil || d < 0 {
-		return 0, fmt.Errorf("%q is not a duration; write e.g. 90d, 36h or 30m, or off", s)
+		if err != nil && strings.Contains(err.Error(), "invalid duration") && looksNumeric(s) {
+			return 0, fmt.Errorf("%q is too long or not a duration: allowed %s", orig, durationRange)
+		}
+		return 0, fmt.Errorf("%q is not a duration; write e.g. 90d, 36h or 30m, or off (allowed: %s)", orig, durationRange)
+	}
+	if d > MaxDuration || days+d > MaxDuration {
+		return 0, fmt.Errorf("%q is too long: allowed %s", orig, durationRange)
 	}
 	return days + d, nil
+}
+
+// looksNumeric reports whether s is digits and units only (so a parse failure
+// is an overflow, not a typo).
+func looksNumeric(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789.hmsuµn") == ""
 }
 
 // D is the duration, with Off as rotation's "turned off" (negative).

@@ -197,6 +197,7 @@ var errorKinds = []struct {
 }{
 	{"not_found", ErrNotFound}, {"exists", ErrExists}, {"invalid", ErrInvalid},
 	{"locked", ErrLocked}, {"policy", keystore.ErrPolicy}, {"conflict", ErrConflict},
+	{"certificate_state", ErrCertificateState}, {"throttled", ErrThrottled},
 	{"invalid_state", ErrInvalidState}, {"version_conflict", ErrVersionConflict},
 }
 
@@ -222,16 +223,9 @@ type adminServer struct {
 }
 
 func serveAdmin(r *Registry, path string) (*adminServer, error) {
-	// The state folder is locked by this emulator, so a socket file here is
-	// stale, left by one that died.
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
+	ln, err := listenPrivate(path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /admin/{method}", func(w http.ResponseWriter, req *http.Request) {
@@ -254,6 +248,46 @@ func serveAdmin(r *Registry, path string) (*adminServer, error) {
 		_ = a.srv.Serve(ln)
 	}()
 	return a, nil
+}
+
+// listenPrivate listens on a unix socket at path that only this user can
+// ever connect to. bind(2) makes the socket with the process umask, so a
+// chmod after Listen leaves a moment when others may connect; instead the
+// socket is made, and made 0600, inside a fresh 0700 folder nobody else can
+// enter, then renamed into place. afterBind, for tests, sees the socket at
+// its private path before it is moved.
+func listenPrivate(path string, afterBind func(bound string)) (net.Listener, error) {
+	// The state folder is locked by this emulator, so a socket file here is
+	// stale, left by one that died.
+	_ = os.Remove(path)
+	private, err := os.MkdirTemp(filepath.Dir(path), ".admin-*")
+	if err != nil {
+		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(private)
+	if err := os.Chmod(private, 0o700); err != nil {
+		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+	}
+	bound := filepath.Join(private, "s")
+	ln, err := net.Listen("unix", bound)
+	if err != nil {
+		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+	}
+	// The listener must not unlink its first name on Close: the socket
+	// lives at path by then, which adminServer.close removes.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	if afterBind != nil {
+		afterBind(bound)
+	}
+	if err := os.Chmod(bound, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+	}
+	if err := os.Rename(bound, path); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("emulator: admin socket %s: %w", path, err)
+	}
+	return ln, nil
 }
 
 func writeAdminError(w http.ResponseWriter, err error) {

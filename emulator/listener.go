@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -128,9 +129,32 @@ func (l *tlsListener) handle(raw net.Conn, establish listeners.EstablishFn) {
 		_ = tcp.SetNoDelay(true)
 	}
 	sess := &session{listener: l.id, remote: raw.RemoteAddr().String(), requireALPN: l.requireALPN}
-	tc := tls.Server(raw, l.emu.tlsConfig(sess))
 	_ = raw.SetDeadline(time.Now().Add(handshakeTimeout))
-	err := tc.Handshake()
+	read, hello, err := readClientHello(raw)
+	if err != nil {
+		l.emu.handshakeFailed(sess, fmt.Errorf("reading the ClientHello: %w", err))
+		return
+	}
+	if hello != nil {
+		sess.mu.Lock()
+		sess.sni, sess.alpn = hello.ServerName, strings.Join(hello.ALPN, ",")
+		sess.mu.Unlock()
+		if v, alert := checkHello(hello, l.requireALPN); alert != 0 {
+			_ = writeAlert(raw, alert)
+			sess.mu.Lock()
+			sess.verdict, sess.decided = v, true
+			sess.mu.Unlock()
+			l.emu.handshakeFailed(sess, errors.New(v.Reason))
+			return
+		}
+		sess.mu.Lock()
+		sess.alpn = ""
+		sess.mu.Unlock()
+	}
+	// Bytes that are no ClientHello this parser reads go to crypto/tls as
+	// they came, and it refuses them in its own words.
+	tc := tls.Server(&replayConn{Conn: raw, pending: read}, l.emu.tlsConfig(sess))
+	err = tc.Handshake()
 	if err != nil {
 		l.emu.handshakeFailed(sess, err)
 		return
@@ -168,6 +192,16 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 			sess.mu.Lock()
 			sess.sni = hello.ServerName
 			sess.mu.Unlock()
+			// The listener has already refused these with their own alerts;
+			// this is the backstop for a ClientHello its parser could not read
+			// but crypto/tls could (internal_error then).
+			if hello.ServerName == "" {
+				v := verdict{}.refuse(RuleSNIRequired, "the ClientHello has no SNI (server_name): AWS IoT Core requires it; send the endpoint host name as SNI")
+				sess.mu.Lock()
+				sess.verdict, sess.decided = v, true
+				sess.mu.Unlock()
+				return nil, errors.New(v.Reason)
+			}
 			if sess.requireALPN && !slices.Contains(hello.SupportedProtos, alpnMQTT) {
 				v := verdict{}.refuse(RuleALPN, "MQTT on port 443 needs ALPN %q (offered: %v); send it, or use port 8883", alpnMQTT, hello.SupportedProtos)
 				sess.mu.Lock()

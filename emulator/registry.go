@@ -167,6 +167,9 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 		if err := os.MkdirAll(r.dir, 0o700); err != nil {
 			return nil, fmt.Errorf("emulator: making state folder: %w", err)
 		}
+		if err := checkStateDirMode(r.dir); err != nil {
+			return nil, err
+		}
 		if err := r.lockDir(); err != nil {
 			return nil, err
 		}
@@ -217,6 +220,22 @@ func (r *Registry) Close() error {
 		r.lock = nil
 	}
 	return err
+}
+
+// checkStateDirMode refuses a state folder others can write to: they could
+// replace the CA keys, the registry or the admin socket.
+func checkStateDirMode(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("emulator: state folder %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("emulator: state folder %s is not a folder", dir)
+	}
+	if perm := fi.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("emulator: state folder %s is writable by group or others (mode %04o), who could replace its CA keys and registry; run: chmod 700 %s", dir, perm, dir)
+	}
+	return nil
 }
 
 func (r *Registry) lockDir() error {
@@ -929,6 +948,13 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 	if err != nil {
 		return err
 	}
+	// AWS's UpdateCertificate throws on PENDING_TRANSFER and
+	// PENDING_ACTIVATION (its own internal statuses) and calls
+	// REGISTER_INACTIVE deprecated: none is a status one sets.
+	switch status {
+	case StatusPendingActivation, StatusPendingTransfer, StatusRegisterInactive:
+		return fmt.Errorf("emulator: certificate %s in account %s: %w: status %s cannot be set (AWS IoT uses it internally or has deprecated it); set ACTIVE, INACTIVE or REVOKED", certID, account, ErrInvalid, status)
+	}
 	err = r.mutate(func(time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
@@ -937,6 +963,10 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 		c, ok := a.Certs[certID]
 		if !ok {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
+		}
+		// AWS: once a certificate is revoked, its status cannot change.
+		if c.Status == StatusRevoked && status != StatusRevoked {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is REVOKED: %w: a revoked certificate's status cannot change; register or issue a new certificate", certID, account, ErrCertificateState)
 		}
 		c.Status = status
 		if r.events.statusChanged == nil {
@@ -996,9 +1026,11 @@ func (r *Registry) Certificates(ctx context.Context, account string) ([]Certific
 	return out, nil
 }
 
-// DeleteCertificate removes a certificate that is not ACTIVE from an account
-// and detaches it from its things, as AWS's DeleteCertificate (which refuses
-// ACTIVE ones too).
+// DeleteCertificate removes a certificate from an account, as AWS's
+// DeleteCertificate: an ACTIVE certificate is refused (ErrCertificateState,
+// AWS's CertificateStateException: set it INACTIVE first), and so is one still
+// attached to a thing (ErrConflict, AWS's DeleteConflictException: detach it
+// first).
 func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -1013,7 +1045,10 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
 		}
 		if c.Status == StatusActive {
-			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrInvalid)
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is ACTIVE: %w: set it INACTIVE first", certID, account, ErrCertificateState)
+		}
+		if len(c.Things) > 0 {
+			return nil, fmt.Errorf("emulator: certificate %s in account %s is attached to %s: %w: detach it first", certID, account, strings.Join(c.Things, ", "), ErrConflict)
 		}
 		if len(c.Policies) > 0 {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w: policies %s are attached to it; detach them first", certID, account, ErrConflict, strings.Join(c.Policies, ", "))

@@ -198,9 +198,13 @@ func RedactURI(s string) string {
 		}
 		inQuery = inQuery || strings.IndexByte(rest[:i], '?') >= 0
 		j := i + len("pin-value=")
-		stops := ";?#"
+		// The value runs to the next attribute separator of its part. '#'
+		// is not one: a value may hold it (ParseURI refuses such a URI, but
+		// the text still reaches an error or a log), so redacting through it
+		// hides too much rather than leaking the rest of the PIN.
+		stops := ";?"
 		if inQuery {
-			stops = "&#"
+			stops = "&"
 		}
 		b.WriteString(rest[:j])
 		b.WriteString("REDACTED")

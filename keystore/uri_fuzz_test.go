@@ -80,3 +80,40 @@ func printableASCII(s string) bool {
 	}
 	return true
 }
+
+// FuzzRedactURI checks RedactURI on any text around a pin-value, in every
+// scheme's shape: no byte that occurs only in the PIN survives redaction.
+func FuzzRedactURI(f *testing.F) {
+	for _, seed := range [][3]string{
+		{"pkcs11:token=a?module-path=/m.so&", "ab#cd", ""},
+		{"pkcs11:token=a;", "12345678", ";object=k"},
+		{"pkcs11:token=a?", "x;y#z", "&module-path=/m"},
+		{"PKCS11:TOKEN=a?MODULE-PATH=/m&", "%41%42", "#frag"},
+		{"tpm:blob=/k.tpmkey?device=/dev/tpmrm0&", "s3cr3t", ""},
+		{"file:/var/lib/k.pem?", "hunter2", ""},
+		{"pkcs11:?", "a?b", "&pin-value=again"},
+	} {
+		f.Add(seed[0], seed[1], seed[2], uint8(0))
+		f.Add(seed[0], seed[1], seed[2], uint8(1))
+	}
+	f.Fuzz(func(t *testing.T, prefix, pin, suffix string, sepChoice uint8) {
+		sep := []string{"", "&", ";"}[int(sepChoice)%3]
+		if strings.ContainsAny(pin, "&;?") {
+			return // those end the value; what follows is not the PIN
+		}
+		s := prefix + "pin-value=" + pin + sep + suffix
+		rest := prefix + "pin-value=REDACTED" + sep + suffix
+		var only []byte // bytes found in the PIN and nowhere else
+		for i := 0; i < len(pin); i++ {
+			if !strings.Contains(rest, pin[i:i+1]) {
+				only = append(only, pin[i])
+			}
+		}
+		out := RedactURI(s)
+		for _, c := range only {
+			if strings.IndexByte(out, c) >= 0 {
+				t.Fatalf("RedactURI(%q) = %q keeps %q, a byte of the PIN %q", s, out, c, pin)
+			}
+		}
+	})
+}

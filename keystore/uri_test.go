@@ -54,7 +54,7 @@ func TestRedaction(t *testing.T) {
 	}
 }
 
-func FuzzParseURI(f *testing.F) {
+func FuzzParseURIRoundTrip(f *testing.F) {
 	for _, s := range []string{
 		"pkcs11:token=T;object=dev;id=%01?module-path=/x.so&pin-source=file:/p",
 		"tpm:blob=/var/k.tpmkey?device=tcp:127.0.0.1:2321", "tpm:handle=0x81000010",

@@ -328,7 +328,7 @@ func newEmulatorSetStatusCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 	var ca bool
 	c := &cobra.Command{
 		Use:   "set-status",
-		Short: "Set a certificate's status (ACTIVE, INACTIVE, REVOKED, ...); a running emulator disconnects it when not ACTIVE",
+		Short: "Set a certificate's status (ACTIVE, INACTIVE or REVOKED, as AWS's UpdateCertificate; REVOKED is final); a running emulator disconnects it when not ACTIVE",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := required(c, "account", "cert-id", "status"); err != nil {

@@ -308,6 +308,36 @@ func (f *FS) Rename(oldpath, newpath string) error {
 	return nil
 }
 
+// Link makes newpath a second name of the file at oldpath (a hard link); it
+// fails with fs.ErrExist if newpath is taken. Like any entry, the new name
+// survives a power cut only once its folder is synced.
+func (f *FS) Link(oldpath, newpath string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, on, _, err := f.lookup(oldpath)
+	if err != nil {
+		return err
+	}
+	if on == nil || on.dir {
+		return &fs.PathError{Op: "link", Path: newpath, Err: fs.ErrNotExist}
+	}
+	np, nn, nname, err := f.lookup(newpath)
+	if err != nil {
+		return err
+	}
+	if np == nil {
+		return &fs.PathError{Op: "link", Path: newpath, Err: fs.ErrNotExist}
+	}
+	if nn != nil {
+		return &fs.PathError{Op: "link", Path: newpath, Err: fs.ErrExist}
+	}
+	if err := f.step("link", newpath); err != nil {
+		return err
+	}
+	np.entries[nname] = on
+	return nil
+}
+
 // Remove deletes a file or an empty folder.
 func (f *FS) Remove(p string) error {
 	f.mu.Lock()

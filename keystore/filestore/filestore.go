@@ -54,7 +54,14 @@ func Open(_ context.Context, uri string, opts keystore.Options) (*Store, error) 
 			dir = filepath.Dir(p)
 		}
 	}
-	return &Store{dir: filepath.Clean(dir), opts: opts}, nil
+	dir = filepath.Clean(dir)
+	// A power cut in the middle of writing a key can leave its temporary
+	// copy, a hidden file nothing else would ever delete: a full copy of a
+	// private key that retirement would not remove. The store is its folder's
+	// only writer, so what is there at open is a leftover. Best effort: a
+	// reader without write access (status) leaves them to the next writer.
+	_, _ = atomicfile.SweepTemporary(dir)
+	return &Store{dir: dir, opts: opts}, nil
 }
 
 func parse(uri string) (string, error) {

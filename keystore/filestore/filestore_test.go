@@ -183,3 +183,33 @@ func TestEncryptedKeyExplained(t *testing.T) {
 		t.Fatalf("encrypted key: %v, want an explanation", err)
 	}
 }
+
+// TestOpenSweepsLeftoverTemporaryCopies: a power cut while a key was written
+// can leave its hidden temporary copy; opening the store removes it, and
+// leaves the keys and anything else alone.
+func TestOpenSweepsLeftoverTemporaryCopies(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "keys")
+	s, err := filestore.Open(ctx, "file:"+dir+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := s.Generate(ctx, "file:"+filepath.Join(dir, "device.pem"), keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pemKey, _ := os.ReadFile(filepath.Join(dir, "device.pem"))
+	leftover := filepath.Join(dir, ".device-2.pem.tmp-3141592")
+	if err := os.WriteFile(leftover, pemKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := filestore.Open(ctx, key.URI(), keystore.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(leftover); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the leftover copy of a key is still there after Open: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "device.pem")); err != nil {
+		t.Errorf("the key itself: %v", err)
+	}
+}
