@@ -303,9 +303,10 @@ func apiUpdateCertificate(ctx context.Context, c *apiCall) (any, error) {
 
 func apiDeleteCertificate(ctx context.Context, c *apiCall) (any, error) {
 	id := c.Path("certificateId")
-	// forceDelete lets AWS delete a certificate with policies still attached;
-	// it is read so a bad value is refused.
-	if _, err := c.QueryBool("forceDelete", false); err != nil {
+	// forceDelete lets AWS delete a certificate with policies still attached
+	// (it detaches them); without it, attached policies are a DeleteConflict.
+	force, err := c.QueryBool("forceDelete", false)
+	if err != nil {
 		return nil, err
 	}
 	cert, err := c.Emu.Certificate(ctx, c.Account, id)
@@ -319,6 +320,17 @@ func apiDeleteCertificate(ctx context.Context, c *apiCall) (any, error) {
 	}
 	if len(cert.Things) > 0 {
 		return nil, apiErrorf("DeleteConflictException", http.StatusConflict, "certificate %s is attached to things %v: detach it (DetachThingPrincipal) before deleting it", id, cert.Things)
+	}
+	if force {
+		ps, err := c.Emu.AttachedPolicies(ctx, c.Account, id)
+		if err != nil {
+			return nil, err
+		}
+		for _, p := range ps {
+			if err := c.Emu.DetachPolicy(ctx, c.Account, p.Name, id); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return nil, c.Emu.DeleteCertificate(ctx, c.Account, id)
 }

@@ -33,7 +33,7 @@ func certARN(t *testing.T, c *iot.Client, id string) string {
 // to a thing, used by a device, deactivated (the device is refused), detached
 // and deleted, with AWS's refusals on the way.
 func TestAPICertificateLifecycle(t *testing.T) {
-	e := startAPIEmu(t, Config{}, "prod")
+	e := startAPIEmu(t, Config{ClientConnectInterval: -1}, "prod") // the test connects in quick succession
 	ctx := context.Background()
 	c := newAPIClient(t, e.Emulator, "prod")
 
@@ -93,8 +93,34 @@ func TestAPICertificateLifecycle(t *testing.T) {
 		t.Fatalf("ListPrincipalThings: %+v, %v", pt, err)
 	}
 
-	// The device connects with what CreateKeysAndCertificate gave it.
+	// Without a policy the certificate is refused at CONNECT, as on AWS;
+	// with one attached through the API it connects.
 	dev := &device{cert: cert, key: key, id: id}
+	_, err = dial(t, e, dev, "gw-1", dialOpts{account: "prod"})
+	expectRefused(t, e, dev, err, RulePolicy, e.Endpoint("prod"))
+	cp, err := c.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("gw"), PolicyDocument: aws.String(AllowAllPolicy)})
+	if err != nil || aws.ToString(cp.PolicyArn) != strings.Replace(arn, "cert/"+id, "policy/gw", 1) || aws.ToString(cp.PolicyVersionId) != "1" {
+		t.Fatalf("CreatePolicy: %+v, %v", cp, err)
+	}
+	_, err = c.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("gw"), PolicyDocument: aws.String(AllowAllPolicy)})
+	wantAPIError(t, err, "ResourceAlreadyExistsException", http.StatusConflict)
+	_, err = c.CreatePolicy(ctx, &iot.CreatePolicyInput{PolicyName: aws.String("bad"), PolicyDocument: aws.String(`{"Statement": "x"}`)})
+	wantAPIError(t, err, "InvalidRequestException", http.StatusBadRequest)
+	if _, err := c.AttachPolicy(ctx, &iot.AttachPolicyInput{PolicyName: aws.String("gw"), Target: aws.String(arn)}); err != nil {
+		t.Fatal(err)
+	}
+	ap, err := c.ListAttachedPolicies(ctx, &iot.ListAttachedPoliciesInput{Target: aws.String(arn)})
+	if err != nil || len(ap.Policies) != 1 || aws.ToString(ap.Policies[0].PolicyName) != "gw" {
+		t.Fatalf("ListAttachedPolicies: %+v, %v", ap, err)
+	}
+	gp, err := c.GetPolicy(ctx, &iot.GetPolicyInput{PolicyName: aws.String("gw")})
+	if err != nil || aws.ToString(gp.PolicyDocument) != AllowAllPolicy || gp.CreationDate == nil {
+		t.Fatalf("GetPolicy: %+v, %v", gp, err)
+	}
+	_, err = c.DeletePolicy(ctx, &iot.DeletePolicyInput{PolicyName: aws.String("gw")})
+	wantAPIError(t, err, "DeleteConflictException", http.StatusConflict)
+
+	// The device connects with what CreateKeysAndCertificate gave it.
 	mustDial(t, e, dev, "gw-1", dialOpts{account: "prod"}).Disconnect(0)
 
 	// AWS refuses: deleting an ACTIVE certificate, deleting a thing with a
@@ -125,8 +151,14 @@ func TestAPICertificateLifecycle(t *testing.T) {
 	}
 	_, err = c.DetachThingPrincipal(ctx, &iot.DetachThingPrincipalInput{ThingName: aws.String("gw-1"), Principal: aws.String(arn)})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)
+	// A policy still attached: DeleteConflict, unless forced.
+	_, err = c.DeleteCertificate(ctx, &iot.DeleteCertificateInput{CertificateId: aws.String(id)})
+	wantAPIError(t, err, "DeleteConflictException", http.StatusConflict)
 	if _, err := c.DeleteCertificate(ctx, &iot.DeleteCertificateInput{CertificateId: aws.String(id), ForceDelete: true}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := c.DeletePolicy(ctx, &iot.DeletePolicyInput{PolicyName: aws.String("gw")}); err != nil {
+		t.Fatalf("DeletePolicy once detached: %v", err)
 	}
 	_, err = c.DescribeCertificate(ctx, &iot.DescribeCertificateInput{CertificateId: aws.String(id)})
 	wantAPIError(t, err, "ResourceNotFoundException", http.StatusNotFound)

@@ -72,8 +72,14 @@ var apiRoutes = []apiRoute{
 	{"GET", "/provisioning-templates/{templateName}", "DescribeProvisioningTemplate", apiDescribeProvisioningTemplate},
 	{"GET", "/provisioning-templates", "ListProvisioningTemplates", apiListProvisioningTemplates},
 
-	// IoT policies go here: CreatePolicy, GetPolicy, AttachPolicy,
-	// DetachPolicy, ListAttachedPolicies (the policy store's routes).
+	// IoT policies (api_policies.go).
+	{"POST", "/policies/{policyName}", "CreatePolicy", apiCreatePolicy},
+	{"GET", "/policies/{policyName}", "GetPolicy", apiGetPolicy},
+	{"DELETE", "/policies/{policyName}", "DeletePolicy", apiDeletePolicy},
+	{"GET", "/policies", "ListPolicies", apiListPolicies},
+	{"PUT", "/target-policies/{policyName}", "AttachPolicy", apiAttachPolicy},
+	{"POST", "/target-policies/{policyName}", "DetachPolicy", apiDetachPolicy},
+	{"POST", "/attached-policies/{target}", "ListAttachedPolicies", apiListAttachedPolicies},
 
 	// Jobs (api_jobs.go).
 	{"PUT", "/jobs/{jobId}", "CreateJob", apiCreateJob},

@@ -65,6 +65,19 @@ func TestDeleteCertificateAsAWS(t *testing.T) {
 	if err := adm.DetachCertificate(ctx, "A", "dev-1", d.id); err != nil {
 		t.Fatal(err)
 	}
+	// The policies the test attached to it keep it in use too.
+	if err := adm.DeleteCertificate(ctx, "A", d.id); !errors.Is(err, ErrConflict) {
+		t.Fatalf("deleting a certificate with policies attached: %v; want ErrConflict", err)
+	}
+	ps, err := e.AttachedPolicies(ctx, "A", d.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		if err := e.DetachPolicy(ctx, "A", p.Name, d.id); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := adm.DeleteCertificate(ctx, "A", d.id); err != nil {
 		t.Fatalf("deleting a detached INACTIVE certificate: %v", err)
 	}

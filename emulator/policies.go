@@ -108,7 +108,7 @@ func policyNameError(name string) error {
 // arn is an ARN of a resource of the account; the account's name stands for
 // its account ID.
 func (a *accountRec) arn(kind, name string) string {
-	return "arn:aws:iot:" + a.Region + ":" + a.Name + ":" + kind + "/" + name
+	return "arn:aws:iot:" + a.Region + ":" + accountID(a.Name) + ":" + kind + "/" + name
 }
 
 func (p *policyRec) export(a *accountRec, name string) Policy {

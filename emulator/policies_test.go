@@ -15,11 +15,11 @@ import (
 // devPolicy is the policy of the enforcement tests: connect as the thing,
 // publish its telemetry, subscribe to its commands and to the literal filter
 // dt/+/x (whose messages it may not receive).
-const devPolicy = `{"Version": "2012-10-17", "Statement": [
-  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:eu-west-1:A:client/${iot:Connection.Thing.ThingName}"},
+var devPolicy = strings.ReplaceAll(`{"Version": "2012-10-17", "Statement": [
+  {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:eu-west-1:*:client/${iot:Connection.Thing.ThingName}"},
   {"Effect": "Allow", "Action": "iot:Publish", "Resource": "arn:aws:iot:eu-west-1:A:topic/dt/${iot:Connection.Thing.ThingName}/*"},
   {"Effect": "Allow", "Action": "iot:Subscribe", "Resource": ["arn:aws:iot:eu-west-1:A:topicfilter/cmd/${iot:Connection.Thing.ThingName}/*", "arn:aws:iot:eu-west-1:A:topicfilter/dt/+/x"]},
-  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:eu-west-1:A:topic/cmd/${iot:Connection.Thing.ThingName}/*"}]}`
+  {"Effect": "Allow", "Action": "iot:Receive", "Resource": "arn:aws:iot:eu-west-1:A:topic/cmd/${iot:Connection.Thing.ThingName}/*"}]}`, ":A:", ":"+accountID("A")+":")
 
 func denial(t *testing.T, e *testEmu, certID, action, resource string) ConnectionEvent {
 	t.Helper()
@@ -47,14 +47,14 @@ func TestPoliciesEnforced(t *testing.T) {
 	// No policy: AWS IoT closes the connection at CONNECT.
 	_, err := dial(t, e, dev, "dev-1", dialOpts{account: "A"})
 	ev := expectRefused(t, e, dev, err, RulePolicy, e.Endpoint("A"))
-	if ev.Action != iotpolicy.ActionConnect || ev.Resource != "arn:aws:iot:eu-west-1:A:client/dev-1" || !strings.Contains(ev.Reason, "implicit deny") {
+	if ev.Action != iotpolicy.ActionConnect || ev.Resource != "arn:aws:iot:eu-west-1:"+accountID("A")+":client/dev-1" || !strings.Contains(ev.Reason, "implicit deny") {
 		t.Fatalf("refusal %+v: want iot:Connect on the client ARN, implicit deny", ev)
 	}
 
 	if _, err := e.CreatePolicy(ctx, "A", "dev", devPolicy); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.AttachPolicy(ctx, "A", "dev", "arn:aws:iot:eu-west-1:A:cert/"+dev.id); err != nil {
+	if err := e.AttachPolicy(ctx, "A", "dev", arnOf("eu-west-1", "A") + "cert/"+dev.id); err != nil {
 		t.Fatal(err)
 	}
 	obs := issue(t, ca, "observer", certOpts{})
@@ -72,7 +72,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	if codes["cmd/dev-1/#"] != 1 || codes["dt/+/x"] != 1 || codes["cmd/dev-2/#"] != 0x80 {
 		t.Fatalf("SUBACK codes %v: want 1, 1 and 0x80 for cmd/dev-2/#", codes)
 	}
-	denial(t, e, dev.id, iotpolicy.ActionSubscribe, "arn:aws:iot:eu-west-1:A:topicfilter/cmd/dev-2/#")
+	denial(t, e, dev.id, iotpolicy.ActionSubscribe, arnOf("eu-west-1", "A") + "topicfilter/cmd/dev-2/#")
 
 	// iot:Receive is checked on each delivery: dt/other/x matches the
 	// subscription but may not be received; cmd/dev-1/go may.
@@ -82,7 +82,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	if got := c.topics(); len(got) != 0 {
 		t.Fatalf("received %v despite iot:Receive", got)
 	}
-	denial(t, e, dev.id, iotpolicy.ActionReceive, "arn:aws:iot:eu-west-1:A:topic/dt/other/x")
+	denial(t, e, dev.id, iotpolicy.ActionReceive, arnOf("eu-west-1", "A") + "topic/dt/other/x")
 
 	// Allowed PUBLISH reaches the observer.
 	o.subscribe(t, "dt/#")
@@ -93,7 +93,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	// which permission was missing.
 	c.Publish("dt/dev-2/temp", 1, false, "x")
 	awaitLost(t, c)
-	ev = denial(t, e, dev.id, iotpolicy.ActionPublish, "arn:aws:iot:eu-west-1:A:topic/dt/dev-2/temp")
+	ev = denial(t, e, dev.id, iotpolicy.ActionPublish, arnOf("eu-west-1", "A") + "topic/dt/dev-2/temp")
 	if ev.Rule != RulePolicy || !strings.Contains(ev.Reason, "implicit deny") {
 		t.Fatalf("publish denial %+v", ev)
 	}
@@ -127,7 +127,7 @@ func TestPoliciesEnforced(t *testing.T) {
 		t.Fatalf("refusal %+v", ev)
 	}
 	got, err := e.AttachedPolicies(ctx, "A", dev.id)
-	if err != nil || len(got) != 2 || got[0].Name != "dev" || got[1].Name != "quarantine" || got[1].ARN != "arn:aws:iot:eu-west-1:A:policy/quarantine" {
+	if err != nil || len(got) != 2 || got[0].Name != "dev" || got[1].Name != "quarantine" || got[1].ARN != arnOf("eu-west-1", "A") + "policy/quarantine" {
 		t.Fatalf("AttachedPolicies: %+v, %v", got, err)
 	}
 }
@@ -150,7 +150,7 @@ func TestPolicyRegistry(t *testing.T) {
 		t.Fatalf("bad name: %v", err)
 	}
 	p, err := r.CreatePolicy(ctx, "A", "p1", DevicePolicy("fleet"))
-	if err != nil || p.ARN != "arn:aws:iot:us-east-1:A:policy/p1" || p.DefaultVersionID != "1" {
+	if err != nil || p.ARN != arnOf("us-east-1", "A") + "policy/p1" || p.DefaultVersionID != "1" {
 		t.Fatalf("CreatePolicy: %+v, %v", p, err)
 	}
 	if _, err := r.CreatePolicy(ctx, "A", "p1", AllowAllPolicy); !errors.Is(err, ErrExists) {
@@ -159,7 +159,7 @@ func TestPolicyRegistry(t *testing.T) {
 	if err := r.AttachPolicy(ctx, "A", "nope", d.id); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("attach a missing policy: %v", err)
 	}
-	if err := r.AttachPolicy(ctx, "A", "p1", "arn:aws:iot:us-east-1:A:thing/x"); !errors.Is(err, ErrInvalid) {
+	if err := r.AttachPolicy(ctx, "A", "p1", arnOf("us-east-1", "A") + "thing/x"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("attach to a thing ARN: %v", err)
 	}
 	if err := r.AttachPolicy(ctx, "A", "p1", d.id); err != nil {
@@ -390,4 +390,9 @@ func TestWildcardsSkipReservedTopics(t *testing.T) {
 	if got := all.topics(); len(got) != 0 {
 		t.Fatalf("a first-level wildcard received %v", got)
 	}
+}
+
+// arnOf is the start of an ARN in an emulator account (its 12-digit ID).
+func arnOf(region, account string) string {
+	return "arn:aws:iot:" + region + ":" + accountID(account) + ":"
 }
