@@ -173,7 +173,7 @@ func policyPage(c *apiCall, ps []Policy, marker string, size int) (any, error) {
 	}
 	out := struct {
 		Policies   []policyAPIJSON `json:"policies"`
-		NextMarker string       `json:"nextMarker,omitempty"`
+		NextMarker string          `json:"nextMarker,omitempty"`
 	}{Policies: make([]policyAPIJSON, 0, len(page)), NextMarker: next}
 	for _, p := range page {
 		out.Policies = append(out.Policies, policyOut(c, p))

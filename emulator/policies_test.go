@@ -54,7 +54,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	if _, err := e.CreatePolicy(ctx, "A", "dev", devPolicy); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.AttachPolicy(ctx, "A", "dev", arnOf("eu-west-1", "A") + "cert/"+dev.id); err != nil {
+	if err := e.AttachPolicy(ctx, "A", "dev", arnOf("eu-west-1", "A")+"cert/"+dev.id); err != nil {
 		t.Fatal(err)
 	}
 	obs := issue(t, ca, "observer", certOpts{})
@@ -72,7 +72,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	if codes["cmd/dev-1/#"] != 1 || codes["dt/+/x"] != 1 || codes["cmd/dev-2/#"] != 0x80 {
 		t.Fatalf("SUBACK codes %v: want 1, 1 and 0x80 for cmd/dev-2/#", codes)
 	}
-	denial(t, e, dev.id, iotpolicy.ActionSubscribe, arnOf("eu-west-1", "A") + "topicfilter/cmd/dev-2/#")
+	denial(t, e, dev.id, iotpolicy.ActionSubscribe, arnOf("eu-west-1", "A")+"topicfilter/cmd/dev-2/#")
 
 	// iot:Receive is checked on each delivery: dt/other/x matches the
 	// subscription but may not be received; cmd/dev-1/go may.
@@ -82,7 +82,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	if got := c.topics(); len(got) != 0 {
 		t.Fatalf("received %v despite iot:Receive", got)
 	}
-	denial(t, e, dev.id, iotpolicy.ActionReceive, arnOf("eu-west-1", "A") + "topic/dt/other/x")
+	denial(t, e, dev.id, iotpolicy.ActionReceive, arnOf("eu-west-1", "A")+"topic/dt/other/x")
 
 	// Allowed PUBLISH reaches the observer.
 	o.subscribe(t, "dt/#")
@@ -93,7 +93,7 @@ func TestPoliciesEnforced(t *testing.T) {
 	// which permission was missing.
 	c.Publish("dt/dev-2/temp", 1, false, "x")
 	awaitLost(t, c)
-	ev = denial(t, e, dev.id, iotpolicy.ActionPublish, arnOf("eu-west-1", "A") + "topic/dt/dev-2/temp")
+	ev = denial(t, e, dev.id, iotpolicy.ActionPublish, arnOf("eu-west-1", "A")+"topic/dt/dev-2/temp")
 	if ev.Rule != RulePolicy || !strings.Contains(ev.Reason, "implicit deny") {
 		t.Fatalf("publish denial %+v", ev)
 	}
@@ -127,7 +127,7 @@ func TestPoliciesEnforced(t *testing.T) {
 		t.Fatalf("refusal %+v", ev)
 	}
 	got, err := e.AttachedPolicies(ctx, "A", dev.id)
-	if err != nil || len(got) != 2 || got[0].Name != "dev" || got[1].Name != "quarantine" || got[1].ARN != arnOf("eu-west-1", "A") + "policy/quarantine" {
+	if err != nil || len(got) != 2 || got[0].Name != "dev" || got[1].Name != "quarantine" || got[1].ARN != arnOf("eu-west-1", "A")+"policy/quarantine" {
 		t.Fatalf("AttachedPolicies: %+v, %v", got, err)
 	}
 }
@@ -150,7 +150,7 @@ func TestPolicyRegistry(t *testing.T) {
 		t.Fatalf("bad name: %v", err)
 	}
 	p, err := r.CreatePolicy(ctx, "A", "p1", DevicePolicy("fleet"))
-	if err != nil || p.ARN != arnOf("us-east-1", "A") + "policy/p1" || p.DefaultVersionID != "1" {
+	if err != nil || p.ARN != arnOf("us-east-1", "A")+"policy/p1" || p.DefaultVersionID != "1" {
 		t.Fatalf("CreatePolicy: %+v, %v", p, err)
 	}
 	if _, err := r.CreatePolicy(ctx, "A", "p1", AllowAllPolicy); !errors.Is(err, ErrExists) {
@@ -159,7 +159,7 @@ func TestPolicyRegistry(t *testing.T) {
 	if err := r.AttachPolicy(ctx, "A", "nope", d.id); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("attach a missing policy: %v", err)
 	}
-	if err := r.AttachPolicy(ctx, "A", "p1", arnOf("us-east-1", "A") + "thing/x"); !errors.Is(err, ErrInvalid) {
+	if err := r.AttachPolicy(ctx, "A", "p1", arnOf("us-east-1", "A")+"thing/x"); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("attach to a thing ARN: %v", err)
 	}
 	if err := r.AttachPolicy(ctx, "A", "p1", d.id); err != nil {
