@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/iot/internal/exchange"
@@ -149,7 +151,7 @@ func (j *Client) execution(payload []byte, err error) (*Execution, error) {
 func (j *Client) Update(ctx context.Context, jobID, status string, details map[string]string) error {
 	body := map[string]any{"status": status}
 	if details != nil {
-		body["statusDetails"] = details
+		body["statusDetails"] = Details(details)
 	}
 	_, err := j.request(ctx, "UpdateJobExecution "+jobID+" "+status, jobID+"/update", body)
 	return err
@@ -208,11 +210,7 @@ func (r Reporter) Report(ctx context.Context, rep rotation.Report) error {
 	details := map[string]string{"oldCertificateId": rep.OldCertificateID, "newCertificateId": rep.NewCertificateID}
 	if rep.Outcome != rotation.Succeeded {
 		status = StatusFailed
-		reason := rep.Reason
-		if len(reason) > 1000 {
-			reason = reason[:1000] + "…"
-		}
-		details = map[string]string{"reason": reason, "phase": string(rep.Phase), "certificateId": rep.OldCertificateID}
+		details = map[string]string{"reason": rep.Reason, "phase": string(rep.Phase), "certificateId": rep.OldCertificateID}
 	}
 	err := r.Client.Update(ctx, rep.Trigger.JobID, status, details)
 	var je *Error
@@ -238,4 +236,50 @@ func Confirm(ctx context.Context, j *Client, t rotation.Trigger) error {
 		return rotation.NewFatal("confirming job "+t.JobID, fmt.Errorf("the job is %s, no longer IN_PROGRESS: the cloud does not expect this rotation any more", e.Status))
 	}
 	return nil
+}
+
+// MaxDetailValue is the longest statusDetails value AWS IoT Jobs accepts, in
+// characters.
+const MaxDetailValue = 1024
+
+// Details makes statusDetails that AWS IoT Jobs accepts: keys of 1–128
+// characters of [a-zA-Z0-9:_-] (others are replaced by '_'), values of 1–1,024
+// characters without control characters (a multi-line error becomes one
+// line; an empty value becomes "-"; a long one is cut, ending in "…"). AWS
+// refuses the whole update otherwise, and the device's report would be lost.
+func Details(in map[string]string) map[string]string {
+	out := make(map[string]string, len(in))
+	for k, v := range in {
+		out[detailKey(k)] = detailValue(v)
+	}
+	return out
+}
+
+func detailKey(k string) string {
+	if k == "" {
+		return "_"
+	}
+	b := []rune(k)
+	if len(b) > 128 {
+		b = b[:128]
+	}
+	for i, r := range b {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == ':' || r == '_' || r == '-') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
+
+func detailValue(v string) string {
+	v = strings.Join(strings.FieldsFunc(v, func(r rune) bool {
+		return unicode.IsControl(r) || unicode.IsSpace(r) || !unicode.IsPrint(r) && !unicode.IsSpace(r)
+	}), " ")
+	if v == "" {
+		return "-"
+	}
+	if r := []rune(v); len(r) > MaxDetailValue {
+		v = string(r[:MaxDetailValue-1]) + "…"
+	}
+	return v
 }
