@@ -17,7 +17,6 @@ import (
 	"log"
 	"os"
 	"os/signal"
-	"syscall"
 
 	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/keystore"
@@ -25,26 +24,24 @@ import (
 )
 
 func main() {
-	endpoint := flag.String("endpoint", "", "AWS IoT endpoint host name")
-	address := flag.String("address", "", "HOST:PORT to dial instead (optional)")
+	var ep iot.Endpoint
+	flag.StringVar(&ep.Host, "endpoint", "", "AWS IoT endpoint host name (sent as SNI)")
+	flag.StringVar(&ep.Address, "address", "", "HOST:PORT to dial instead (optional)")
 	keyURI := flag.String("key", "", "device key URI")
 	certFile := flag.String("cert", "", "device certificate PEM")
 	caFile := flag.String("ca", "", "root CA PEM (default: the built-in Amazon roots)")
 	thing := flag.String("thing", "", "thing name, used as the MQTT client ID")
-	topic := flag.String("topic", "", "topic to publish to (default dt/<thing>/hello)")
-	once := flag.Bool("once", false, "disconnect after publishing instead of staying connected")
+	once := flag.Bool("once", false, "disconnect after publishing")
 	flag.Parse()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	if err := run(ctx, *endpoint, *address, *keyURI, *certFile, *caFile, *thing, *topic, *once); err != nil {
-		log.Fatal(err)
+	if err := run(ctx, ep, *keyURI, *certFile, *caFile, *thing, *once); err != nil {
+		log.Fatal(err) // a *iot.ConnectError says what went wrong and what to do
 	}
 }
 
-func run(ctx context.Context, endpoint, address, keyURI, certFile, caFile, thing, topic string, once bool) error {
-	// The key stays in its store; only a handle to it is opened here.
-	store, key, err := keystore.OpenKey(ctx, keyURI, keystore.Options{})
+func run(ctx context.Context, ep iot.Endpoint, keyURI, certFile, caFile, thing string, once bool) error {
+	store, key, err := keystore.OpenKey(ctx, keyURI, keystore.Options{}) // a handle; the key stays in its store
 	if err != nil {
 		return err
 	}
@@ -57,18 +54,7 @@ func run(ctx context.Context, endpoint, address, keyURI, certFile, caFile, thing
 	if err != nil {
 		return err
 	}
-	cfg := iot.Config{
-		Endpoint:  iot.Endpoint{Host: endpoint, Address: address},
-		Identity:  iot.NewIdentitySource(id),
-		ThingName: thing,
-		OnStateChange: func(c iot.StateChange) {
-			if c.Err != nil {
-				log.Printf("%s: %v", c.State, c.Err)
-			} else {
-				log.Printf("%s", c.State)
-			}
-		},
-	}
+	cfg := iot.Config{Endpoint: ep, Identity: iot.NewIdentitySource(id), ThingName: thing}
 	if caFile != "" {
 		if cfg.Roots, err = iot.LoadCAFile(caFile); err != nil {
 			return err
@@ -78,19 +64,14 @@ func run(ctx context.Context, endpoint, address, keyURI, certFile, caFile, thing
 	if err != nil {
 		return err
 	}
-	info, err := client.Connect(ctx)
-	if err != nil {
-		return err // a *iot.ConnectError: it says what went wrong and what to do
+	if _, err := client.Connect(ctx); err != nil {
+		return err
 	}
-	fmt.Printf("connected with %s, %s\n", info.TLS.Version, info.TLS.CipherSuite)
-
-	if topic == "" {
-		topic = "dt/" + client.ClientID() + "/hello"
-	}
+	topic := "dt/" + client.ClientID() + "/hello"
 	if err := client.Publish(ctx, topic, iot.AtLeastOnce, []byte(`{"hello":"world"}`)); err != nil {
 		return err
 	}
-	fmt.Printf("published to %s\n", topic)
+	fmt.Println("published to", topic)
 	if !once {
 		<-ctx.Done() // stay connected; the client reconnects by itself
 	}
