@@ -109,18 +109,24 @@ func policyTarget(c *apiCall, target string) (string, error) {
 	return c.certificateFromPrincipal(target)
 }
 
-func apiAttachPolicy(ctx context.Context, c *apiCall) (any, error) {
-	name, err := policyName(c)
-	if err != nil {
-		return nil, err
+// policyAndTarget reads AttachPolicy's and DetachPolicy's input: the policy
+// in the path, the target certificate in the body.
+func policyAndTarget(c *apiCall) (name, cert string, err error) {
+	if name, err = policyName(c); err != nil {
+		return "", "", err
 	}
 	var in struct {
 		Target string `json:"target"`
 	}
 	if err := c.Decode(&in); err != nil {
-		return nil, err
+		return "", "", err
 	}
-	cert, err := policyTarget(c, in.Target)
+	cert, err = policyTarget(c, in.Target)
+	return name, cert, err
+}
+
+func apiAttachPolicy(ctx context.Context, c *apiCall) (any, error) {
+	name, cert, err := policyAndTarget(c)
 	if err != nil {
 		return nil, err
 	}
@@ -128,17 +134,7 @@ func apiAttachPolicy(ctx context.Context, c *apiCall) (any, error) {
 }
 
 func apiDetachPolicy(ctx context.Context, c *apiCall) (any, error) {
-	name, err := policyName(c)
-	if err != nil {
-		return nil, err
-	}
-	var in struct {
-		Target string `json:"target"`
-	}
-	if err := c.Decode(&in); err != nil {
-		return nil, err
-	}
-	cert, err := policyTarget(c, in.Target)
+	name, cert, err := policyAndTarget(c)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"testing"
 )
 
@@ -10,14 +9,7 @@ import (
 // after its devices work.
 func TestAWSCLIJobsStory(t *testing.T) {
 	s := newAWSStory(t)
-	want := func(out string, subs ...string) {
-		t.Helper()
-		for _, sub := range subs {
-			if !strings.Contains(out, sub) {
-				t.Fatalf("output lacks %q:\n%s", sub, out)
-			}
-		}
-	}
+	want := s.want
 	s.run("things and a group", `
 for n in 1 2 3; do iot create-thing --thing-name "gw-$n" > /dev/null; done
 iot create-thing-group --thing-group-name fleet --thing-group-properties '{"thingGroupDescription":"all gateways","attributePayload":{"attributes":{"site":"berlin"}}}' > group.json

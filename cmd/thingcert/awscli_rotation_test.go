@@ -22,14 +22,7 @@ import (
 // and a connection with it refused.
 func TestAWSCLIRotationStory(t *testing.T) {
 	s := newAWSStory(t)
-	want := func(out string, subs ...string) {
-		t.Helper()
-		for _, sub := range subs {
-			if !strings.Contains(out, sub) {
-				t.Fatalf("output lacks %q:\n%s", sub, out)
-			}
-		}
-	}
+	want := s.want
 	// The policy documents an operator writes (the gateway guide's, kept
 	// equal to these by the emulator's tests).
 	for name, doc := range map[string]string{"device-policy.json": emulator.DevicePolicy("fleet"), "claim-policy.json": emulator.ClaimPolicy("fleet")} {

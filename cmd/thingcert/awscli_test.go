@@ -100,6 +100,16 @@ connect() { "$THINGCERT" connect --endpoint "$MQTT_ENDPOINT" --address "$MQTT_AD
 	return s
 }
 
+// want fails the test unless out holds every one of subs.
+func (s *awsStory) want(out string, subs ...string) {
+	s.t.Helper()
+	for _, sub := range subs {
+		if !strings.Contains(out, sub) {
+			s.t.Fatalf("output lacks %q:\n%s", sub, out)
+		}
+	}
+}
+
 // run runs one step and returns its output; wantOK says whether it must
 // succeed or fail.
 func (s *awsStory) run(name, script string, wantOK bool) string {
@@ -118,14 +128,7 @@ func (s *awsStory) run(name, script string, wantOK bool) string {
 // be appended (policies, provisioning, jobs).
 func TestAWSCLIControlPlaneStory(t *testing.T) {
 	s := newAWSStory(t)
-	want := func(out string, subs ...string) {
-		t.Helper()
-		for _, sub := range subs {
-			if !strings.Contains(out, sub) {
-				t.Fatalf("output lacks %q:\n%s", sub, out)
-			}
-		}
-	}
+	want := s.want
 	out := s.run("version", `"$AWS" --version`, true)
 	t.Logf("aws CLI: %s", strings.TrimSpace(out))
 
