@@ -152,6 +152,17 @@ field kc.json certificateArn > cert.arn`, true)
 	out = s.run("describe-certificate", `iot describe-certificate --certificate-id "$(cat cert.id)" --query certificateDescription.[status,certificateMode] --output text`, true)
 	want(out, "ACTIVE", "DEFAULT")
 
+	// Without a policy AWS accepts TLS and refuses CONNECT; with one, the
+	// device connects.
+	out = s.run("device without a policy", `connect gw-1 gw-1 2>&1`, false)
+	want(out, "iot:Connect")
+	s.run("create-policy, attach-policy", `cat > gw-policy.json <<'JSON'
+{"Version": "2012-10-17", "Statement": [
+ {"Effect": "Allow", "Action": "iot:Connect", "Resource": "arn:aws:iot:*:*:client/${iot:Connection.Thing.ThingName}"}]}
+JSON
+iot create-policy --policy-name gw --policy-document file://gw-policy.json > /dev/null
+iot attach-policy --policy-name gw --target "$(cat cert.arn)"
+sleep 2 # AWS IoT allows one CONNECT per second per client ID`, true)
 	out = s.run("device connects", `connect gw-1 gw-1`, true)
 	want(out, "connected")
 
