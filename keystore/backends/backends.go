@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/pkcs11store"
 )
 
 // Open opens the store a store URI or a key URI belongs to: for a key URI the
@@ -40,4 +41,14 @@ func OpenKey(ctx context.Context, keyURI string, opts keystore.Options) (keystor
 		return nil, nil, err
 	}
 	return s, k, nil
+}
+
+// Schemes lists the URI schemes this build can open, in a fixed order: file
+// and tpm always, pkcs11 only in a cgo build (a PKCS#11 module is a C library).
+func Schemes() []string {
+	s := []string{keystore.SchemeFile, keystore.SchemeTPM}
+	if pkcs11store.Available {
+		s = append(s, keystore.SchemePKCS11)
+	}
+	return s
 }
