@@ -8,7 +8,7 @@ PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitt
 PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze
 TEST_TIMEOUT ?= 15m
 
-.PHONY: test peers vet build bench
+.PHONY: test peers vet build bench dist
 
 test: peers vet
 	THINGCERT_REQUIRE_PEERS=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
@@ -31,6 +31,12 @@ peers:
 
 build:
 	$(GO) build -o thingcert ./cmd/thingcert
+
+# Release artifacts for every architecture into dist/ (docs/release.md).
+# DIST_ARCH=amd64 builds one.
+DIST_ARCH ?= amd64,arm64,armv7,armv6
+dist:
+	$(GO) -C tools run ./dist -repo $(CURDIR) -out $(CURDIR)/dist -arch $(DIST_ARCH)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/...
