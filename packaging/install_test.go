@@ -47,6 +47,7 @@ func testInstall(t *testing.T, deb, version, repo string) {
 
 	// Install.
 	out := mustRun(t, dpkg, "-i", deb)
+	t.Logf("dpkg -i said:\n%s", out)
 	for _, s := range []string{"not enabled or started", "sudo -e /etc/thingcert/thingcert.yaml", "thingcert doctor", "systemctl enable --now thingcert"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("dpkg -i output lacks %q:\n%s", s, out)
