@@ -155,10 +155,12 @@ func (r *release) debPackage(t target, bin []byte) (string, error) {
 		Maintainer:    r.o.maintainer,
 		Homepage:      "https://github.com/thingcert/thingcert",
 		Description: "AWS IoT device identity whose private key never leaves secure storage\n" +
-			"thingcert gives a Linux device an X.509 client identity for AWS IoT Core whose\n" +
-			"private key stays in a TPM 2.0 or (least secure) a file: it provisions by claim,\n" +
-			"connects over MQTT with mutual TLS and renews the certificate before it ages out.\n" +
-			"This build has no PKCS#11 support (it needs cgo): see " + docDir + "/release.md.",
+			"thingcert gives a Linux device an X.509 client identity for AWS IoT\n" +
+			"Core whose private key stays in a TPM 2.0 or (least secure) a file:\n" +
+			"it provisions by claim, connects over MQTT with mutual TLS and\n" +
+			"renews the certificate before it ages out.\n" +
+			"This build has no PKCS#11 support (it needs cgo); see\n" +
+			docDir + "/release.md.",
 		MTime: r.mtime,
 		Overridables: nfpm.Overridables{
 			Depends:  []string{"systemd"},
