@@ -1,25 +1,29 @@
 # `make test` installs the test peers when they are missing (as root, with
 # apt-get) and runs every test against them. Peer-needing tests fail, not skip,
-# under it: a green run means SoftHSM2, swtpm, tpm2-tools, mosquitto, openssl
-# and systemd-analyze (which checks the shipped unit) were used.
+# under it: a green run means SoftHSM2, swtpm, tpm2-tools, mosquitto, openssl,
+# systemd-analyze (which checks the shipped unit), dpkg and file (which check
+# the release packages, installed on this machine: CI runs as root) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli
-PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze aws
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze aws dpkg-deb file
 TEST_TIMEOUT ?= 15m
 # make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
 # narrows the packages); crashers land in the package's testdata/fuzz.
 FUZZTIME ?= 5m
 FUZZPKGS ?= ./...
 
-.PHONY: test peers vet build bench fuzz
+.PHONY: test peers vet build bench fuzz dist
 
 test: peers vet
 	THINGCERT_REQUIRE_PEERS=1 $(GO) test -race -timeout $(TEST_TIMEOUT) ./...
+	THINGCERT_REQUIRE_PEERS=1 $(GO) -C tools test -race ./...
 	CGO_ENABLED=0 $(GO) build -o /dev/null ./cmd/thingcert
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags thingcert_gendocs ./cmd/thingcert
+	$(GO) -C tools vet ./...
 
 peers:
 	@missing=""; for b in $(PEERS_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
@@ -35,6 +39,12 @@ peers:
 
 build:
 	$(GO) build -o thingcert ./cmd/thingcert
+
+# Release artifacts for every architecture into dist/ (docs/release.md).
+# DIST_ARCH=amd64 builds one.
+DIST_ARCH ?= amd64,arm64,armv7,armv6
+dist:
+	$(GO) -C tools run ./dist -repo $(CURDIR) -out $(CURDIR)/dist -arch $(DIST_ARCH)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./bench/...

@@ -64,6 +64,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 		newDemoCmd(env),
 		newVersionCmd(env),
 	)
+	root.AddCommand(buildOnlyCommands(env)...) // none in a release binary: gendocs.go
 	return root
 }
 

@@ -9,6 +9,9 @@ import (
 	"github.com/thingcert/thingcert/keystore"
 )
 
+// Available says whether this build can open PKCS#11 tokens: false without cgo.
+const Available = false
+
 // Open would open the token a pkcs11: store or key URI names. This binary was
 // built without cgo, and a PKCS#11 module is a C library that only a cgo build
 // can load, so it refuses with an error that says so, whatever the URI.

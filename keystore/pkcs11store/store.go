@@ -44,6 +44,10 @@ type Store struct {
 
 var _ keystore.Store = (*Store)(nil)
 
+// Available says whether this build can open PKCS#11 tokens: true here, in a
+// cgo build; false in a CGO_ENABLED=0 one (nocgo.go).
+const Available = true
+
 var errClosed = errors.New("pkcs11store: the store is closed")
 
 // Open opens the token a pkcs11: store or key URI names (for a key URI, the
