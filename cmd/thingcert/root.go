@@ -5,8 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/thingcert/thingcert/internal/doctor"
 )
 
 // usageError marks a mistake in the command line (exit 2, as is usual).
@@ -19,6 +22,10 @@ func exitCode(err error) int {
 	var u usageError
 	if errors.As(err, &u) {
 		return 2
+	}
+	var x exitStatus
+	if errors.As(err, &x) {
+		return x.code
 	}
 	return 1
 }
@@ -60,6 +67,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 		newRotateCmd(env),
 		newRunCmd(env),
 		newStatusCmd(env),
+		newDoctorCmd(env),
 		newEmulatorCmd(env),
 		newDemoCmd(env),
 		newVersionCmd(env),
@@ -71,6 +79,17 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 type cliEnv struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	// now replaces the clock of status and doctor (nil: time.Now); doctor,
+	// if set, adjusts doctor's probes (paths, clock). Tests set them.
+	now    func() time.Time
+	doctor func(*doctor.Env)
+}
+
+func (e *cliEnv) clock() func() time.Time {
+	if e.now != nil {
+		return e.now
+	}
+	return time.Now
 }
 
 // required checks that flags were given, as a usage error naming them.
