@@ -33,6 +33,13 @@ func exitCode(err error) int {
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	return newRootCmdEnv(&cliEnv{stdout: stdout, stderr: stderr})
+}
+
+// newRootCmdEnv is the command tree writing to env's outputs, with env's
+// clock and probes (tests replace them).
+func newRootCmdEnv(env *cliEnv) *cobra.Command {
+	stdout, stderr := env.stdout, env.stderr
 	root := &cobra.Command{
 		Use:   "thingcert",
 		Short: "An AWS IoT device identity whose private key never leaves secure storage",
@@ -58,7 +65,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 		return usageError{err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
 	})
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	env := &cliEnv{stdout: stdout, stderr: stderr, log: logger}
+	env.log = logger
 	root.AddCommand(
 		newKeyCmd(env),
 		newCSRCmd(env),

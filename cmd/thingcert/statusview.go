@@ -182,7 +182,14 @@ func StatusBroken(path string, cfgErr error, dir, how string, st *rotation.State
 	case running:
 		msg += fmt.Sprintf("; the agent runs with %s", rec.Config)
 	}
-	s.Problems = append([]string{msg}, s.Problems...)
+	rest := s.Problems[:0:0]
+	for _, p := range s.Problems {
+		// The refused reload is this same error, said once.
+		if rec == nil || rec.ReloadError != cfgErr.Error() || !strings.HasPrefix(p, "the last configuration reload was refused") {
+			rest = append(rest, p)
+		}
+	}
+	s.Problems = append([]string{msg}, rest...)
 	return s
 }
 

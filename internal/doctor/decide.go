@@ -21,16 +21,21 @@ func ConfigResult(path string, err error, summary string) Result {
 	if err == nil {
 		return ok("config", "%s: %s", path, summary)
 	}
-	edit := "${EDITOR:-vi} " + shellQuote(path)
-	if m := lineRE.FindStringSubmatch(err.Error()); m != nil {
-		edit = "${EDITOR:-vi} +" + m[1] + " " + shellQuote(path)
-	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && errors.Is(err, fs.ErrNotExist) && pe.Path == path {
 		return fail("config", "sudo install -m 0640 /usr/share/doc/thingcert/thingcert.yaml "+shellQuote(path)+" (or write it: see docs/config.md)",
 			"%s does not exist", path)
 	}
-	return fail("config", edit+"  (then: systemctl reload thingcert)", "%s", oneLine(err.Error()))
+	return fail("config", editFix(path, err.Error()), "%s", oneLine(err.Error()))
+}
+
+// editFix opens path at the line msg names, if it names one.
+func editFix(path, msg string) string {
+	edit := "${EDITOR:-vi} " + shellQuote(path)
+	if m := lineRE.FindStringSubmatch(msg); m != nil {
+		edit = "${EDITOR:-vi} +" + m[1] + " " + shellQuote(path)
+	}
+	return edit + "  (then: systemctl reload thingcert)"
 }
 
 // FolderResult judges a folder that holds state or keys: it must be

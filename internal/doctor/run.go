@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -123,17 +124,22 @@ func Run(ctx context.Context, env Env) *Report {
 	}()
 	r.checkConfig()
 	r.checkState()
-	if r.cfg != nil {
-		r.pickIdentity()
-		r.checkStore(ctx)
-		r.checkKey(ctx)
-		r.checkCertificate()
-	}
+	// Without a configuration, the state folder still names the identity:
+	// its key, certificate and the clock are checked, and a running agent
+	// is asked about its connection.
+	r.pickIdentity()
+	r.checkStore(ctx)
+	r.checkKey(ctx)
+	r.checkCertificate()
 	r.checkClock(ctx)
-	if r.cfg != nil {
+	switch {
+	case r.cfg != nil:
 		r.checkNetwork(ctx)
 		r.checkMQTT(ctx)
-	} else {
+	case r.agent:
+		r.rep.add(skip("network", "not checked: the configuration does not load"))
+		r.mqttViaAgent(ctx)
+	default:
 		r.rep.add(skip("network", "not checked: the configuration does not load"))
 	}
 	r.checkAgent(ctx)
@@ -186,6 +192,17 @@ func (r *run) checkState() {
 // claim.
 func (r *run) pickIdentity() {
 	c := r.cfg
+	if c == nil {
+		if r.state != nil && r.state.Current != nil && !r.state.Current.Claim {
+			cur := r.state.Current
+			id := cur.ThingName
+			if r.rec != nil && r.rec.Connection.ClientID != "" {
+				id = r.rec.Connection.ClientID
+			}
+			r.id = &identity{keyURI: cur.KeyURI, certFile: cur.CertFile, certID: cur.CertificateID, clientID: id, kind: "device"}
+		}
+		return
+	}
 	switch {
 	case r.state != nil && r.state.Current != nil:
 		cur := r.state.Current
@@ -206,8 +223,11 @@ func (r *run) pickIdentity() {
 }
 
 func (r *run) checkStore(ctx context.Context) {
-	uris := []string{r.cfg.Store}
-	if r.id != nil && r.id.keyURI != r.cfg.Store {
+	var uris []string
+	if r.cfg != nil {
+		uris = append(uris, r.cfg.Store)
+	}
+	if r.id != nil && (r.cfg == nil || r.id.keyURI != r.cfg.Store) {
 		uris = append(uris, r.id.keyURI)
 	}
 	seen := map[string]bool{}
@@ -218,7 +238,7 @@ func (r *run) checkStore(ctx context.Context) {
 		}
 		switch u.Scheme {
 		case keystore.SchemeFile:
-			dir := u.Path
+			dir := filepath.Clean(u.Path)
 			if !strings.HasSuffix(s, "/") {
 				dir = filepath.Dir(u.Path)
 			}
@@ -356,6 +376,8 @@ func (r *run) checkPKCS11(ctx context.Context, storeURI string, u *keystore.URI)
 	} else if fi, err := os.Stat(module); err != nil || !fi.Mode().IsRegular() {
 		r.rep.add(fail("pkcs11 module", "ls -l "+shellQuote(module)+"  (install the token's PKCS#11 module, e.g. apt install opensc or softhsm2)", "module %s: not found", module))
 		modOK = false
+	} else {
+		r.rep.add(ok("pkcs11 module", "%s present", module))
 	}
 	pinOK := true
 	if ps := u.Query["pin-source"]; ps != "" {
@@ -388,6 +410,9 @@ func (r *run) checkPKCS11(ctx context.Context, storeURI string, u *keystore.URI)
 }
 
 func (r *run) checkKey(ctx context.Context) {
+	if r.id == nil && r.cfg == nil {
+		return
+	}
 	if r.id == nil {
 		r.rep.add(warn("key", "", "no identity yet: no state, no key in the configuration and no claim"))
 		return
@@ -408,7 +433,9 @@ func (r *run) checkKey(ctx context.Context) {
 	s, k, err := keystore.OpenKey(cctx, r.id.keyURI, keystore.Options{})
 	if err != nil {
 		fix := "thingcert key show --key '" + shown + "'"
-		if errors.Is(err, keystore.ErrNotFound) {
+		if m := chmodRE.FindString(err.Error()); m != "" && errors.Is(err, keystore.ErrInsecure) {
+			fix = m
+		} else if errors.Is(err, keystore.ErrNotFound) {
 			fix = "thingcert status  (the key is gone: provision again with the claim, claim.recover, or install a new key and certificate)"
 		}
 		r.rep.add(fail("key", fix, "%s (%s identity): %s", shown, r.id.kind, oneLine(err.Error())))
@@ -432,6 +459,9 @@ func (r *run) checkKey(ctx context.Context) {
 	}
 	r.rep.add(ok("key", "%s (%s identity) signs; the signature verifies with its public key", shown, r.id.kind))
 }
+
+// chmodRE finds the command a store's ErrInsecure error gives.
+var chmodRE = regexp.MustCompile(`chmod [0-7]{3,4} [^\s` + "`" + `;]+`)
 
 func verify(pub crypto.PublicKey, digest, sig []byte) error {
 	switch p := pub.(type) {
@@ -496,7 +526,7 @@ func (r *run) checkCertificate() {
 	}
 	r.rep.add(ok("certificate", "%s %s, %s, valid %s to %s, %s", r.id.kind, id[:12], leaf.Subject,
 		leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), chainNote))
-	if st := r.state; st != nil && st.Current != nil && !st.Current.Claim {
+	if st := r.state; r.cfg != nil && st != nil && st.Current != nil && !st.Current.Claim {
 		runner := rotation.Runner{Policy: r.cfg.Policy(), DeviceID: r.cfg.ClientID}
 		d, due := runner.Due(st, r.now)
 		r.rep.add(RenewalResult(st.Current, d, due, r.now))
@@ -598,14 +628,14 @@ func (r *run) checkNetwork(ctx context.Context) {
 		return
 	}
 	r.rep.add(ok("tcp", "%s connects", dial))
-	r.checkTLS(cctx, ep, conn)
+	r.netOK = r.checkTLS(cctx, ep, conn)
 }
 
 // checkTLS verifies the server with the configured roots. It offers no
 // client certificate: the server is judged, not the device (the MQTT check
 // does that), and whether the server then accepts an anonymous client does
 // not matter once its chain has been verified.
-func (r *run) checkTLS(ctx context.Context, ep iot.Endpoint, conn net.Conn) {
+func (r *run) checkTLS(ctx context.Context, ep iot.Endpoint, conn net.Conn) bool {
 	defer conn.Close()
 	roots := r.roots
 	rootsName := "the configured ca " + r.cfg.CA
@@ -613,7 +643,7 @@ func (r *run) checkTLS(ctx context.Context, ep iot.Endpoint, conn net.Conn) {
 		var err error
 		if roots, err = iot.AmazonRoots(); err != nil {
 			r.rep.add(fail("tls", "", "the built-in Amazon roots: %v", err))
-			return
+			return false
 		}
 		rootsName = "the built-in Amazon roots"
 	}
@@ -637,7 +667,7 @@ func (r *run) checkTLS(ctx context.Context, ep iot.Endpoint, conn net.Conn) {
 	}
 	if verified != nil {
 		r.rep.add(ok("tls", "the server's certificate (%s) verifies with %s for %s", verified.Subject, rootsName, ep.Host))
-		return
+		return true
 	}
 	show := "openssl s_client -connect " + ep.DialAddress() + " -servername " + ep.Host + " -showcerts </dev/null"
 	var ua x509.UnknownAuthorityError
@@ -657,6 +687,7 @@ func (r *run) checkTLS(ctx context.Context, ep iot.Endpoint, conn net.Conn) {
 	default:
 		r.rep.add(fail("tls", show, "handshake with %s: %v", ep.DialAddress(), err))
 	}
+	return false
 }
 
 func issuerOf(c *x509.Certificate) string {
@@ -681,6 +712,9 @@ func (r *run) checkMQTT(ctx context.Context) {
 		return
 	case r.key == nil || r.leaf == nil:
 		r.rep.add(skip("mqtt", "not checked: the key or certificate failed above"))
+		return
+	case !r.netOK:
+		r.rep.add(skip("mqtt", "not checked: the network checks failed above"))
 		return
 	}
 	idt, err := iot.NewIdentity(r.key, r.chain)
@@ -711,7 +745,7 @@ func (r *run) checkMQTT(ctx context.Context) {
 	case r.id.kind == "claim":
 		r.rep.add(skip("jobs topics", "not checked: the claim identity only provisions"))
 		return
-	case !r.cfg.JobsEnabled():
+	case r.cfg != nil && !r.cfg.JobsEnabled():
 		r.rep.add(skip("jobs topics", "not checked: rotation.jobs is off"))
 		return
 	}
@@ -855,7 +889,7 @@ func (r *run) checkAgent(ctx context.Context) {
 		r.rep.add(ok("agent", "running (pid %d, since %s), its socket %s answers", rec.PID, rec.Started.UTC().Format(time.RFC3339), sock))
 	}
 	if rec.ReloadError != "" {
-		r.rep.add(warn("agent config", "${EDITOR:-vi} "+shellQuote(rec.Config)+"  (then: systemctl reload thingcert)",
+		r.rep.add(warn("agent config", editFix(rec.Config, rec.ReloadError),
 			"the agent refused the last reload of %s and runs with the configuration it had: %s", rec.Config, oneLine(rec.ReloadError)))
 	}
 }
