@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,6 +19,7 @@ import (
 	"github.com/thingcert/thingcert/internal/testpeers"
 	"github.com/thingcert/thingcert/internal/testpki"
 	"github.com/thingcert/thingcert/iot"
+	"github.com/thingcert/thingcert/keystore"
 )
 
 // doctorRun is one `thingcert doctor --json` run, in process.
@@ -284,14 +286,44 @@ func TestDoctorNoTPM(t *testing.T) {
 	t.Logf("\n%s", r.text)
 }
 
-// TestDoctorTPM: swtpm's manufacturer and firmware are read.
+// TestDoctorTPM: a claim key made in swtpm: the TPM's manufacturer and
+// firmware are read, the key signs in the TPM, and CONNECT works with it.
 func TestDoctorTPM(t *testing.T) {
 	tpm := testpeers.StartSWTPM(t)
 	d := newDaemonDevice(t)
-	d.writeConfig(strings.Replace(d.base, "store: file:"+d.dir+"/keys/", "store: tpm:?device="+tpm.Device()+"&blob-dir="+d.dir+"/keys", 1))
+	ctx := context.Background()
+	keyURI := "tpm:blob=" + filepath.Join(d.dir, "tpmkeys", "claim.tpmkey") + "?device=" + tpm.Device()
+	if err := os.Mkdir(filepath.Join(d.dir, "tpmkeys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	store, err := keystore.Open(ctx, keyURI, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := store.Generate(ctx, keyURI, keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, _, err := d.emu.RegisterClaim(ctx, daemonAccount, k, "tpm-claim")
+	store.Close() // swtpm serves one connection at a time
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(d.dir, "tpm-claim.crt"), certPEM)
+	cfg := d.base
+	for old, new := range map[string]string{
+		"store: file:" + d.dir + "/keys/": "store: tpm:?device=" + tpm.Device() + "&blob-dir=" + d.dir + "/tpmkeys",
+		"cert: claim.crt":                 "cert: tpm-claim.crt",
+	} {
+		cfg = strings.Replace(cfg, old, new, 1)
+	}
+	cfg = regexp.MustCompile(`(?m)^  key: .*$`).ReplaceAllString(cfg, "  key: "+keyURI)
+	d.writeConfig(cfg)
 	r := runDoctor(t, synced(t), "--config", d.config)
 	r.want(t, "tpm device", doctor.OK, tpm.Device())
-	r.want(t, "tpm", doctor.OK, "manufacturer", "firmware")
+	r.want(t, "tpm", doctor.OK, "manufacturer IBM", "firmware")
+	r.want(t, "key", doctor.OK, keyURI, "claim identity", "signs")
+	r.want(t, "mqtt", doctor.OK, "claim identity accepted")
 	t.Logf("\n%s", r.text)
 }
 
@@ -355,6 +387,8 @@ func TestDoctorAndStatusWithBrokenConfig(t *testing.T) {
 	d.writeConfig(d.base + "renewal_interval: 1h\n")
 	p.signal(syscall.SIGHUP)
 	p.waitLog(0, "configuration reload refused")
+	// The refusal is logged, then recorded.
+	eventually(t, "the agent to record the refused reload", func() bool { return d.status().Agent.ReloadError != "" })
 
 	out, err := exec.Command(thingcertBinary(t), "status", "--config", d.config, "--json").Output()
 	if err != nil {

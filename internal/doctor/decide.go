@@ -44,7 +44,7 @@ func editFix(path, msg string) string {
 func FolderResult(check, path string, mode fs.FileMode, owner string, err error) Result {
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return warn(check, "", "%s does not exist yet (the agent makes it at its first start)", path)
+			return warn(check, "systemctl enable --now thingcert  (the agent makes it, mode 0700, at its first start)", "%s does not exist yet", path)
 		}
 		return fail(check, "ls -ld "+shellQuote(path), "%s: %v", path, err)
 	}

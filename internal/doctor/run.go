@@ -354,12 +354,12 @@ func tpmInfo(t transport.TPM) (string, error) {
 		for _, id := range ids {
 			b = binary.BigEndian.AppendUint32(b, v[id])
 		}
-		return strings.TrimRight(strings.Map(func(r rune) rune {
+		return strings.Join(strings.Fields(strings.Map(func(r rune) rune {
 			if r < 0x20 || r > 0x7e {
 				return -1
 			}
 			return r
-		}, string(b)), " ")
+		}, string(b))), " ")
 	}
 	fw1, fw2 := v[tpm2.TPMPTFirmwareVersion1], v[tpm2.TPMPTFirmwareVersion2]
 	return fmt.Sprintf("manufacturer %s (%s), firmware %d.%d.%d.%d", str(tpm2.TPMPTManufacturer),
