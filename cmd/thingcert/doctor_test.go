@@ -286,6 +286,30 @@ func TestDoctorNoTPM(t *testing.T) {
 	t.Logf("\n%s", r.text)
 }
 
+// TestDoctorTPMServiceCannotOpen: a device node the service user cannot
+// open (root:root 0600, no tss group), made with mknod; it is a character
+// device that does not answer TPM commands (the null device's numbers).
+func TestDoctorTPMServiceCannotOpen(t *testing.T) {
+	dev := filepath.Join(t.TempDir(), "tpmrm0")
+	if err := syscall.Mknod(dev, syscall.S_IFCHR|0o600, 1<<8|3); err != nil {
+		t.Skipf("cannot make a device node here (needs CAP_MKNOD): %v", err)
+	}
+	if err := os.Chmod(dev, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dev, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	d := newDaemonDevice(t)
+	d.writeConfig(strings.Replace(d.base, "store: file:"+d.dir+"/keys/", "store: tpm:?device="+dev, 1))
+	r := runDoctor(t, synced(t), "--config", d.config)
+	r.want(t, "tpm device", doctor.OK)
+	r.want(t, "tpm resource manager", doctor.OK)
+	r.want(t, "tpm service access", doctor.Fail, "mode 0600", "cannot open it", "tpm-udev")
+	r.want(t, "tpm", doctor.Fail, "does not answer")
+	t.Logf("\n%s", r.text)
+}
+
 // TestDoctorTPM: a claim key made in swtpm: the TPM's manufacturer and
 // firmware are read, the key signs in the TPM, and CONNECT works with it.
 func TestDoctorTPM(t *testing.T) {

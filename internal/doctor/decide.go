@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -92,7 +93,7 @@ func TPMDeviceResults(device string, statErr, openErr error) []Result {
 			"%s: no such device: this device has no TPM, or its driver is not loaded", device)}
 	}
 	out := []Result{ok("tpm device", "%s present", device)}
-	if strings.HasPrefix(device, "/dev/tpmrm") {
+	if isResourceManager(device) {
 		out = append(out, ok("tpm resource manager", "%s is the kernel's resource manager (several programs may use the TPM)", device))
 	} else {
 		out = append(out, warn("tpm resource manager", "set device=/dev/tpmrm0 in the store and key URIs (store: tpm:?device=/dev/tpmrm0)",
@@ -111,6 +112,36 @@ func TPMDeviceResults(device string, statErr, openErr error) []Result {
 		out = append(out, fail("tpm access", "ls -l "+device, "opening %s: %v", device, openErr))
 	}
 	return out
+}
+
+// ServiceUser and ServiceGroup are what packaging/thingcert.service runs as:
+// User=thingcert with SupplementaryGroups=tss.
+const (
+	ServiceUser  = "thingcert"
+	ServiceGroup = "tss"
+)
+
+// TPMServiceAccessResult judges whether the service can open a TPM device
+// node whose owner, group and mode are given: whoever runs doctor (often
+// root) may open it when the service cannot.
+func TPMServiceAccessResult(device string, mode fs.FileMode, owner, group string) Result {
+	perm := mode.Perm()
+	switch {
+	case perm&0o006 == 0o006:
+		return ok("tpm service access", "%s (mode %04o) is open to every user, the service's too", device, perm)
+	case group == ServiceGroup && perm&0o060 == 0o060:
+		return ok("tpm service access", "%s is group %s, mode %04o: the service (SupplementaryGroups=%s) can open it", device, group, perm, ServiceGroup)
+	case owner == ServiceUser && perm&0o600 == 0o600:
+		return ok("tpm service access", "%s is owned by %s: the service can open it", device, ServiceUser)
+	}
+	return fail("tpm service access", "sudo apt install tpm-udev && sudo udevadm trigger  (its udev rules make "+device+" group tss, mode 0660)",
+		"%s is %s:%s, mode %04o: the service (user %s, groups %s and %s) cannot open it", device, owner, group, perm, ServiceUser, ServiceUser, ServiceGroup)
+}
+
+// isResourceManager reports whether a TPM device node is the kernel's
+// resource manager (/dev/tpmrmN) rather than the raw TPM (/dev/tpmN).
+func isResourceManager(device string) bool {
+	return !strings.HasPrefix(device, "tcp:") && strings.HasPrefix(filepath.Base(device), "tpmrm")
 }
 
 // ClockResult judges the clock against the certificate's notBefore and the

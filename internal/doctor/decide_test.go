@@ -139,3 +139,23 @@ func TestExitCode(t *testing.T) {
 		t.Error("failure: not 2")
 	}
 }
+
+func TestTPMServiceAccessResult(t *testing.T) {
+	for _, c := range []struct {
+		mode         fs.FileMode
+		owner, group string
+		want         Status
+	}{
+		{0o660, "tss", "tss", OK},
+		{0o660, "root", "tss", OK},
+		{0o600, "root", "root", Fail},
+		{0o660, "root", "root", Fail},
+		{0o666, "root", "root", OK},
+		{0o600, "thingcert", "root", OK},
+	} {
+		r := TPMServiceAccessResult("/dev/tpmrm0", fs.ModeDevice|fs.ModeCharDevice|c.mode, c.owner, c.group)
+		if r.Status != c.want || (r.Status == Fail && !strings.Contains(r.Fix, "tpm-udev")) {
+			t.Errorf("%s:%s %04o: %+v", c.owner, c.group, c.mode, r)
+		}
+	}
+}

@@ -280,7 +280,7 @@ func (r *run) checkStore(ctx context.Context) {
 }
 
 func (r *run) checkTPM(ctx context.Context, dev string) {
-	raw := !strings.HasPrefix(dev, "/dev/tpmrm")
+	raw := !isResourceManager(dev)
 	r.rawTPM = raw
 	if strings.HasPrefix(dev, "tcp:") {
 		r.rep.add(TPMDeviceResults(dev, nil, nil)...)
@@ -297,6 +297,10 @@ func (r *run) checkTPM(ctx context.Context, dev string) {
 			}
 		}
 		res := TPMDeviceResults(dev, statErr, openErr)
+		if fi, err := os.Stat(dev); err == nil {
+			u, g, _ := strings.Cut(owner(fi), ":")
+			res = append(res, TPMServiceAccessResult(dev, fi.Mode(), u, g))
+		}
 		if raw && r.agent && statErr == nil {
 			for i := range res {
 				if res[i].Check == "tpm access" {
@@ -315,11 +319,14 @@ func (r *run) checkTPM(ctx context.Context, dev string) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, r.env.timeout())
 	defer cancel()
-	d, err := tpmstore.OpenDevice(cctx, dev)
+	// Not OpenDevice: on a raw TPM it flushes the objects an earlier process
+	// left loaded, and doctor changes nothing.
+	tr, err := tpmstore.OpenTransport(cctx, dev)
 	if err != nil {
 		r.rep.add(fail("tpm", "ls -l "+dev, "opening %s: %v", dev, err))
 		return
 	}
+	d := tpmstore.NewDevice(dev, tr)
 	defer d.Close()
 	var info string
 	err = d.Run(cctx, func(t transport.TPM) error {
