@@ -23,8 +23,11 @@ func ConfigResult(path string, err error, summary string) Result {
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) && errors.Is(err, fs.ErrNotExist) && pe.Path == path {
-		return fail("config", "sudo install -m 0640 /usr/share/doc/thingcert/thingcert.yaml "+shellQuote(path)+" (or write it: see docs/config.md)",
-			"%s does not exist", path)
+		fix := "sudo apt-get install --reinstall -o Dpkg::Options::=--force-confmiss thingcert  (puts the package's /etc/thingcert/thingcert.yaml back; then edit it, see docs/config.md)"
+		if path != "/etc/thingcert/thingcert.yaml" {
+			fix = "ls -l /etc/thingcert/  (give the file with --config, or write " + shellQuote(path) + ": see docs/config.md)"
+		}
+		return fail("config", fix, "%s does not exist", path)
 	}
 	return fail("config", editFix(path, err.Error()), "%s", oneLine(err.Error()))
 }
@@ -156,7 +159,17 @@ func ClockResult(now, notBefore, built time.Time) Result {
 		return fail("clock", fix, "the clock says %s, before this program was built (%s): the clock is wrong",
 			now.UTC().Format(time.RFC3339), built.UTC().Format(time.RFC3339))
 	}
-	return ok("clock", "%s, after the certificate's notBefore and the build date", now.UTC().Format(time.RFC3339))
+	var after []string
+	if !notBefore.IsZero() {
+		after = append(after, "the certificate's notBefore")
+	}
+	if !built.IsZero() {
+		after = append(after, "the build date")
+	}
+	if len(after) == 0 {
+		return ok("clock", "%s (no certificate or build date to compare it with)", now.UTC().Format(time.RFC3339))
+	}
+	return ok("clock", "%s, after %s", now.UTC().Format(time.RFC3339), strings.Join(after, " and "))
 }
 
 // NTP is what the time service says.
