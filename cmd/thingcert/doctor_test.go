@@ -401,6 +401,17 @@ func TestDoctorModes(t *testing.T) {
 	r = runDoctor(t, synced(t), "--config", d.config)
 	r.want(t, "state folder", doctor.Warn, "mode 0750", "chmod 700 "+state)
 	t.Logf("\n%s", r.text)
+
+	// A damaged agent record: the agent may be running, so doctor does not
+	// connect as the device.
+	if err := os.Chmod(key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(state, "daemon.json"), []byte("{\"pid\": 12"))
+	r = runDoctor(t, synced(t), "--config", d.config)
+	r.want(t, "key", doctor.OK)
+	r.want(t, "agent record", doctor.Warn, "damaged")
+	r.want(t, "mqtt", doctor.Skipped, "may be running")
 }
 
 // TestDoctorAndStatusWithBrokenConfig: the agent refused a reload of a

@@ -90,21 +90,24 @@ func (e *Env) command(ctx context.Context, name string, args ...string) (string,
 
 // run is one doctor run's findings, passed from check to check.
 type run struct {
-	env    *Env
-	cfg    *config.Config
-	rep    *Report
-	now    time.Time
-	roots  *x509.CertPool
-	state  *rotation.State
-	rec    *agent.DaemonRecord
-	agent  bool // the agent runs
-	id     *identity
-	key    keystore.Key
-	store  keystore.Store
-	leaf   *x509.Certificate
-	chain  []*x509.Certificate
-	netOK  bool // DNS, TCP and TLS passed
-	rawTPM bool // the key's TPM admits one user at a time
+	env   *Env
+	cfg   *config.Config
+	rep   *Report
+	now   time.Time
+	roots *x509.CertPool
+	state *rotation.State
+	rec   *agent.DaemonRecord
+	agent bool // the agent runs
+	// recDamaged: the agent's record could not be read, so whether it runs
+	// is unknown.
+	recDamaged bool
+	id         *identity
+	key        keystore.Key
+	store      keystore.Store
+	leaf       *x509.Certificate
+	chain      []*x509.Certificate
+	netOK      bool // DNS, TCP and TLS passed
+	rawTPM     bool // the key's TPM admits one user at a time
 }
 
 // identity is the key and certificate the device connects with.
@@ -182,6 +185,7 @@ func (r *run) checkState() {
 	rec, err := agent.ReadDaemonRecord(dir)
 	if err != nil {
 		r.rep.add(warn("agent record", "systemctl restart thingcert", "%v", err))
+		r.recDamaged = true
 	}
 	r.rec = rec
 	r.agent = rec.Running()
@@ -714,6 +718,9 @@ func (r *run) checkMQTT(ctx context.Context) {
 		return
 	}
 	switch {
+	case r.recDamaged:
+		r.rep.add(skip("mqtt", "not checked: the agent's record is damaged, so it may be running, and a connection as the device would knock it off (systemctl stop thingcert, then run doctor again)"))
+		return
 	case r.id == nil:
 		r.rep.add(skip("mqtt", "not checked: no identity"))
 		return
