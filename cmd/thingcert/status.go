@@ -12,7 +12,7 @@ func newStatusCmd(env *cliEnv) *cobra.Command {
 	var cfgPath, state string
 	var asJSON, check bool
 	c := &cobra.Command{
-		Use:   "status --config FILE [--json]",
+		Use:   "status --config FILE [--json] [--check] [--state DIR]",
 		Short: "Show the device identity's health: certificate, next renewal, last rotation",
 		Long: `Show the device's identity as the state folder records it: thing name, endpoint,
 key URI (without any PIN) and how the key is protected, certificate ID, subject,
