@@ -356,7 +356,9 @@ func TestRunProvisionsReloadsAndStops(t *testing.T) {
 		t.Error("the refusal does not name the unknown key")
 	}
 	// status reads the broken file's state_dir and reports the agent from
-	// its record, with the file's error.
+	// its record, with the file's error. The refusal is logged, then
+	// recorded.
+	eventually(t, "the agent to record the refused reload", func() bool { return d.status().Agent.ReloadError != "" })
 	s = d.status()
 	if s.Agent.ReloadError == "" || !strings.Contains(s.ConfigError, "renewal_interval") ||
 		!strings.Contains(strings.Join(s.Problems, "\n"), "keeps running with the configuration it loaded before") {
