@@ -261,7 +261,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	d.mu.Lock()
 	d.record = DaemonRecord{PID: os.Getpid(), Started: d.now(), Config: set.Source, Version: d.opts.Version,
-		Connection: ConnectionRecord{State: iot.StateDisconnected.String()}}
+		Socket: d.opts.Socket, Connection: ConnectionRecord{State: iot.StateDisconnected.String()}}
 	if b, err := bootID(); err == nil {
 		d.record.BootID = b
 	}

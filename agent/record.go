@@ -36,6 +36,9 @@ type DaemonRecord struct {
 	Stopped time.Time `json:"stopped,omitzero"`
 	Config  string    `json:"config,omitempty"`
 	Version string    `json:"version,omitempty"`
+	// Socket is the local socket's path ("" when it serves none), so that
+	// tools (thingcert doctor) find it wherever it was put.
+	Socket string `json:"socket,omitempty"`
 	// Connection is the MQTT connection as last seen.
 	Connection ConnectionRecord `json:"connection"`
 	// KeyURI (redacted) and Protection describe the key the daemon connects

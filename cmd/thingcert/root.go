@@ -5,8 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/thingcert/thingcert/internal/doctor"
 )
 
 // usageError marks a mistake in the command line (exit 2, as is usual).
@@ -20,12 +23,23 @@ func exitCode(err error) int {
 	if errors.As(err, &u) {
 		return 2
 	}
+	var x exitStatus
+	if errors.As(err, &x) {
+		return x.code
+	}
 	return 1
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	return newRootCmdEnv(&cliEnv{stdout: stdout, stderr: stderr})
+}
+
+// newRootCmdEnv is the command tree writing to env's outputs, with env's
+// clock and probes (tests replace them).
+func newRootCmdEnv(env *cliEnv) *cobra.Command {
+	stdout, stderr := env.stdout, env.stderr
 	root := &cobra.Command{
 		Use:   "thingcert",
 		Short: "An AWS IoT device identity whose private key never leaves secure storage",
@@ -51,7 +65,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 		return usageError{err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
 	})
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	env := &cliEnv{stdout: stdout, stderr: stderr, log: logger}
+	env.log = logger
 	root.AddCommand(
 		newKeyCmd(env),
 		newCSRCmd(env),
@@ -60,6 +74,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 		newRotateCmd(env),
 		newRunCmd(env),
 		newStatusCmd(env),
+		newDoctorCmd(env),
 		newEmulatorCmd(env),
 		newDemoCmd(env),
 		newVersionCmd(env),
@@ -72,6 +87,17 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 type cliEnv struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	// now replaces the clock of status and doctor (nil: time.Now); doctor,
+	// if set, adjusts doctor's probes (paths, clock). Tests set them.
+	now    func() time.Time
+	doctor func(*doctor.Env)
+}
+
+func (e *cliEnv) clock() func() time.Time {
+	if e.now != nil {
+		return e.now
+	}
+	return time.Now
 }
 
 // required checks that flags were given, as a usage error naming them.

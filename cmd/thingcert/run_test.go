@@ -355,8 +355,16 @@ func TestRunProvisionsReloadsAndStops(t *testing.T) {
 	if !strings.Contains(p.logText()[max(0, at-300):], "renewal_interval") {
 		t.Error("the refusal does not name the unknown key")
 	}
-	// status needs a configuration that loads: read the state with a copy
-	// of the good one.
+	// status reads the broken file's state_dir and reports the agent from
+	// its record, with the file's error. The refusal is logged, then
+	// recorded.
+	eventually(t, "the agent to record the refused reload", func() bool { return d.status().Agent.ReloadError != "" })
+	s = d.status()
+	if s.Agent.ReloadError == "" || !strings.Contains(s.ConfigError, "renewal_interval") ||
+		!strings.Contains(strings.Join(s.Problems, "\n"), "keeps running with the configuration it loaded before") {
+		t.Errorf("status after a refused reload: reload error %q, config error %q, problems %q", s.Agent.ReloadError, s.ConfigError, s.Problems)
+	}
+	// With a good copy of the file, the refused reload is a problem of its own.
 	good := filepath.Join(d.dir, "good.yaml")
 	mustWrite(t, good, []byte(d.base))
 	s = d.statusWith(good)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -10,10 +9,10 @@ import (
 )
 
 func newStatusCmd(env *cliEnv) *cobra.Command {
-	var cfgPath string
+	var cfgPath, state string
 	var asJSON, check bool
 	c := &cobra.Command{
-		Use:   "status --config FILE [--json]",
+		Use:   "status --config FILE [--json] [--check] [--state DIR]",
 		Short: "Show the device identity's health: certificate, next renewal, last rotation",
 		Long: `Show the device's identity as the state folder records it: thing name, endpoint,
 key URI (without any PIN) and how the key is protected, certificate ID, subject,
@@ -24,7 +23,13 @@ and whether the agent (thingcert run) is running and connected.
 It reads only the config and the state folder: it opens no key store (no TPM or
 token access) and makes no connection, so it is safe to run at any time, also
 while a rotation runs. Problems that need attention are listed last; with
---check the exit status is 1 when there are any (for monitoring).`,
+--check the exit status is 1 when there are any (for monitoring).
+
+A config file that does not load (say the one a SIGHUP reload just refused)
+does not stop it: it reports the agent's state from the state folder's record
+and the config's error beside it, as a problem. The state folder is then
+--state, or state_dir read from the broken file if it is still YAML, or
+/var/lib/thingcert.`,
 		Example: `  thingcert status --config /etc/thingcert/thingcert.yaml
   thingcert status --config /etc/thingcert/thingcert.yaml --json | jq .renewal.at`,
 		Args: cobra.NoArgs,
@@ -32,11 +37,19 @@ while a rotation runs. Problems that need attention are listed last; with
 			if err := required(c, "config"); err != nil {
 				return err
 			}
-			cfg, err := config.Load(cfgPath)
-			if err != nil {
-				return err
+			now := env.clock()()
+			cfg, cfgErr := config.Load(cfgPath)
+			var st *Status
+			var err error
+			if cfgErr != nil {
+				dir, how := stateDir(state, cfgPath, nil)
+				st, err = ReadStatusBroken(cfgPath, cfgErr, dir, how, now)
+			} else {
+				if state != "" {
+					cfg.StateDir = state
+				}
+				st, err = ReadStatus(cfg, now)
 			}
-			st, err := ReadStatus(cfg, time.Now())
 			if err != nil {
 				return err
 			}
@@ -55,6 +68,7 @@ while a rotation runs. Problems that need attention are listed last; with
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "", "device configuration file (YAML)")
+	c.Flags().StringVar(&state, "state", "", "state folder (default: the config's state_dir; see above when the config does not load)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	c.Flags().BoolVar(&check, "check", false, "exit 1 when a problem needs attention")
 	return c

@@ -23,6 +23,14 @@ type Status struct {
 	Endpoint  string    `json:"endpoint"`
 	ClientID  string    `json:"client_id"`
 	StateDir  string    `json:"state_dir"`
+	// Config is the configuration file; ConfigError why it does not load
+	// (the status then comes from the state folder and the agent's record
+	// alone, and has no renewal: the policy is in the file).
+	Config      string `json:"config,omitempty"`
+	ConfigError string `json:"config_error,omitempty"`
+	// StateDirFrom says how the state folder was found when the
+	// configuration does not load.
+	StateDirFrom string `json:"state_dir_from,omitempty"`
 	// Provisioned is false until the device has an identity of its own (it
 	// may have a claim identity).
 	Provisioned bool            `json:"provisioned"`
@@ -126,7 +134,63 @@ func ReadStatus(cfg *config.Config, now time.Time) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return StatusOf(cfg, st, rec, rec.Running(), now), nil
+	s := StatusOf(cfg, st, rec, rec.Running(), now)
+	s.Config = cfg.Path
+	return s, nil
+}
+
+// ReadStatusBroken is the status when the configuration at path does not
+// load (cfgErr): what the state folder dir (found as how says) and the
+// agent's record tell, with the configuration's error as the first problem.
+// A running agent keeps the configuration it loaded before, so its state is
+// what matters most then.
+func ReadStatusBroken(path string, cfgErr error, dir, how string, now time.Time) (*Status, error) {
+	st, err := rotation.StateStore{Dir: dir}.Load()
+	if errors.Is(err, rotation.ErrNoState) {
+		st = nil
+	} else if err != nil {
+		return nil, err
+	}
+	rec, err := agent.ReadDaemonRecord(dir)
+	if err != nil {
+		return nil, err
+	}
+	return StatusBroken(path, cfgErr, dir, how, st, rec, rec.Running(), now), nil
+}
+
+// StatusBroken is StatusOf without a configuration: names come from the
+// state and the record, and there is no renewal decision. A pure function.
+func StatusBroken(path string, cfgErr error, dir, how string, st *rotation.State, rec *agent.DaemonRecord, running bool, now time.Time) *Status {
+	cfg := &config.Config{StateDir: dir}
+	if st != nil && st.Current != nil {
+		cfg.ThingName = st.Current.ThingName
+	}
+	if rec != nil {
+		cfg.ClientID = rec.Connection.ClientID
+	}
+	s := StatusOf(cfg, st, rec, running, now)
+	s.Endpoint = ""
+	if rec != nil {
+		s.Endpoint = rec.Connection.Endpoint
+	}
+	s.Renewal = nil
+	s.Config, s.ConfigError, s.StateDirFrom = path, oneLine(cfgErr.Error()), how
+	msg := fmt.Sprintf("the configuration %s does not load: %s", path, s.ConfigError)
+	switch {
+	case running && rec.Config == path:
+		msg += "; the agent keeps running with the configuration it loaded before: fix the file, then reload the agent (systemctl reload thingcert)"
+	case running:
+		msg += fmt.Sprintf("; the agent runs with %s", rec.Config)
+	}
+	rest := s.Problems[:0:0]
+	for _, p := range s.Problems {
+		// The refused reload is this same error, said once.
+		if rec == nil || rec.ReloadError != cfgErr.Error() || !strings.HasPrefix(p, "the last configuration reload was refused") {
+			rest = append(rest, p)
+		}
+	}
+	s.Problems = append([]string{msg}, rest...)
+	return s
 }
 
 // StatusOf is the status of state st (nil: none yet) under cfg at now, with
@@ -241,6 +305,9 @@ func (s *Status) WriteText(w io.Writer) error {
 			return "-"
 		}
 		return t.UTC().Format(time.RFC3339) + " (" + humanize.Relative(t, s.Now) + ")"
+	}
+	if s.ConfigError != "" {
+		line("config", "%s does not load (state folder from %s)", s.Config, s.StateDirFrom)
 	}
 	line("thing", "%s", s.ThingName)
 	line("endpoint", "%s", s.Endpoint)
