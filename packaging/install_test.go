@@ -2,6 +2,7 @@ package packaging
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/thingcert/thingcert/emulator"
+	"github.com/thingcert/thingcert/keystore"
+	"github.com/thingcert/thingcert/keystore/filestore"
 
 	"github.com/thingcert/thingcert/config"
 	"github.com/thingcert/thingcert/internal/testpeers"
@@ -156,6 +161,7 @@ func testInstall(t *testing.T, deb, version, repo string) {
 		t.Errorf("thingcert version --json = %+v; want v%s, commit %s, linux/amd64, no cgo, file and tpm", v, version, commit)
 	}
 	t.Logf("installed thingcert version:\n%s", mustRun(t, "/usr/bin/thingcert", "version"))
+	doctorOnEmulator(t)
 
 	// What the device made: keys and state, and a claim key put in /etc.
 	planted := map[string][]byte{
@@ -271,4 +277,71 @@ func mustRun(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out)
+}
+
+// doctorOnEmulator runs the installed thingcert doctor on a device configured
+// for an emulator in this process, with a claim: the installer's first
+// command after configuring. The checks that need only the configuration and
+// the network pass; the device has not provisioned yet, so doctor says so.
+func doctorOnEmulator(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	emu, err := emulator.Start(ctx, emulator.Config{Accounts: []emulator.Account{{Name: "prod"}},
+		Templates: []emulator.Template{{Name: "fleet", Body: emulator.SimpleTemplate("gw-", "SerialNumber")}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer emu.Close()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := filestore.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri, _ := cs.KeyURI("claim")
+	k, err := cs.Generate(ctx, uri, keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs.Close()
+	claimPEM, _, err := emu.RegisterClaim(ctx, "prod", k, "claim")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"claim.crt": claimPEM, "root-ca.pem": emu.RootCAPEM()} {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := filepath.Join(dir, "thingcert.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`endpoint: %s
+address: %s
+ca: %s/root-ca.pem
+thing_name: gw-0001
+store: file:%s/keys/
+claim:
+  key: %s
+  cert: %s/claim.crt
+provisioning:
+  template: fleet
+  parameters:
+    SerialNumber: "0001"
+state_dir: %s/state
+`, emu.Endpoint("prod"), emu.Addr(), dir, dir, uri, dir, dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("/usr/bin/thingcert", "doctor", "--config", cfg)
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("thingcert doctor: %v\n%s", err, out)
+	}
+	for _, line := range []string{"✓ config", "✓ dns", "✓ tcp", "✓ tls"} {
+		if !strings.Contains(string(out), line) {
+			t.Errorf("installed thingcert doctor on an emulator-backed config lacks %q:\n%s", line, out)
+		}
+	}
+	t.Logf("installed thingcert doctor (exit %d):\n%s", cmd.ProcessState.ExitCode(), out)
 }
