@@ -196,11 +196,10 @@ func (q sigV4Request) canonicalRequest(signedHeaders []string) (string, error) {
 	if path == "" {
 		path = "/"
 	}
-	payload := q.Header.Get("X-Amz-Content-Sha256")
-	if payload == "" {
-		sum := sha256.Sum256(q.Body)
-		payload = hex.EncodeToString(sum[:])
-	}
+	// The hash of the body received, never the X-Amz-Content-Sha256 header's
+	// word for it: a body changed on the way must not keep a valid signature.
+	sum := sha256.Sum256(q.Body)
+	payload := hex.EncodeToString(sum[:])
 	var b strings.Builder
 	b.WriteString(q.Method + "\n")
 	// Services other than S3 encode the already-encoded path once more.
