@@ -148,6 +148,7 @@ func (d *device) tls() tls.Certificate {
 
 type certOpts struct {
 	key       crypto.Signer // default: a new P-256 key
+	org       string        // the subject's Organization, if set
 	notBefore time.Time
 	notAfter  time.Time
 }
@@ -172,7 +173,7 @@ func issue(t testing.TB, ca *testCA, cn string, o certOpts) *device {
 	}
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		SerialNumber: serial, Subject: pkix.Name{CommonName: cn, Organization: nonEmpty(o.org)},
 		NotBefore: o.notBefore, NotAfter: o.notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
@@ -387,4 +388,11 @@ func waitEvent(t *testing.T, e *testEmu, q HistoryQuery, ok func(ConnectionEvent
 	evs, _ := e.History(context.Background(), q)
 	t.Fatalf("no matching event in history: %v", evs)
 	return ConnectionEvent{}
+}
+
+func nonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return []string{s}
 }

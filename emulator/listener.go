@@ -230,6 +230,12 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 				sess.mu.Lock()
 				sess.verdict, sess.decided, sess.tlsVersion = v, true, version
 				sess.mu.Unlock()
+				if v.AutoRegisterCA != "" {
+					// Registered only once the client has proved it holds
+					// the key (VerifyConnection runs after CertificateVerify):
+					// a copy of a certificate must not register it.
+					return nil
+				}
 				if v.refused() {
 					return fmt.Errorf("thingcert emulator: %s: %s", v.Rule, v.Reason)
 				}
@@ -239,6 +245,11 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 				sess.mu.Lock()
 				defer sess.mu.Unlock()
 				sess.tlsVersion, sess.alpn = cs.Version, cs.NegotiatedProtocol
+				if v := sess.verdict; v.AutoRegisterCA != "" {
+					note := e.autoRegister(v.Account, v.AutoRegisterCA, cs.PeerCertificates)
+					sess.verdict.Reason += "; " + note
+					return errors.New(sess.verdict.Reason)
+				}
 				if sess.requireALPN && cs.NegotiatedProtocol != alpnMQTT {
 					sess.verdict = sess.verdict.refuse(RuleALPN, "MQTT on port 443 needs ALPN %q; send it, or use port 8883", alpnMQTT)
 					return errors.New(sess.verdict.Reason)

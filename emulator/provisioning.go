@@ -240,34 +240,9 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 			perr = badRequest(errInvalidRequest, "Provisioning template %s: %v", templateName, err)
 			return nil, nil
 		}
-		// Every policy must be there (or be made) before anything changes.
-		for _, p := range plan.Policies {
-			if _, ok := a.Policies[p.Name]; !ok && p.Document == "" {
-				perr = badRequest(errInvalidRequest, "Provisioning template %s: policy %s does not exist in this account; create it first or give a PolicyDocument", templateName, p.Name)
-				return nil, nil
-			}
-		}
-		for _, p := range plan.Policies {
-			if _, ok := a.Policies[p.Name]; !ok {
-				doc, _ := iotpolicy.Parse(p.Document) // evalTemplate parsed it
-				if _, err := createPolicyLocked(a, p.Name, p.Document, doc, now); err != nil {
-					return nil, err
-				}
-			}
-			if err := attachPolicyLocked(a, p.Name, tok.CertID); err != nil {
-				perr = badRequest(errInvalidRequest, "Provisioning template %s: %v", templateName, err)
-				return nil, nil
-			}
-		}
-		if plan.ThingName != "" {
-			attachLocked(a, plan.ThingName, tok.CertID, now)
-			if plan.ThingAttributes != nil {
-				t := a.Things[plan.ThingName]
-				if t.Attributes == nil {
-					t.Attributes = map[string]string{}
-				}
-				maps.Copy(t.Attributes, plan.ThingAttributes)
-			}
+		if msg := applyPlanLocked(a, plan, tok.CertID, now); msg != "" {
+			perr = badRequest(errInvalidRequest, "Provisioning template %s: %s", templateName, msg)
+			return nil, nil
 		}
 		cert.Status = plan.CertificateStatus
 		delete(a.Tokens, req.Token)
@@ -286,4 +261,39 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 	}
 	r.log.Info("emulator: thing registered by fleet provisioning", "account", account, "template", templateName, "thing", out.ThingName, "cert_id", certID)
 	return out, nil
+}
+
+// applyPlanLocked does what a template's plan says for a certificate: its
+// policies (made when the template gives their document), its thing and
+// attributes. It checks before it changes anything; a refusal is returned as
+// the message a device or a log reads. The certificate's status is the
+// caller's to set.
+func applyPlanLocked(a *accountRec, plan provisionPlan, certID string, now time.Time) string {
+	for _, p := range plan.Policies {
+		if _, ok := a.Policies[p.Name]; !ok && p.Document == "" {
+			return fmt.Sprintf("policy %s does not exist in this account; create it first or give a PolicyDocument", p.Name)
+		}
+	}
+	for _, p := range plan.Policies {
+		if _, ok := a.Policies[p.Name]; !ok {
+			doc, _ := iotpolicy.Parse(p.Document) // evalTemplate parsed it
+			if _, err := createPolicyLocked(a, p.Name, p.Document, doc, now); err != nil {
+				return err.Error()
+			}
+		}
+		if err := attachPolicyLocked(a, p.Name, certID); err != nil {
+			return err.Error()
+		}
+	}
+	if plan.ThingName != "" {
+		attachLocked(a, plan.ThingName, certID, now)
+		if plan.ThingAttributes != nil {
+			t := a.Things[plan.ThingName]
+			if t.Attributes == nil {
+				t.Attributes = map[string]string{}
+			}
+			maps.Copy(t.Attributes, plan.ThingAttributes)
+		}
+	}
+	return ""
 }

@@ -97,8 +97,8 @@ type caRec struct {
 	Status    CertificateStatus `json:"status"`
 	Mode      CertificateMode   `json:"mode"`
 	CreatedAt time.Time         `json:"createdAt"`
-	// AutoRegistration and Registration are kept for the control plane
-	// (allowAutoRegistration, registrationConfig); nothing acts on them yet.
+	// AutoRegistration and Registration are allowAutoRegistration and
+	// registrationConfig: just-in-time registration and provisioning (jit.go).
 	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
 	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
 	cert             *x509.Certificate
@@ -583,7 +583,9 @@ type CAOptions struct {
 	// Status is ACTIVE when empty; an INACTIVE CA's certificates cannot connect.
 	Status CertificateStatus `json:"status,omitempty"`
 	// AutoRegistration and Registration are RegisterCACertificate's
-	// allowAutoRegistration and registrationConfig, stored and reported only.
+	// allowAutoRegistration and registrationConfig: an unknown certificate the
+	// CA signed is registered at its first connection (JITR), and provisioned
+	// by the template if there is one (JITP).
 	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
 	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
 }

@@ -31,6 +31,10 @@ type verdict struct {
 	CertID  string
 	Rule    Rule
 	Reason  string
+	// AutoRegisterCA, with RuleAutoRegistered, is the registered CA whose
+	// auto-registration takes the unknown certificate, once the client has
+	// proved it holds the key (JITR, and JITP with its template).
+	AutoRegisterCA string
 }
 
 func (v verdict) refused() bool { return v.Rule != "" }
@@ -106,6 +110,10 @@ func (r *Registry) decideTLSLocked(a attempt) verdict {
 	v.Account = acct.Name
 	rec, ok := acct.Certs[v.CertID]
 	if !ok {
+		if caID := r.autoRegistrationCALocked(acct, a.Chain, a.Now); caID != "" {
+			v.AutoRegisterCA = caID
+			return v.refuse(RuleAutoRegistered, "the certificate is signed by CA %s, which allows auto-registration: AWS IoT registers it on this first connection, which it closes; connect again", caID)
+		}
 		return v.refuse(RuleNotRegistered, "the certificate is not registered in account %s (endpoint %s); register it there, or connect to the endpoint of an account that has it", acct.Name, acct.Endpoint())
 	}
 	if rec.Status != StatusActive {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -26,6 +27,9 @@ import (
 // section, a resource type, a property, a function) is refused when it is
 // created, with the name: silently ignoring it would provision a device
 // differently from AWS.
+
+// oidDNQualifier is the X.520 dnQualifier attribute (2.5.4.46).
+var oidDNQualifier = asn1.ObjectIdentifier{2, 5, 4, 46}
 
 type templateDoc struct {
 	Parameters          map[string]templateParam             `json:"Parameters"`
@@ -349,8 +353,30 @@ func evalTemplate(doc *templateDoc, params map[string]string, certID string, cer
 // evalTemplateFor evaluates a template of the given kind: the certificate's
 // subject fields are parameters of just-in-time provisioning only.
 func evalTemplateFor(doc *templateDoc, kind templateKind, params map[string]string, certID string, cert *x509.Certificate) (provisionPlan, error) {
-	vals := map[string]string{}
+	vals := map[string]string{CertificateIDParameter: certID}
+	if cert != nil && kind == jitpTemplate {
+		// The subject fields JITP offers, those the certificate has.
+		s := cert.Subject
+		dnq := ""
+		for _, n := range s.Names {
+			if n.Type.Equal(oidDNQualifier) {
+				dnq, _ = n.Value.(string)
+			}
+		}
+		for name, v := range map[string]string{
+			"CommonName": s.CommonName, "SerialNumber": s.SerialNumber, "Country": first(s.Country),
+			"Organization": first(s.Organization), "OrganizationalUnit": first(s.OrganizationalUnit),
+			"StateName": first(s.Province), "Locality": first(s.Locality), "DistinguishedNameQualifier": dnq,
+		} {
+			if v != "" {
+				vals["AWS::IoT::Certificate::"+name] = v
+			}
+		}
+	}
 	for name, p := range doc.Parameters {
+		if _, ok := vals[name]; ok {
+			continue
+		}
 		if v, ok := params[name]; ok {
 			vals[name] = v
 			continue
@@ -363,20 +389,12 @@ func evalTemplateFor(doc *templateDoc, kind templateKind, params map[string]stri
 			vals[name] = d
 			continue
 		}
+		if field, ok := strings.CutPrefix(name, "AWS::IoT::Certificate::"); ok && kind == jitpTemplate {
+			return provisionPlan{}, fmt.Errorf("parameter %s: the certificate's subject has no %s", name, field)
+		}
 		if !strings.HasPrefix(name, "AWS::") {
 			return provisionPlan{}, fmt.Errorf("parameter %s is required by the template and was not given", name)
 		}
-	}
-	vals[CertificateIDParameter] = certID
-	if cert != nil && kind == jitpTemplate {
-		s := cert.Subject
-		vals["AWS::IoT::Certificate::CommonName"] = s.CommonName
-		vals["AWS::IoT::Certificate::SerialNumber"] = s.SerialNumber
-		vals["AWS::IoT::Certificate::Country"] = first(s.Country)
-		vals["AWS::IoT::Certificate::Organization"] = first(s.Organization)
-		vals["AWS::IoT::Certificate::OrganizationalUnit"] = first(s.OrganizationalUnit)
-		vals["AWS::IoT::Certificate::StateName"] = first(s.Province)
-		vals["AWS::IoT::Certificate::Locality"] = first(s.Locality)
 	}
 	ev := &evaluator{doc: doc, vals: vals, conds: map[string]bool{}}
 	plan := provisionPlan{CertificateStatus: StatusActive}

@@ -115,14 +115,16 @@ type CA struct {
 	NotBefore time.Time         `json:"notBefore"`
 	NotAfter  time.Time         `json:"notAfter"`
 	CreatedAt time.Time         `json:"createdAt"`
-	// AutoRegistration is allowAutoRegistration (just-in-time registration,
-	// which the emulator does not do); Registration its registrationConfig.
+	// AutoRegistration is allowAutoRegistration (just-in-time registration
+	// of the certificates it signed, jit.go); Registration its
+	// registrationConfig (a JITP template).
 	AutoRegistration bool                  `json:"autoRegistration,omitempty"`
 	Registration     *CARegistrationConfig `json:"registrationConfig,omitempty"`
 }
 
-// CARegistrationConfig is a CA's registrationConfig (AWS IoT's just-in-time
-// provisioning settings), stored as given.
+// CARegistrationConfig is a CA's registrationConfig: the template that
+// just-in-time provisioning runs for a certificate the CA's auto-registration
+// took (TemplateBody, or TemplateName of a template in the account).
 type CARegistrationConfig struct {
 	TemplateBody string `json:"templateBody,omitempty"`
 	TemplateName string `json:"templateName,omitempty"`
@@ -285,6 +287,7 @@ const (
 	RulePSSNeedsTLS13   Rule = "rsa-pss-needs-tls1.3" // an RSA-PSS key on TLS 1.2
 	RuleSNIRequired     Rule = "sni-required"         // no or unknown SNI, and the certificate needs it
 	RuleNotRegistered   Rule = "not-registered"       // not in the account's registry
+	RuleAutoRegistered  Rule = "auto-registered"      // just registered by its CA's auto-registration (JITR/JITP): connect again
 	RuleStatus          Rule = "status"               // registered but not ACTIVE
 	RuleExpired         Rule = "expired"              // past NotAfter
 	RuleNotYetValid     Rule = "not-yet-valid"        // before NotBefore
