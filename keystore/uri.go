@@ -106,7 +106,9 @@ func parseAttrs(s, sep string, into map[string]string) error {
 }
 
 func redactPart(p string) string {
-	if strings.HasPrefix(strings.ToLower(p), "pin-value") {
+	// Anywhere in the part, not only at its start: a malformed attribute such
+	// as "=pin-value=1234" still carries the PIN.
+	if strings.Contains(strings.ToLower(p), "pin-value") {
 		return "pin-value=…"
 	}
 	return p
