@@ -259,9 +259,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer cancel()
 		_ = d.manager().Close(cctx)
 	}()
+	// What the last daemon counted of refusals goes on counting, and its
+	// last recovery stays shown.
+	prev, err := ReadDaemonRecord(dev.StateDir)
+	if err != nil {
+		d.log.Warn("the last daemon's record is unreadable; refusals of the identity are counted from zero", "error", err)
+	}
 	d.mu.Lock()
 	d.record = DaemonRecord{PID: os.Getpid(), Started: d.now(), Config: set.Source, Version: d.opts.Version,
 		Connection: ConnectionRecord{State: iot.StateDisconnected.String()}}
+	if prev != nil {
+		d.record.Refusals, d.record.Recovered = prev.Refusals, prev.Recovered
+	}
 	if b, err := bootID(); err == nil {
 		d.record.BootID = b
 	}
@@ -478,7 +487,11 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			}
 			timerc = nil
 		case err := <-d.refusedc:
-			queueRecovery(err.Error())
+			// The client, reconnecting on its own, was refused: count it;
+			// recover once the refusals meet the rule.
+			if st, lerr := d.currentRunner().Load(); lerr == nil && d.recoverable(st, err) && d.refusedEnough(st, err) {
+				queueRecovery(err.Error())
+			}
 			timerc = nil
 		case <-d.recordc:
 			d.saveRecord()
@@ -563,7 +576,7 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 // ends it with a *refusalError.
 func (d *Daemon) connect(ctx context.Context) error {
 	return d.manager().ConnectRetry(ctx, func(st *rotation.State, err error, delay time.Duration) error {
-		if d.recoverable(st, err) {
+		if d.recoverable(st, err) && d.refusedEnough(st, err) {
 			return &refusalError{err}
 		}
 		if iot.IdentityRefused(err) && st != nil && !st.Current.Claim {
@@ -731,6 +744,7 @@ func (d *Daemon) onStateChange(ch iot.StateChange) {
 		rec.Error, rec.Kind, rec.Refused = ch.Err.Error(), FailureKind(ch.Err), iot.IdentityRefused(ch.Err)
 	} else if ch.State == iot.StateConnected {
 		rec.Error, rec.Kind, rec.Refused = "", "", false
+		d.record.Refusals = nil // the identity works: refusals count from zero again
 	}
 	canRecover := d.set.canRecover()
 	if ch.Info != nil {

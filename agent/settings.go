@@ -19,6 +19,9 @@ type Settings struct {
 	// refuses the device's own identity (the claim then holds the power to
 	// replace it). It needs Device.Claim.
 	Recover bool
+	// RecoveryRule is how many refusals over how long a recovery by claim
+	// needs; the zero value is three over ten minutes.
+	RecoveryRule RecoveryRule
 	// MetricsListen is the loopback HOST:PORT the Prometheus metrics are
 	// served on; empty serves none.
 	MetricsListen string
