@@ -26,12 +26,21 @@ import (
 // programs asked, restored on every new connection, and never in the way of
 // the agent's own topics.
 
-// reservedPrefixes are the topics the agent uses itself: a program that
-// published there could answer a rotation job or request certificates in the
-// device's name, and one that subscribed to the same filter as the agent
-// would replace the agent's own handler.
-func reservedPrefixes(thing string) []string {
-	return []string{"$aws/certificates/", "$aws/provisioning-templates/", "$aws/things/" + thing + "/jobs/"}
+// reservedTopics are the topics the agent uses itself, each with every topic
+// below it: a program that published there could answer a rotation job or
+// request certificates in the device's name, one that subscribed there would
+// see job documents, client tokens and certificates, and one that subscribed
+// to the same filter as the agent would replace the agent's own handler.
+// extra are the owner CA issuer's request and response topics
+// (Settings.ReservedTopics).
+func reservedTopics(thing string, extra []string) []string {
+	out := []string{"$aws/certificates", "$aws/provisioning-templates", "$aws/things/" + thing + "/jobs"}
+	for _, t := range extra {
+		if t = strings.ReplaceAll(t, "{thing}", thing); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // ErrReservedTopic: a device program asked for one of the agent's own
@@ -39,16 +48,58 @@ func reservedPrefixes(thing string) []string {
 // the socket test for the same sentinel.
 var ErrReservedTopic = agentclient.ErrReservedTopic
 
-func checkProgramTopic(thing, topic string, filter bool) error {
+// ErrTooManySubscriptions: the programs hold maxProgramFilters filters.
+var ErrTooManySubscriptions = agentclient.ErrTooManySubscriptions
+
+// maxProgramFilters bounds the distinct filters the programs may hold on the
+// agent's connection. AWS IoT allows 50 subscriptions per connection; the
+// agent keeps 10 for its own (jobs, provisioning, certificates, an issuer),
+// so that no program can make the agent's SUBACK fail, which would read as a
+// policy refusal.
+const maxProgramFilters = 40
+
+// checkProgramTopic refuses a topic (or, with filter, a topic filter) that
+// is, or can match, one of the reserved topics or any topic below one.
+func checkProgramTopic(thing string, extra []string, topic string, filter bool) error {
 	if err := iot.ValidateTopic(topic, filter); err != nil {
 		return err
 	}
-	for _, p := range reservedPrefixes(thing) {
-		if strings.HasPrefix(topic, p) {
-			return fmt.Errorf("agent: %q: %w (certificates, provisioning and jobs under %s are the agent's own)", topic, ErrReservedTopic, p)
+	for _, r := range reservedTopics(thing, extra) {
+		if canMatchBelow(topic, r) {
+			what := "topic"
+			if filter && strings.ContainsAny(topic, "+#") {
+				what = "filter, which can match"
+			}
+			return fmt.Errorf("agent: %q: %w (the %s %s and the topics below it: certificates, provisioning, the owner CA's issuer and the thing's jobs are the agent's own)", topic, ErrReservedTopic, what, r)
 		}
 	}
 	return nil
+}
+
+// canMatchBelow reports whether the MQTT topic filter f matches topic t or
+// some topic below it (t/...). As MQTT 3.1.1 (4.7.2) says, a filter whose
+// first level is a wildcard does not match a topic starting with '$'.
+func canMatchBelow(f, t string) bool {
+	fl, tl := strings.Split(f, "/"), strings.Split(t, "/")
+	dollar := strings.HasPrefix(t, "$")
+	for i, l := range fl {
+		switch {
+		case l == "#":
+			return !(i == 0 && dollar)
+		case i >= len(tl):
+			// The filter goes on below t: some topic below t matches it.
+			return true
+		case l == "+":
+			if i == 0 && dollar {
+				return false
+			}
+		case l != tl[i]:
+			return false
+		}
+	}
+	// The filter ends at or above t's depth: it matches t itself or nothing
+	// below it.
+	return len(fl) == len(tl)
 }
 
 // router multiplexes the programs' subscriptions onto the device's client.
@@ -93,6 +144,11 @@ func (r *router) add(ctx context.Context, filter string, qos iot.QoS, h iot.Mess
 	r.mu.Lock()
 	rt := r.routes[filter]
 	fresh := rt == nil
+	if fresh && len(r.routes) >= maxProgramFilters {
+		r.mu.Unlock()
+		return 0, fmt.Errorf("agent: %q: %w: the device's programs hold %d topic filters, the most the agent allows (AWS IoT allows 50 subscriptions per connection and the agent keeps the rest for its own); unsubscribe from one, or cover several topics with one wildcard filter",
+			filter, ErrTooManySubscriptions, maxProgramFilters)
+	}
 	if fresh {
 		rt = &programRoute{qos: qos, subs: map[uint64]iot.MessageHandler{}}
 		r.routes[filter] = rt
@@ -181,7 +237,8 @@ func (d *Daemon) WaitConnected(ctx context.Context) error {
 // to ctx; with QoS 1 it returns once the broker acknowledged. The agent's own
 // topics (certificates, provisioning, the thing's jobs) are refused.
 func (d *Daemon) Publish(ctx context.Context, topic string, qos iot.QoS, payload []byte) error {
-	if err := checkProgramTopic(d.settings().Device.ThingName, topic, false); err != nil {
+	set := d.settings()
+	if err := checkProgramTopic(set.Device.ThingName, set.ReservedTopics, topic, false); err != nil {
 		return err
 	}
 	if err := d.WaitConnected(ctx); err != nil {
@@ -207,7 +264,8 @@ func (d *Daemon) Publish(ctx context.Context, topic string, qos iot.QoS, payload
 // connected the subscription is recorded and made once it does. The agent's
 // own topics are refused.
 func (d *Daemon) Subscribe(ctx context.Context, filter string, qos iot.QoS, h iot.MessageHandler) (unsubscribe func(), err error) {
-	if err := checkProgramTopic(d.settings().Device.ThingName, filter, true); err != nil {
+	set := d.settings()
+	if err := checkProgramTopic(set.Device.ThingName, set.ReservedTopics, filter, true); err != nil {
 		return nil, err
 	}
 	if qos > iot.AtLeastOnce {

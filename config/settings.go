@@ -68,12 +68,14 @@ func (c *Config) Settings() (agent.Settings, error) {
 		return agent.Settings{}, err
 	}
 	return agent.Settings{
-		Device:        o,
-		Source:        c.Path,
-		Recover:       c.Claim != nil && c.Claim.Recover,
-		RecoveryRule:  c.recoveryRule(),
-		MetricsListen: c.Metrics.Listen,
-		Log:           agent.LogSettings{Level: c.Log.Level, Format: c.Log.Format},
+		Device:       o,
+		Source:       c.Path,
+		Recover:      c.Claim != nil && c.Claim.Recover,
+		RecoveryRule: c.recoveryRule(),
+		// The owner CA issuer's topics are the agent's, as AWS IoT's are.
+		ReservedTopics: c.issuerTopics(),
+		MetricsListen:  c.Metrics.Listen,
+		Log:            agent.LogSettings{Level: c.Log.Level, Format: c.Log.Format},
 	}, nil
 }
 
@@ -101,4 +103,19 @@ func (c *Config) recoveryRule() agent.RecoveryRule {
 		}
 	}
 	return r
+}
+
+// issuerTopics are the topics issuer's request and response topics, when
+// that is the issuer.
+func (c *Config) issuerTopics() []string {
+	if c.Provisioning.Issuer != IssuerTopics {
+		return nil
+	}
+	var out []string
+	for _, t := range []string{c.Provisioning.Topics.Request, c.Provisioning.Topics.Response} {
+		if t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
