@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -312,24 +314,71 @@ const (
 )
 
 // listenLocal listens on a Unix socket, replacing a stale one left by a
-// daemon that was killed (one that answers is left alone). The socket is
-// 0660: the agent's group may use it (the systemd unit's RuntimeDirectory is
-// 0750 for the same group).
+// daemon that was killed (one that answers is left alone; anything at the
+// path that is not a socket is refused, never deleted). The socket is made in
+// a private folder beside path, given mode 0660 there (the agent's group may
+// use it: the systemd unit's RuntimeDirectory is 0750 for the same group) and
+// renamed into place, so that no program connects before its mode is right
+// and the process umask, shared by every goroutine, is never changed.
 func listenLocal(path string) (net.Listener, error) {
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("agent: socket %s is in use by another agent", path)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("agent: removing the stale socket %s: %w", path, err)
+	fi, err := os.Lstat(path)
+	switch {
+	case err == nil && fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("agent: %s exists and is not a socket (%s): move it away, or give the agent another socket path", path, describeMode(fi.Mode()))
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("agent: local socket: %w", err)
 	}
-	old := syscall.Umask(0o117)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".agent-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("agent: local socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("agent: local socket: %w", err)
 	}
-	return l, nil
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // it moves: Close removes it at its final path
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("agent: local socket: %w", err)
+	}
+	// A stale socket is replaced by the rename, atomically.
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("agent: placing the local socket at %s: %w", path, err)
+	}
+	return &placedSocket{UnixListener: ul, path: path}, nil
+}
+
+// placedSocket removes its socket file on Close, at the path it was moved to.
+type placedSocket struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (p *placedSocket) Close() error {
+	err := p.UnixListener.Close()
+	p.once.Do(func() { _ = os.Remove(p.path) })
+	return err
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a folder"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return m.Type().String()
 }
 
 // serveLocal serves device programs on l until ctx ends.
