@@ -106,10 +106,13 @@ type DaemonEvent struct {
 // (cancelling Run's context) never leaves a half-written state: every
 // rotation state is persisted before its action, and the next Run resumes.
 type Daemon struct {
-	opts     DaemonOptions
-	dlog     *DaemonLogger
-	log      *slog.Logger
-	now      func() time.Time
+	opts DaemonOptions
+	dlog *DaemonLogger
+	log  *slog.Logger
+	now  func() time.Time
+	// outlived, set when a task outlived StopTimeout, closes when it ends:
+	// the key stores it may use stay open until then.
+	outlived chan struct{}
 	after    func(time.Duration) <-chan time.Time
 	rand     func() float64
 	metrics  *Metrics
@@ -255,9 +258,30 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mgr = mgr
 	d.mu.Unlock()
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = d.manager().Close(cctx)
+		closeStores := func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := d.manager().Close(cctx); err != nil {
+				d.log.Warn("closing the key stores", "error", err)
+			}
+			d.log.Debug("key stores closed")
+		}
+		d.mu.Lock()
+		outlived := d.outlived
+		d.mu.Unlock()
+		if outlived == nil {
+			closeStores()
+			return
+		}
+		// A task outlived StopTimeout and may still be signing with a key
+		// (a token or TPM mid-command): closing its store under it could
+		// fail the command half-way or crash the module. The stores close
+		// when it ends; if the process exits first, the system closes them.
+		d.log.Warn("key stores left open until the task still running ends")
+		go func() {
+			<-outlived
+			closeStores()
+		}()
 	}()
 	// What the last daemon counted of refusals goes on counting, and its
 	// last recovery stays shown.
@@ -859,6 +883,14 @@ func (d *Daemon) shutdown(ctx context.Context, running *task, done chan taskResu
 		case <-t.C:
 			err = fmt.Errorf("agent: the %s task did not stop within %s; its state is persisted and resumes at the next start", running.kind, d.opts.StopTimeout)
 			d.log.Error("stopping", "error", err)
+			ended := make(chan struct{})
+			go func() {
+				<-done
+				close(ended)
+			}()
+			d.mu.Lock()
+			d.outlived = ended
+			d.mu.Unlock()
 		}
 		t.Stop()
 	}

@@ -198,3 +198,39 @@ func publishes(t *testing.T, dm *agent.Daemon) {
 		t.Fatal(err)
 	}
 }
+
+// TestDaemonKeepsStoresOpenForATaskThatOutlivesStop: a rotation step that
+// does not stop within StopTimeout keeps the key stores open until it ends,
+// then they close; Run returns meanwhile, saying so.
+func TestDaemonKeepsStoresOpenForATaskThatOutlivesStop(t *testing.T) {
+	d := newDmnDevice(t, emulator.Config{}, "")
+	release := make(chan struct{})
+	blocked := make(chan struct{}, 1)
+	_, stop := d.run(agent.DaemonOptions{StopTimeout: 50 * time.Millisecond, AfterSave: func(ctx context.Context, s *rotation.State) error {
+		if s.Phase == rotation.PhaseKeyGenerated {
+			blocked <- struct{}{}
+			<-release // a step deaf to cancellation (a slow token)
+		}
+		return nil
+	}})
+	select {
+	case <-blocked:
+	case <-time.After(time.Minute):
+		t.Fatal("provisioning never reached key-generated")
+	}
+	if err := stop(); err == nil || !strings.Contains(err.Error(), "did not stop within") {
+		t.Fatalf("Run with a task outliving StopTimeout: %v", err)
+	}
+	logs := d.logs.String()
+	if !strings.Contains(logs, "key stores left open until the task still running ends") || strings.Contains(logs, "key stores closed") {
+		t.Fatalf("the stores were closed under the running task:\n%s", logs)
+	}
+	close(release)
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(d.logs.String(), "key stores closed") {
+		if time.Now().After(deadline) {
+			t.Fatal("the key stores were never closed after the task ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
