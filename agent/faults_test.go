@@ -234,3 +234,64 @@ func TestDaemonKeepsStoresOpenForATaskThatOutlivesStop(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestDaemonRecoversOnlyAfterRepeatedRefusals: under the default rule (three
+// refusals over ten minutes) a certificate the cloud deactivated is refused
+// again and again without a recovery while the span is short; the count
+// survives a restart, and once the refusals span ten minutes (an injected
+// clock) the agent recovers with the claim.
+func TestDaemonRecoversOnlyAfterRepeatedRefusals(t *testing.T) {
+	clock := &fakeClock{now: time.Now().Truncate(time.Second)}
+	d := newDmnDevice(t, emulator.Config{}, "")
+	d.yaml = strings.Replace(d.yaml, "  cert: claim.crt\n", "  cert: claim.crt\n  recover: true\n", 1)
+	set := settingsOf(t, d.config())
+	if set.RecoveryRule.Span != agent.DefaultRecoverSpan || set.RecoveryRule.Refusals != 0 {
+		t.Fatalf("default rule from the configuration: %+v", set.RecoveryRule)
+	}
+	set.Device.ConnectBackoff = iot.Backoff{Min: 100 * time.Millisecond, Max: time.Second, StableAfter: time.Second}
+	_, stop := d.run(agent.DaemonOptions{Settings: set, Now: clock.Now})
+	ev := d.await("provisioning", rotationEnded(rotation.TriggerProvision))
+	cur := ev.State.Current.CertificateID
+	ctx := context.Background()
+	if err := d.emu.SetCertificateStatus(ctx, dmnAccount, cur, emulator.StatusInactive); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := d.config().StateDir
+	refusals := func() *agent.RefusalRecord {
+		rec, err := agent.ReadDaemonRecord(stateDir)
+		if err != nil || rec == nil {
+			return nil
+		}
+		return rec.Refusals
+	}
+	deadline := time.Now().Add(time.Minute)
+	for r := refusals(); r == nil || r.Count < 5; r = refusals() {
+		if time.Now().After(deadline) {
+			t.Fatalf("refusals counted: %+v", r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if strings.Contains(d.logs.String(), "going back to the claim") {
+		t.Fatal("recovered on refusals within a moment")
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	r := refusals()
+	if r == nil || r.CertificateID != cur || r.Count < 5 || !strings.Contains(r.Reason, "client certificate refused") {
+		t.Fatalf("refusals kept for the next start: %+v", r)
+	}
+
+	// Eleven minutes later, the next start's first refusal completes the rule.
+	clock.Advance(11 * time.Minute)
+	d.run(agent.DaemonOptions{Settings: set, Now: clock.Now})
+	d.await("the recovery", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventRecovered })
+	d.await("provisioning again", rotationEnded(rotation.TriggerProvision))
+	rec, err := agent.ReadDaemonRecord(stateDir)
+	if err != nil || rec.Recovered == nil || rec.Recovered.CertificateID != cur {
+		t.Fatalf("record after the recovery: %+v, %v", rec, err)
+	}
+	if !strings.Contains(d.logs.String(), "the cloud refused the device's identity often enough to recover with the claim") {
+		t.Error("the log does not say why the agent recovered")
+	}
+}
