@@ -513,7 +513,14 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 		case err := <-d.refusedc:
 			// The client, reconnecting on its own, was refused: count it;
 			// recover once the refusals meet the rule.
-			if st, lerr := d.currentRunner().Load(); lerr == nil && d.recoverable(st, err) && d.refusedEnough(st, err) {
+			st, lerr := d.currentRunner().Load()
+			set := d.settings()
+			switch {
+			case lerr != nil:
+				d.log.Error("reading the rotation state", "error", lerr)
+			case !set.canRecover():
+				queueRecovery(err.Error()) // it says what to do instead
+			case d.recoverable(st, err) && d.refusedEnough(st, err):
 				queueRecovery(err.Error())
 			}
 			timerc = nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/thingcert/thingcert/iot"
@@ -76,4 +77,46 @@ func TestRouterBoundsProgramFilters(t *testing.T) {
 		t.Fatalf("filter %d: %v", maxProgramFilters+1, err)
 	}
 	t.Log(err)
+}
+
+// mqttMatch is MQTT 3.1.1's topic matching (4.7), written plainly as the
+// reference for the fuzz target below.
+func mqttMatch(filter, topic string) bool {
+	if strings.HasPrefix(topic, "$") && (strings.HasPrefix(filter, "+") || strings.HasPrefix(filter, "#")) {
+		return false
+	}
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i := range f {
+		if f[i] == "#" {
+			return true
+		}
+		if i >= len(t) || f[i] != "+" && f[i] != t[i] {
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
+
+// FuzzCheckProgramFilter: no filter checkProgramTopic accepts matches a
+// reserved topic or a topic below one.
+func FuzzCheckProgramFilter(f *testing.F) {
+	for _, s := range [][2]string{{"$aws/#", "notify"}, {"#", "x"}, {"+/+/csr", ""}, {"$aws/things/+/jobs/+", "j1/get"}, {"dt/#", "a/b"}, {"owner/dev-1/+/accepted", "accepted"}} {
+		f.Add(s[0], s[1])
+	}
+	issuer := []string{"owner/{thing}/csr"}
+	f.Fuzz(func(t *testing.T, filter, suffix string) {
+		if iot.ValidateTopic(filter, true) != nil || strings.ContainsAny(suffix, "+#") {
+			return
+		}
+		if checkProgramTopic("dev-1", issuer, filter, true) != nil {
+			return
+		}
+		for _, r := range reservedTopics("dev-1", issuer) {
+			for _, topic := range []string{r, r + "/" + suffix} {
+				if mqttMatch(filter, topic) {
+					t.Fatalf("filter %q was accepted and matches the reserved %q", filter, topic)
+				}
+			}
+		}
+	})
 }
