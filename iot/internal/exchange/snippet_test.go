@@ -11,7 +11,7 @@ func TestSnippetLeavesSecretsOut(t *testing.T) {
 	const tok = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-Pw"
 	for _, p := range []string{
 		`{"certificateOwnershipToken":"` + tok + `","certificateId":"abc"}`,
-		`{"certificateId": "abc", "certificateOwnershipToken" : "` + tok + `"`,   // cut short
+		`{"certificateId": "abc", "certificateOwnershipToken" : "` + tok + `"`,  // cut short
 		`{"certificateOwnershipToken": "` + tok[:40] + `\"` + tok[40:] + `", }`, // an escaped quote, malformed
 		`{"certificateOwnershipToken":"` + tok,                                  // cut inside the value
 		`{"privateKey":"-----BEGIN EC PRIVATE KEY-----\n` + tok + `"}`,
