@@ -39,6 +39,12 @@ type DaemonOptions struct {
 	// Socket is the path of the local socket the device's own programs
 	// publish and subscribe through (DialAgent); empty: none.
 	Socket string
+	// SocketGroup, if set, is the group the socket belongs to (a name or a
+	// number): the group device programs join to use it, kept apart from
+	// the agent's own group, which may read what the agent keeps. The agent
+	// must be a member (systemd: SupplementaryGroups). Empty: the agent's
+	// own group.
+	SocketGroup string
 	// MinConnectInterval spaces two CONNECTs with one client ID; zero is 1 s
 	// (AWS IoT's limit), negative none (for an emulator with the limit off).
 	MinConnectInterval time.Duration
@@ -322,7 +328,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	if d.opts.Socket != "" {
-		l, err := listenLocal(d.opts.Socket)
+		l, err := listenLocal(d.opts.Socket, d.opts.SocketGroup)
 		if err != nil {
 			d.stopped()
 			return err

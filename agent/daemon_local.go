@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -320,7 +322,15 @@ const (
 // use it: the systemd unit's RuntimeDirectory is 0750 for the same group) and
 // renamed into place, so that no program connects before its mode is right
 // and the process umask, shared by every goroutine, is never changed.
-func listenLocal(path string) (net.Listener, error) {
+func listenLocal(path, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		g, err := lookupGroup(group)
+		if err != nil {
+			return nil, fmt.Errorf("agent: socket group %q: %w: create it (packaging/sysusers.conf does) or name another", group, err)
+		}
+		gid = g
+	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("agent: socket %s is in use by another agent", path)
@@ -348,6 +358,12 @@ func listenLocal(path string) (net.Listener, error) {
 		l.Close()
 		return nil, fmt.Errorf("agent: local socket: %w", err)
 	}
+	if gid >= 0 {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("agent: giving the local socket %s to group %q: %w (the agent must be a member of the group: systemd SupplementaryGroups=)", path, group, err)
+		}
+	}
 	// A stale socket is replaced by the rename, atomically.
 	if err := os.Rename(tmp, path); err != nil {
 		l.Close()
@@ -367,6 +383,18 @@ func (p *placedSocket) Close() error {
 	err := p.UnixListener.Close()
 	p.once.Do(func() { _ = os.Remove(p.path) })
 	return err
+}
+
+// lookupGroup is a group's ID, by name or number.
+func lookupGroup(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 func describeMode(m fs.FileMode) string {
