@@ -151,8 +151,16 @@ func TestDaemonFaultyLinkNeverRecoversByClaim(t *testing.T) {
 		t.Fatalf("identity after the faults: %+v", st.Current)
 	}
 	publishes(t, dm)
-	if strings.Contains(d.logs.String(), "going back to the claim") {
+	logs := d.logs.String()
+	if strings.Contains(logs, "going back to the claim") {
 		t.Fatal("the daemon went back to the claim on a faulty link")
+	}
+	// Each failure was logged with its diagnosis.
+	for _, why := range []string{"remote error: tls: bad certificate", "remote error: tls: revoked certificate",
+		"connection closed right after CONNECT", "TLS handshake failed"} {
+		if !strings.Contains(logs, why) {
+			t.Errorf("the log does not say %q", why)
+		}
 	}
 	rec, err := agent.ReadDaemonRecord(d.config().StateDir)
 	if err != nil || rec.Recovered != nil {
@@ -176,7 +184,7 @@ func TestDaemonFaultyLinkNeverRecoversByClaim(t *testing.T) {
 	p.CutAll() // the emulator judges the certificate at the next connection
 	d.await("the recovery", func(ev agent.DaemonEvent) bool { return ev.Kind == agent.EventRecovered })
 	d.await("provisioning again", rotationEnded(rotation.TriggerProvision))
-	logs := d.logs.String()
+	logs = d.logs.String()
 	if !strings.Contains(logs, "going back to the claim") || !strings.Contains(logs, "client certificate refused") {
 		t.Errorf("the log does not say why the daemon recovered:\n%s", logs)
 	}
