@@ -613,13 +613,17 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 // ends it with a *refusalError.
 func (d *Daemon) connect(ctx context.Context) error {
 	return d.manager().ConnectRetry(ctx, func(st *rotation.State, err error, delay time.Duration) error {
-		if d.recoverable(st, err) && d.refusedEnough(st, err) {
-			return &refusalError{err}
-		}
-		if iot.IdentityRefused(err) && st != nil && !st.Current.Claim {
+		switch {
+		case d.recoverable(st, err):
+			if d.refusedEnough(st, err) {
+				return &refusalError{err}
+			}
+			// Counted and logged; the claim recovers it if it goes on.
+			d.notifier.Status(refusedStatus(err, delay, true))
+		case iot.IdentityRefused(err) && st != nil && !st.Current.Claim:
 			d.adviseRefused(st, err)
 			d.notifier.Status(refusedStatus(err, delay, false))
-		} else {
+		default:
 			d.log.Warn("cannot connect; trying again", "retry_in", delay.Round(time.Millisecond).String(), "error", err)
 			d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + humanize.Duration(delay))
 		}
