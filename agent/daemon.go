@@ -39,6 +39,12 @@ type DaemonOptions struct {
 	// Socket is the path of the local socket the device's own programs
 	// publish and subscribe through (DialAgent); empty: none.
 	Socket string
+	// SocketGroup, if set, is the group the socket belongs to (a name or a
+	// number): the group device programs join to use it, kept apart from
+	// the agent's own group, which may read what the agent keeps. The agent
+	// must be a member (systemd: SupplementaryGroups). Empty: the agent's
+	// own group.
+	SocketGroup string
 	// MinConnectInterval spaces two CONNECTs with one client ID; zero is 1 s
 	// (AWS IoT's limit), negative none (for an emulator with the limit off).
 	MinConnectInterval time.Duration
@@ -106,10 +112,13 @@ type DaemonEvent struct {
 // (cancelling Run's context) never leaves a half-written state: every
 // rotation state is persisted before its action, and the next Run resumes.
 type Daemon struct {
-	opts     DaemonOptions
-	dlog     *DaemonLogger
-	log      *slog.Logger
-	now      func() time.Time
+	opts DaemonOptions
+	dlog *DaemonLogger
+	log  *slog.Logger
+	now  func() time.Time
+	// outlived, set when a task outlived StopTimeout, closes when it ends:
+	// the key stores it may use stay open until then.
+	outlived chan struct{}
 	after    func(time.Duration) <-chan time.Time
 	rand     func() float64
 	metrics  *Metrics
@@ -255,13 +264,43 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.mgr = mgr
 	d.mu.Unlock()
 	defer func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		_ = d.manager().Close(cctx)
+		closeStores := func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := d.manager().Close(cctx); err != nil {
+				d.log.Warn("closing the key stores", "error", err)
+			}
+			d.log.Debug("key stores closed")
+		}
+		d.mu.Lock()
+		outlived := d.outlived
+		d.mu.Unlock()
+		if outlived == nil {
+			closeStores()
+			return
+		}
+		// A task outlived StopTimeout and may still be signing with a key
+		// (a token or TPM mid-command): closing its store under it could
+		// fail the command half-way or crash the module. The stores close
+		// when it ends; if the process exits first, the system closes them.
+		d.log.Warn("key stores left open until the task still running ends")
+		go func() {
+			<-outlived
+			closeStores()
+		}()
 	}()
+	// What the last daemon counted of refusals goes on counting, and its
+	// last recovery stays shown.
+	prev, err := ReadDaemonRecord(dev.StateDir)
+	if err != nil {
+		d.log.Warn("the last daemon's record is unreadable; refusals of the identity are counted from zero", "error", err)
+	}
 	d.mu.Lock()
 	d.record = DaemonRecord{PID: os.Getpid(), Started: d.now(), Config: set.Source, Version: d.opts.Version,
 		Socket: d.opts.Socket, Connection: ConnectionRecord{State: iot.StateDisconnected.String()}}
+	if prev != nil {
+		d.record.Refusals, d.record.Recovered = prev.Refusals, prev.Recovered
+	}
 	if b, err := bootID(); err == nil {
 		d.record.BootID = b
 	}
@@ -289,7 +328,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	if d.opts.Socket != "" {
-		l, err := listenLocal(d.opts.Socket)
+		l, err := listenLocal(d.opts.Socket, d.opts.SocketGroup)
 		if err != nil {
 			d.stopped()
 			return err
@@ -478,7 +517,18 @@ func (d *Daemon) loop(ctx context.Context, st *rotation.State, svc *services) er
 			}
 			timerc = nil
 		case err := <-d.refusedc:
-			queueRecovery(err.Error())
+			// The client, reconnecting on its own, was refused: count it;
+			// recover once the refusals meet the rule.
+			st, lerr := d.currentRunner().Load()
+			set := d.settings()
+			switch {
+			case lerr != nil:
+				d.log.Error("reading the rotation state", "error", lerr)
+			case !set.canRecover():
+				queueRecovery(err.Error()) // it says what to do instead
+			case d.recoverable(st, err) && d.refusedEnough(st, err):
+				queueRecovery(err.Error())
+			}
 			timerc = nil
 		case <-d.recordc:
 			d.saveRecord()
@@ -563,13 +613,17 @@ func (d *Daemon) runTask(ctx context.Context, t task) taskResult {
 // ends it with a *refusalError.
 func (d *Daemon) connect(ctx context.Context) error {
 	return d.manager().ConnectRetry(ctx, func(st *rotation.State, err error, delay time.Duration) error {
-		if d.recoverable(st, err) {
-			return &refusalError{err}
-		}
-		if iot.IdentityRefused(err) && st != nil && !st.Current.Claim {
+		switch {
+		case d.recoverable(st, err):
+			if d.refusedEnough(st, err) {
+				return &refusalError{err}
+			}
+			// Counted and logged; the claim recovers it if it goes on.
+			d.notifier.Status(refusedStatus(err, delay, true))
+		case iot.IdentityRefused(err) && st != nil && !st.Current.Claim:
 			d.adviseRefused(st, err)
 			d.notifier.Status(refusedStatus(err, delay, false))
-		} else {
+		default:
 			d.log.Warn("cannot connect; trying again", "retry_in", delay.Round(time.Millisecond).String(), "error", err)
 			d.notifier.Status("not connected (" + FailureKind(err) + "); retrying in " + humanize.Duration(delay))
 		}
@@ -731,6 +785,7 @@ func (d *Daemon) onStateChange(ch iot.StateChange) {
 		rec.Error, rec.Kind, rec.Refused = ch.Err.Error(), FailureKind(ch.Err), iot.IdentityRefused(ch.Err)
 	} else if ch.State == iot.StateConnected {
 		rec.Error, rec.Kind, rec.Refused = "", "", false
+		d.record.Refusals = nil // the identity works: refusals count from zero again
 	}
 	canRecover := d.set.canRecover()
 	if ch.Info != nil {
@@ -845,6 +900,14 @@ func (d *Daemon) shutdown(ctx context.Context, running *task, done chan taskResu
 		case <-t.C:
 			err = fmt.Errorf("agent: the %s task did not stop within %s; its state is persisted and resumes at the next start", running.kind, d.opts.StopTimeout)
 			d.log.Error("stopping", "error", err)
+			ended := make(chan struct{})
+			go func() {
+				<-done
+				close(ended)
+			}()
+			d.mu.Lock()
+			d.outlived = ended
+			d.mu.Unlock()
 		}
 		t.Stop()
 	}

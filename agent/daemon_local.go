@@ -6,9 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,12 +30,21 @@ import (
 // programs asked, restored on every new connection, and never in the way of
 // the agent's own topics.
 
-// reservedPrefixes are the topics the agent uses itself: a program that
-// published there could answer a rotation job or request certificates in the
-// device's name, and one that subscribed to the same filter as the agent
-// would replace the agent's own handler.
-func reservedPrefixes(thing string) []string {
-	return []string{"$aws/certificates/", "$aws/provisioning-templates/", "$aws/things/" + thing + "/jobs/"}
+// reservedTopics are the topics the agent uses itself, each with every topic
+// below it: a program that published there could answer a rotation job or
+// request certificates in the device's name, one that subscribed there would
+// see job documents, client tokens and certificates, and one that subscribed
+// to the same filter as the agent would replace the agent's own handler.
+// extra are the owner CA issuer's request and response topics
+// (Settings.ReservedTopics).
+func reservedTopics(thing string, extra []string) []string {
+	out := []string{"$aws/certificates", "$aws/provisioning-templates", "$aws/things/" + thing + "/jobs"}
+	for _, t := range extra {
+		if t = strings.ReplaceAll(t, "{thing}", thing); t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // ErrReservedTopic: a device program asked for one of the agent's own
@@ -39,16 +52,58 @@ func reservedPrefixes(thing string) []string {
 // the socket test for the same sentinel.
 var ErrReservedTopic = agentclient.ErrReservedTopic
 
-func checkProgramTopic(thing, topic string, filter bool) error {
+// ErrTooManySubscriptions: the programs hold maxProgramFilters filters.
+var ErrTooManySubscriptions = agentclient.ErrTooManySubscriptions
+
+// maxProgramFilters bounds the distinct filters the programs may hold on the
+// agent's connection. AWS IoT allows 50 subscriptions per connection; the
+// agent keeps 10 for its own (jobs, provisioning, certificates, an issuer),
+// so that no program can make the agent's SUBACK fail, which would read as a
+// policy refusal.
+const maxProgramFilters = 40
+
+// checkProgramTopic refuses a topic (or, with filter, a topic filter) that
+// is, or can match, one of the reserved topics or any topic below one.
+func checkProgramTopic(thing string, extra []string, topic string, filter bool) error {
 	if err := iot.ValidateTopic(topic, filter); err != nil {
 		return err
 	}
-	for _, p := range reservedPrefixes(thing) {
-		if strings.HasPrefix(topic, p) {
-			return fmt.Errorf("agent: %q: %w (certificates, provisioning and jobs under %s are the agent's own)", topic, ErrReservedTopic, p)
+	for _, r := range reservedTopics(thing, extra) {
+		if canMatchBelow(topic, r) {
+			what := "topic"
+			if filter && strings.ContainsAny(topic, "+#") {
+				what = "filter, which can match"
+			}
+			return fmt.Errorf("agent: %q: %w (the %s %s and the topics below it: certificates, provisioning, the owner CA's issuer and the thing's jobs are the agent's own)", topic, ErrReservedTopic, what, r)
 		}
 	}
 	return nil
+}
+
+// canMatchBelow reports whether the MQTT topic filter f matches topic t or
+// some topic below it (t/...). As MQTT 3.1.1 (4.7.2) says, a filter whose
+// first level is a wildcard does not match a topic starting with '$'.
+func canMatchBelow(f, t string) bool {
+	fl, tl := strings.Split(f, "/"), strings.Split(t, "/")
+	dollar := strings.HasPrefix(t, "$")
+	for i, l := range fl {
+		switch {
+		case l == "#":
+			return !(i == 0 && dollar)
+		case i >= len(tl):
+			// The filter goes on below t: some topic below t matches it.
+			return true
+		case l == "+":
+			if i == 0 && dollar {
+				return false
+			}
+		case l != tl[i]:
+			return false
+		}
+	}
+	// The filter ends at or above t's depth: it matches t itself or nothing
+	// below it.
+	return len(fl) == len(tl)
 }
 
 // router multiplexes the programs' subscriptions onto the device's client.
@@ -93,6 +148,11 @@ func (r *router) add(ctx context.Context, filter string, qos iot.QoS, h iot.Mess
 	r.mu.Lock()
 	rt := r.routes[filter]
 	fresh := rt == nil
+	if fresh && len(r.routes) >= maxProgramFilters {
+		r.mu.Unlock()
+		return 0, fmt.Errorf("agent: %q: %w: the device's programs hold %d topic filters, the most the agent allows (AWS IoT allows 50 subscriptions per connection and the agent keeps the rest for its own); unsubscribe from one, or cover several topics with one wildcard filter",
+			filter, ErrTooManySubscriptions, maxProgramFilters)
+	}
 	if fresh {
 		rt = &programRoute{qos: qos, subs: map[uint64]iot.MessageHandler{}}
 		r.routes[filter] = rt
@@ -181,7 +241,8 @@ func (d *Daemon) WaitConnected(ctx context.Context) error {
 // to ctx; with QoS 1 it returns once the broker acknowledged. The agent's own
 // topics (certificates, provisioning, the thing's jobs) are refused.
 func (d *Daemon) Publish(ctx context.Context, topic string, qos iot.QoS, payload []byte) error {
-	if err := checkProgramTopic(d.settings().Device.ThingName, topic, false); err != nil {
+	set := d.settings()
+	if err := checkProgramTopic(set.Device.ThingName, set.ReservedTopics, topic, false); err != nil {
 		return err
 	}
 	if err := d.WaitConnected(ctx); err != nil {
@@ -207,7 +268,8 @@ func (d *Daemon) Publish(ctx context.Context, topic string, qos iot.QoS, payload
 // connected the subscription is recorded and made once it does. The agent's
 // own topics are refused.
 func (d *Daemon) Subscribe(ctx context.Context, filter string, qos iot.QoS, h iot.MessageHandler) (unsubscribe func(), err error) {
-	if err := checkProgramTopic(d.settings().Device.ThingName, filter, true); err != nil {
+	set := d.settings()
+	if err := checkProgramTopic(set.Device.ThingName, set.ReservedTopics, filter, true); err != nil {
 		return nil, err
 	}
 	if qos > iot.AtLeastOnce {
@@ -254,24 +316,97 @@ const (
 )
 
 // listenLocal listens on a Unix socket, replacing a stale one left by a
-// daemon that was killed (one that answers is left alone). The socket is
-// 0660: the agent's group may use it (the systemd unit's RuntimeDirectory is
-// 0750 for the same group).
-func listenLocal(path string) (net.Listener, error) {
+// daemon that was killed (one that answers is left alone; anything at the
+// path that is not a socket is refused, never deleted). The socket is made in
+// a private folder beside path, given mode 0660 there (the agent's group may
+// use it: the systemd unit's RuntimeDirectory is 0750 for the same group) and
+// renamed into place, so that no program connects before its mode is right
+// and the process umask, shared by every goroutine, is never changed.
+func listenLocal(path, group string) (net.Listener, error) {
+	gid := -1
+	if group != "" {
+		g, err := lookupGroup(group)
+		if err != nil {
+			return nil, fmt.Errorf("agent: socket group %q: %w: create it (packaging/sysusers.conf does) or name another", group, err)
+		}
+		gid = g
+	}
 	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		c.Close()
 		return nil, fmt.Errorf("agent: socket %s is in use by another agent", path)
 	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("agent: removing the stale socket %s: %w", path, err)
+	fi, err := os.Lstat(path)
+	switch {
+	case err == nil && fi.Mode().Type() != fs.ModeSocket:
+		return nil, fmt.Errorf("agent: %s exists and is not a socket (%s): move it away, or give the agent another socket path", path, describeMode(fi.Mode()))
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("agent: local socket: %w", err)
 	}
-	old := syscall.Umask(0o117)
-	l, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".agent-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("agent: local socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", tmp)
 	if err != nil {
 		return nil, fmt.Errorf("agent: local socket: %w", err)
 	}
-	return l, nil
+	ul := l.(*net.UnixListener)
+	ul.SetUnlinkOnClose(false) // it moves: Close removes it at its final path
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("agent: local socket: %w", err)
+	}
+	if gid >= 0 {
+		if err := os.Chown(tmp, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("agent: giving the local socket %s to group %q: %w (the agent must be a member of the group: systemd SupplementaryGroups=)", path, group, err)
+		}
+	}
+	// A stale socket is replaced by the rename, atomically.
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("agent: placing the local socket at %s: %w", path, err)
+	}
+	return &placedSocket{UnixListener: ul, path: path}, nil
+}
+
+// placedSocket removes its socket file on Close, at the path it was moved to.
+type placedSocket struct {
+	*net.UnixListener
+	path string
+	once sync.Once
+}
+
+func (p *placedSocket) Close() error {
+	err := p.UnixListener.Close()
+	p.once.Do(func() { _ = os.Remove(p.path) })
+	return err
+}
+
+// lookupGroup is a group's ID, by name or number.
+func lookupGroup(name string) (int, error) {
+	if n, err := strconv.Atoi(name); err == nil && n >= 0 {
+		return n, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(g.Gid)
+}
+
+func describeMode(m fs.FileMode) string {
+	switch {
+	case m.IsRegular():
+		return "a regular file"
+	case m.IsDir():
+		return "a folder"
+	case m&fs.ModeSymlink != 0:
+		return "a symbolic link"
+	}
+	return m.Type().String()
 }
 
 // serveLocal serves device programs on l until ctx ends.

@@ -48,14 +48,105 @@ const refusedAdvice = "the cloud refuses the device's identity: check the certif
 	"(aws iot describe-certificate --certificate-id ID); if it was revoked or deleted, set claim.recover: true " +
 	"(with the claim) and reload the agent to provision again, or install a new identity (key, cert)"
 
+// RefusalRecord counts the refusals of the device's identity since it last
+// connected, in DaemonRecord, so that a restart goes on counting: a recovery
+// by claim needs several refusals over a minimum span (RecoveryRule), never
+// one event a flaky link or someone on the path can produce.
+type RefusalRecord struct {
+	// CertificateID is the refused certificate's.
+	CertificateID string `json:"certificate_id"`
+	Count         int    `json:"count"`
+	// First and Last are when the first and the latest refusal came.
+	First time.Time `json:"first"`
+	Last  time.Time `json:"last"`
+	// Reason is the latest refusal, as the connection reported it.
+	Reason string `json:"reason"`
+}
+
+// RecoveryRule is how much refusal a recovery by claim needs: at least
+// Refusals refusals of the same certificate, the first and the latest at
+// least Span apart, with no successful connection between.
+type RecoveryRule struct {
+	Refusals int
+	Span     time.Duration
+}
+
+// The default RecoveryRule: three refusals over ten minutes. A certificate
+// revoked or deactivated in the cloud stays refused; ten minutes of retries
+// with backoff see it several times.
+const (
+	DefaultRecoverRefusals = 3
+	DefaultRecoverSpan     = 10 * time.Minute
+)
+
+func (r RecoveryRule) withDefaults() RecoveryRule {
+	if r.Refusals <= 0 {
+		r.Refusals = DefaultRecoverRefusals
+	}
+	if r.Span < 0 {
+		r.Span = 0
+	}
+	return r
+}
+
+// countRefusal adds a refusal of certID at now to prev (nil: none yet). A
+// refusal of another certificate starts the count again.
+func countRefusal(prev *RefusalRecord, certID, reason string, now time.Time) *RefusalRecord {
+	if prev == nil || prev.CertificateID != certID {
+		return &RefusalRecord{CertificateID: certID, Count: 1, First: now, Last: now, Reason: reason}
+	}
+	n := *prev
+	n.Count++
+	n.Reason = reason
+	if now.After(n.Last) {
+		n.Last = now
+	}
+	if now.Before(n.First) {
+		// The clock went back: count the span from now on.
+		n.First, n.Last = now, now
+	}
+	return &n
+}
+
+// enough reports whether the refusals recorded meet the rule.
+func (r *RefusalRecord) enough(rule RecoveryRule) bool {
+	rule = rule.withDefaults()
+	return r != nil && r.Count >= rule.Refusals && r.Last.Sub(r.First) >= rule.Span
+}
+
 // recoverable reports whether a connection failing with err for state st is
 // one to recover from with the claim, under the running configuration: the
 // device's own identity (not the claim, not mid-rotation: the runner deals
-// with the identity it moves to) refused by the cloud, with claim.recover.
+// with the identity it moves to) refused by the verified cloud
+// (iot.IdentityRefused), with claim.recover.
 func (d *Daemon) recoverable(st *rotation.State, err error) bool {
 	set := d.settings()
 	return iot.IdentityRefused(err) && st != nil && st.Current != nil && !st.Current.Claim && !st.InProgress() &&
 		set.canRecover()
+}
+
+// refusedEnough counts a refusal of st's current identity (recoverable
+// already said it is one) and reports whether the refusals now meet the
+// recovery rule. Each refusal is logged with the count, so that the reason a
+// device did or did not go back to its claim is in the log.
+func (d *Daemon) refusedEnough(st *rotation.State, err error) bool {
+	rule := d.settings().RecoveryRule.withDefaults()
+	now := d.now()
+	d.mu.Lock()
+	r := countRefusal(d.record.Refusals, st.Current.CertificateID, oneLine(err.Error()), now)
+	d.record.Refusals = r
+	d.mu.Unlock()
+	d.pokeRecord()
+	ok := r.enough(rule)
+	if ok {
+		d.log.Warn("the cloud refused the device's identity often enough to recover with the claim",
+			"certificate", r.CertificateID, "refusals", r.Count, "since", r.First.UTC().Format(time.RFC3339), "error", err)
+	} else {
+		d.log.Warn("the cloud refused the device's identity; the claim recovers it only after repeated refusals",
+			"certificate", r.CertificateID, "refusals", r.Count, "needed", rule.Refusals,
+			"over", humanize.Duration(rule.Span), "since", r.First.UTC().Format(time.RFC3339), "error", err)
+	}
+	return ok
 }
 
 // adviseRefused logs, for a refused identity the agent may not recover, what
@@ -91,6 +182,15 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 		d.adviseRefused(st, errors.New(why))
 		return st, false, nil
 	}
+	d.mu.Lock()
+	refusals := d.record.Refusals
+	d.mu.Unlock()
+	if refusals == nil || refusals.CertificateID != st.Current.CertificateID || !refusals.enough(set.RecoveryRule) {
+		// The count was cleared (the device connected since) or is of
+		// another identity: nothing to recover.
+		d.log.Info("not recovering with the claim: the refusals counted do not meet the rule", "refusal", why)
+		return st, false, nil
+	}
 	old := st.Current.CertificateID
 	d.log.Warn("the device's identity was refused; going back to the claim to provision again (claim.recover)",
 		"certificate", old, "error", why)
@@ -103,6 +203,7 @@ func (d *Daemon) recoverIdentity(ctx context.Context, r *rotation.Runner, why st
 	}
 	d.mu.Lock()
 	d.record.Recovered = &RecoveryRecord{At: d.now(), CertificateID: old, Reason: oneLine(why)}
+	d.record.Refusals = nil
 	d.mu.Unlock()
 	d.pokeRecord()
 	d.emit(DaemonEvent{Kind: EventRecovered, Message: "certificate " + short(old) + " refused: back to the claim to provision again", State: n})

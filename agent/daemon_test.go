@@ -86,6 +86,25 @@ type dmnDevice struct {
 	yaml   string
 	socket string
 	events chan agent.DaemonEvent
+	logs   lockedBuffer // what the daemon logged
+}
+
+// lockedBuffer is a bytes.Buffer safe for the logger and the test at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func newDmnDevice(t *testing.T, ecfg emulator.Config, extra string) *dmnDevice {
@@ -181,7 +200,7 @@ func (d *dmnDevice) run(o agent.DaemonOptions) (*agent.Daemon, func() error) {
 		o.Reload = func() (agent.Settings, error) { return config.LoadSettings(path) }
 	}
 	o.Socket = d.socket
-	o.Log = agent.NewDaemonLogger(testWriter{d.t}, o.Settings.Log, false)
+	o.Log = agent.NewDaemonLogger(io.MultiWriter(testWriter{d.t}, &d.logs), o.Settings.Log, false)
 	o.OnEvent = func(ev agent.DaemonEvent) { d.events <- ev }
 	dm, err := agent.NewDaemon(o)
 	if err != nil {
@@ -312,8 +331,11 @@ func TestDaemonServesDevicePrograms(t *testing.T) {
 			t.Errorf("a program published to %s: %v", topic, err)
 		}
 	}
-	if err := a.Subscribe(ctx, "$aws/things/"+dmnThing+"/jobs/notify-next", agentclient.AtLeastOnce, func(agentclient.Message) {}); err == nil {
-		t.Error("a program subscribed to the agent's jobs topic")
+	// Through the socket, no filter that can see the agent's traffic.
+	for _, f := range []string{"$aws/things/" + dmnThing + "/jobs/notify-next", "$aws/#", "$aws/things/" + dmnThing + "/#", "$aws/things/+/jobs/#"} {
+		if err := a.Subscribe(ctx, f, agentclient.AtLeastOnce, func(agentclient.Message) {}); !errors.Is(err, agentclient.ErrReservedTopic) {
+			t.Errorf("a program subscribed to %s: %v", f, err)
+		}
 	}
 	if _, err := dm.Subscribe(ctx, "$aws/provisioning-templates/#", iot.AtLeastOnce, func(iot.Message) {}); !errors.Is(err, agent.ErrReservedTopic) {
 		t.Errorf("in-process subscription to provisioning topics: %v", err)

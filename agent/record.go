@@ -52,7 +52,10 @@ type DaemonRecord struct {
 	// Recovered is the agent's last return to the claim after the cloud
 	// refused the device's identity (claim.recover).
 	Recovered *RecoveryRecord `json:"recovered,omitempty"`
-	Updated   time.Time       `json:"updated"`
+	// Refusals counts the refusals of the device's identity since it last
+	// connected (kept across restarts: the next daemon reads it back).
+	Refusals *RefusalRecord `json:"refusals,omitempty"`
+	Updated  time.Time      `json:"updated"`
 }
 
 // ConnectionRecord is the connection's state in DaemonRecord.

@@ -19,6 +19,15 @@ type Settings struct {
 	// refuses the device's own identity (the claim then holds the power to
 	// replace it). It needs Device.Claim.
 	Recover bool
+	// RecoveryRule is how many refusals over how long a recovery by claim
+	// needs; the zero value is three over ten minutes.
+	RecoveryRule RecoveryRule
+	// ReservedTopics are topics, besides AWS IoT's certificates,
+	// provisioning and the thing's jobs, that the agent keeps for itself:
+	// the owner CA issuer's request and response topics ("{thing}" is the
+	// thing name). Device programs may not publish or subscribe there, nor
+	// to any topic below them.
+	ReservedTopics []string
 	// MetricsListen is the loopback HOST:PORT the Prometheus metrics are
 	// served on; empty serves none.
 	MetricsListen string

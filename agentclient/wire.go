@@ -43,6 +43,7 @@ const (
 	CodeTooLarge      = "payload-too-large"
 	CodeVersion       = "unsupported-version"
 	CodeBadRequest    = "bad-request"
+	CodeTooManySubs   = "too-many-subscriptions" // the programs hold all the filters the agent allows them
 )
 
 // Sentinel errors for the codes, so callers can test with errors.Is.
@@ -58,6 +59,10 @@ var (
 	ErrVersion = errors.New("protocol version not supported")
 	// ErrProtocol: a frame that does not follow the protocol.
 	ErrProtocol = errors.New("local socket protocol error")
+	// ErrTooManySubscriptions: the device's programs hold as many topic
+	// filters as the agent lets them (the rest of AWS IoT's 50 per
+	// connection are the agent's own).
+	ErrTooManySubscriptions = errors.New("too many subscriptions")
 	// ErrAgentGone: the agent closed the connection (it stopped or restarted).
 	ErrAgentGone = errors.New("connection to the agent closed")
 )
@@ -74,6 +79,8 @@ func CodeOf(err error) string {
 		return CodeTooLarge
 	case errors.Is(err, ErrVersion):
 		return CodeVersion
+	case errors.Is(err, ErrTooManySubscriptions):
+		return CodeTooManySubs
 	}
 	return CodeBadRequest
 }
@@ -88,6 +95,8 @@ func sentinelOf(code string) error {
 		return ErrTooLarge
 	case CodeVersion:
 		return ErrVersion
+	case CodeTooManySubs:
+		return ErrTooManySubscriptions
 	}
 	return nil
 }

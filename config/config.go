@@ -88,6 +88,13 @@ type Claim struct {
 	// again when its own identity is refused (revoked, deleted). Off, a device
 	// whose identity was revoked stays off the network until an operator acts.
 	Recover bool `yaml:"recover"`
+	// RecoverRefusals and RecoverAfter, optional (default 3 and 10m): a
+	// recovery needs at least this many refusals of the identity, the first
+	// and the latest at least this far apart, with no connection between.
+	// One refusal is never enough by default: a flaky link must not make the
+	// device give up a working identity.
+	RecoverRefusals int       `yaml:"recover_refusals"`
+	RecoverAfter    *Duration `yaml:"recover_after"`
 }
 
 // Issuers.
@@ -549,6 +556,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if cl := c.Claim; cl != nil {
+		if cl.RecoverRefusals < 0 || cl.RecoverRefusals > 1000 {
+			bad("claim.recover_refusals", "%d: want a count from 1 to 1000 (0: the default, 3)", cl.RecoverRefusals)
+		}
 		if cl.Key == "" {
 			bad("claim.key", "missing; give the claim key's URI")
 		} else if _, err := keystore.ParseURI(cl.Key); err != nil {

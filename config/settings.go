@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/device"
@@ -67,11 +68,14 @@ func (c *Config) Settings() (agent.Settings, error) {
 		return agent.Settings{}, err
 	}
 	return agent.Settings{
-		Device:        o,
-		Source:        c.Path,
-		Recover:       c.Claim != nil && c.Claim.Recover,
-		MetricsListen: c.Metrics.Listen,
-		Log:           agent.LogSettings{Level: c.Log.Level, Format: c.Log.Format},
+		Device:       o,
+		Source:       c.Path,
+		Recover:      c.Claim != nil && c.Claim.Recover,
+		RecoveryRule: c.recoveryRule(),
+		// The owner CA issuer's topics are the agent's, as AWS IoT's are.
+		ReservedTopics: c.issuerTopics(),
+		MetricsListen:  c.Metrics.Listen,
+		Log:            agent.LogSettings{Level: c.Log.Level, Format: c.Log.Format},
 	}, nil
 }
 
@@ -83,4 +87,35 @@ func LoadSettings(path string) (agent.Settings, error) {
 		return agent.Settings{}, err
 	}
 	return c.Settings()
+}
+
+// recoveryRule is claim.recover_refusals and claim.recover_after, defaults
+// filled in by the agent.
+func (c *Config) recoveryRule() agent.RecoveryRule {
+	if c.Claim == nil {
+		return agent.RecoveryRule{}
+	}
+	r := agent.RecoveryRule{Refusals: c.Claim.RecoverRefusals, Span: agent.DefaultRecoverSpan}
+	if c.Claim.RecoverAfter != nil {
+		r.Span = time.Duration(*c.Claim.RecoverAfter)
+		if r.Span < 0 { // "off" or 0: no minimum span
+			r.Span = 0
+		}
+	}
+	return r
+}
+
+// issuerTopics are the topics issuer's request and response topics, when
+// that is the issuer.
+func (c *Config) issuerTopics() []string {
+	if c.Provisioning.Issuer != IssuerTopics {
+		return nil
+	}
+	var out []string
+	for _, t := range []string{c.Provisioning.Topics.Request, c.Provisioning.Topics.Response} {
+		if t != "" {
+			out = append(out, t)
+		}
+	}
+	return out
 }

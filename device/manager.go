@@ -97,6 +97,10 @@ type Options struct {
 	// MinConnectInterval spaces two CONNECTs with one client ID; zero is 1 s
 	// (AWS IoT's limit), negative none (an emulator with the limit off).
 	MinConnectInterval time.Duration
+	// ConnectBackoff spaces connection attempts, the client's own reconnects
+	// and the manager's retries alike; the zero value is iot.Backoff's
+	// defaults.
+	ConnectBackoff iot.Backoff
 	// Log receives what happens; nil discards.
 	Log *slog.Logger
 	// Now is the clock; nil is time.Now.
@@ -220,6 +224,7 @@ func (m *Manager) newSession(o *Options) *Session {
 			ClientID:      o.ClientID,
 			Logger:        m.log,
 			OnStateChange: o.OnStateChange,
+			Backoff:       o.ConnectBackoff,
 		},
 		MinConnectInterval: o.MinConnectInterval,
 	}

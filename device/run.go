@@ -181,7 +181,7 @@ func (m *Manager) ConnectRetry(ctx context.Context, onFail func(st *rotation.Sta
 		if errors.Is(err, ErrNoIdentity) || ctx.Err() != nil {
 			return err
 		}
-		delay := iot.Backoff{}.Delay(failures, m.rand())
+		delay := m.Options().ConnectBackoff.Delay(failures, m.rand())
 		if onFail != nil {
 			if err := onFail(st, err, delay); err != nil {
 				return err

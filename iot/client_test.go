@@ -15,6 +15,7 @@ import (
 
 	"github.com/thingcert/thingcert/iot"
 
+	"github.com/thingcert/thingcert/internal/faultproxy"
 	"github.com/thingcert/thingcert/internal/testpki"
 	"github.com/thingcert/thingcert/keystore"
 )
@@ -170,9 +171,13 @@ func TestConnectDiagnostics(t *testing.T) {
 				id        *iot.Identity
 				tlsMax    uint16
 				setup     func(*broker)
+				fault     *faultproxy.Fault // between the client and the broker
 				wantKind  error
 				wantStage iot.Stage
-				wantMsg   []string
+				// wantRefused: IdentityRefused, only for what the verified
+				// server said.
+				wantRefused bool
+				wantMsg     []string
 			}{
 				{
 					name: "untrusted server", server: server, roots: otherCA, id: good,
@@ -194,7 +199,7 @@ func TestConnectDiagnostics(t *testing.T) {
 					// the client's handshake is done: the refusal arrives as the
 					// answer to CONNECT.
 					name: "client certificate refused, TLS 1.3", server: server, roots: ca, id: foreign,
-					wantKind: iot.ErrClientCertRefused, wantStage: iot.StageMQTT,
+					wantKind: iot.ErrClientCertRefused, wantStage: iot.StageMQTT, wantRefused: true,
 					wantMsg: []string{"client certificate refused by the server", "registered and ACTIVE"},
 				},
 				{
@@ -206,8 +211,19 @@ func TestConnectDiagnostics(t *testing.T) {
 				{
 					name: "CONNACK refused", server: server, roots: ca, id: good,
 					setup:    func(b *broker) { b.refuse.Store(true) },
-					wantKind: iot.ErrConnectRefused, wantStage: iot.StageMQTT,
+					wantKind: iot.ErrConnectRefused, wantStage: iot.StageMQTT, wantRefused: true,
 					wantMsg: []string{"CONNECT refused (CONNACK return code 5, not authorized)", "iot:Connect"},
+				},
+				{
+					// 15 03 03 00 02 02 2a before ServerHello: anyone on the path.
+					name: "forged alert before ServerHello", server: server, roots: ca, id: good,
+					fault:    &faultproxy.Fault{Kind: faultproxy.ForgedAlert},
+					wantKind: iot.ErrClientCertRefused, wantStage: iot.StageTLS,
+				},
+				{
+					name: "reset right after CONNECT", server: server, roots: ca, id: good,
+					fault:    &faultproxy.Fault{Kind: faultproxy.Reset, Records: 4},
+					wantKind: iot.ErrClosedAfterConnect, wantStage: iot.StageMQTT,
 				},
 			}
 			for _, tc := range cases {
@@ -216,14 +232,27 @@ func TestConnectDiagnostics(t *testing.T) {
 					if tc.setup != nil {
 						tc.setup(b)
 					}
+					addr := b.Addr
+					if tc.fault != nil {
+						p, err := faultproxy.Start(b.Addr)
+						if err != nil {
+							t.Fatal(err)
+						}
+						defer p.Close()
+						p.SetDefault(*tc.fault)
+						addr = p.Addr()
+					}
 					c := newClient(t, iot.Config{
-						Endpoint:  iot.Endpoint{Host: endpointName, Address: b.Addr},
+						Endpoint:  iot.Endpoint{Host: endpointName, Address: addr},
 						Identity:  iot.NewIdentitySource(tc.id),
 						Roots:     tc.roots.Pool(),
 						ThingName: "device-1",
 					})
 					_, err := c.Connect(context.Background())
 					checkConnectError(t, err, tc.wantKind, tc.wantStage, tc.wantMsg...)
+					if got := iot.IdentityRefused(err); got != tc.wantRefused {
+						t.Errorf("IdentityRefused = %v, want %v", got, tc.wantRefused)
+					}
 				})
 			}
 		})

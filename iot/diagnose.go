@@ -356,19 +356,36 @@ func lostError(ep Endpoint, clientID string, upFor time.Duration, err error) err
 		upFor.Round(time.Millisecond), clientID))
 }
 
+// Authenticated reports whether the failure was told by a server the client
+// had verified: the TLS handshake had completed (the server's certificate
+// chain, its signature over the handshake and its Finished all checked), so
+// what came next arrived inside the session's encryption. Anything read
+// before that (a TLS 1.2 alert, any alert before ServerHello) can be forged by
+// whoever sits on the path, and a TCP reset or close carries no proof of who
+// sent it.
+func (e *ConnectError) Authenticated() bool {
+	return e.Stage == StageMQTT || e.Stage == StageConnected
+}
+
 // IdentityRefused reports whether err is the cloud refusing the identity a
-// connection presented, rather than the network, the server or the device key
-// failing: the certificate refused in the handshake or on an established
-// connection, CONNECT refused as not authorized, or closed without a CONNACK
-// (how AWS IoT refuses what it will not let connect). A certificate revoked,
-// deactivated or deleted in AWS IoT shows as one of these.
+// connection presented, as told by the verified server: the device
+// certificate refused by an alert after the handshake (TLS 1.3, where the
+// server judges the client certificate after its own Finished), or CONNECT
+// refused as not authorized. A certificate revoked, deactivated or deleted in
+// AWS IoT shows as one of these.
+//
+// What anyone on the path can fake never counts: an alert read during the
+// handshake (plaintext before ServerHello, or before the server's Finished),
+// and a connection reset or closed right after CONNECT (which is also how a
+// NAT timeout or a cellular drop looks, and how AWS IoT refuses a policy that
+// denies iot:Connect, which a new certificate would not fix).
 func IdentityRefused(err error) bool {
 	var ce *ConnectError
-	if !errors.As(err, &ce) {
+	if !errors.As(err, &ce) || !ce.Authenticated() {
 		return false
 	}
 	switch ce.Kind {
-	case ErrClientCertRefused, ErrClosedAfterConnect:
+	case ErrClientCertRefused:
 		return true
 	case ErrConnectRefused:
 		// Not "server unavailable" or a protocol mismatch: those pass.

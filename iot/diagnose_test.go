@@ -89,8 +89,14 @@ func TestIdentityRefused(t *testing.T) {
 		err  error
 		want bool
 	}{
-		{newErr(ep, StageTLS, ErrClientCertRefused, errors.New("bad certificate"), ""), true},
-		{fmt.Errorf("switching: %w", newErr(ep, StageMQTT, ErrClosedAfterConnect, nil, "")), true},
+		// An alert read during the handshake may come from anyone on the
+		// path (before ServerHello it is plaintext): it does not count.
+		{newErr(ep, StageTLS, ErrClientCertRefused, errors.New("bad certificate"), ""), false},
+		// After the handshake it came from the verified server.
+		{newErr(ep, StageMQTT, ErrClientCertRefused, errors.New("bad certificate"), ""), true},
+		{fmt.Errorf("switching: %w", newErr(ep, StageConnected, ErrClientCertRefused, errors.New("certificate revoked"), "")), true},
+		// A reset or close after CONNECT proves nothing about who sent it.
+		{fmt.Errorf("switching: %w", newErr(ep, StageMQTT, ErrClosedAfterConnect, nil, "")), false},
 		{refusedConnack(ConnackNotAuthorized), true},
 		{refusedConnack(ConnackBadUserOrPassword), true},
 		{refusedConnack(ConnackServerUnavailable), false},

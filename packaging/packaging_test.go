@@ -45,11 +45,12 @@ func TestUnitHardening(t *testing.T) {
 	want := map[string]string{
 		"Type":                  "notify",
 		"NotifyAccess":          "main",
-		"ExecStart":             "/usr/local/bin/thingcert run --config /etc/thingcert/thingcert.yaml",
+		"ExecStart":             "/usr/local/bin/thingcert run --config /etc/thingcert/thingcert.yaml --socket-group thingcert-clients",
 		"ExecReload":            "/bin/kill -HUP $MAINPID",
 		"User":                  "thingcert",
 		"Group":                 "thingcert",
-		"SupplementaryGroups":   "tss",
+		"SupplementaryGroups":   "tss thingcert-clients",
+		"RuntimeDirectoryMode":  "0755", // the socket itself is 0660, group thingcert-clients
 		"StateDirectory":        "thingcert",
 		"StateDirectoryMode":    "0700",
 		"RuntimeDirectory":      "thingcert",
@@ -104,7 +105,7 @@ func TestSysusers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range []string{"u thingcert - ", "m thingcert tss"} {
+	for _, line := range []string{"u thingcert - ", "m thingcert tss", "g thingcert-clients -", "m thingcert thingcert-clients"} {
 		if !strings.Contains(string(b), "\n"+line) {
 			t.Errorf("sysusers.conf lacks %q", line)
 		}

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/thingcert/thingcert/keystore"
 )
 
 // Machine holds the settings of the state machine. Its Next is pure: the
@@ -252,7 +254,9 @@ func (m Machine) failed(n *State, ev Event, now time.Time) (*State, error) {
 	class, hint := Classify(ev.Err)
 	msg := "unknown error"
 	if ev.Err != nil {
-		msg = ev.Err.Error()
+		// The message goes into the journal, the last result and the
+		// failure reported to a job: a key URI in it loses its PIN.
+		msg = keystore.RedactURI(ev.Err.Error())
 	}
 	if class == Stopped {
 		return n, nil
@@ -264,7 +268,7 @@ func (m Machine) failed(n *State, ev Event, now time.Time) (*State, error) {
 			return n, fmt.Errorf("rotation: %w: failure in phase idle names no previous identity", ErrUnexpectedEvent)
 		}
 		if class == Fatal {
-			m.log(n, from, from, ev, now, "gave up deleting key "+n.Previous[i].KeyURI+": "+msg)
+			m.log(n, from, from, ev, now, "gave up deleting key "+keystore.RedactURI(n.Previous[i].KeyURI)+": "+msg)
 			n.Previous = slices.Delete(n.Previous, i, i+1)
 			return n, nil
 		}
@@ -337,7 +341,7 @@ func (m Machine) log(n *State, from, to Phase, ev Event, now time.Time, note str
 	if limit <= 0 {
 		limit = defaultJournalLimit
 	}
-	n.Journal = append(n.Journal, Entry{At: now, From: from, To: to, Event: ev.Kind, Note: trimSpace(note)})
+	n.Journal = append(n.Journal, Entry{At: now, From: from, To: to, Event: ev.Kind, Note: trimSpace(keystore.RedactURI(note))})
 	if len(n.Journal) > limit {
 		n.Journal = slices.Clone(n.Journal[len(n.Journal)-limit:])
 	}

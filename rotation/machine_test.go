@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -237,5 +238,35 @@ func TestJournalIsBounded(t *testing.T) {
 func TestKeyName(t *testing.T) {
 	if got := (Machine{}).KeyName(7, time.Date(2026, 3, 1, 12, 0, 5, 0, time.FixedZone("x", 3600)), "3f9a1c"); got != "device-20260301T110005Z-7-3f9a1c" {
 		t.Errorf("KeyName = %s", got)
+	}
+}
+
+// A key URI with a PIN never reaches the journal or the last result: the
+// note of a key retirement given up, and a failure's message, go through
+// keystore.RedactURI.
+func TestMachineNotesCarryNoPIN(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	const uri = "pkcs11:token=T;object=device-1?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-value=s3cr3t#42"
+	cur := &IdentityRecord{KeyURI: "pkcs11:token=T;object=device-2?module-path=/m.so", CertFile: "certs/b.pem", CertificateID: "bb"}
+	s := &State{Version: 1, Phase: PhaseIdle, Current: cur, Previous: []Retiring{{IdentityRecord: IdentityRecord{KeyURI: uri, CertificateID: "aa"}, RetireAt: now}}}
+	m := Machine{GracePeriod: time.Hour}
+	n, err := m.Next(s, Event{Kind: EventFailed, CertificateID: "aa", Err: fmt.Errorf("deleting %s: %w", uri, ErrFatal)}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(n.Journal)
+	if strings.Contains(string(b), "s3cr3t") || strings.Contains(string(b), "#42") || !strings.Contains(string(b), "pin-value=REDACTED") {
+		t.Fatalf("journal: %s", b)
+	}
+	// A rotation failing with the PIN in its error.
+	s = &State{Version: 1, Phase: PhaseCSRSubmitted, Current: cur, Pending: &IdentityRecord{KeyURI: "pkcs11:token=T;object=device-3?module-path=/m.so"},
+		Trigger: &Trigger{Kind: TriggerOperator, At: now}, CSR: "x", Serial: 3}
+	n, err = m.Next(s, Event{Kind: EventFailed, Err: fmt.Errorf("opening %s: %w", uri, ErrFatal)}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = json.Marshal(n)
+	if strings.Contains(string(b), "s3cr3t") {
+		t.Fatalf("state after a failure: %s", b)
 	}
 }

@@ -32,13 +32,11 @@ func FuzzDecodeStateAndNext(f *testing.F) {
 	kinds := []EventKind{EventStart, EventKeyReady, EventCSRMade, EventIssued, EventVerified, EventSwitched, EventReported, EventCleanedUp, EventRetired, EventRecover, EventFailed}
 	f.Fuzz(func(t *testing.T, data, events []byte) {
 		s, err := decodeState(data, "/var/lib/thingcert/state.json")
-		if err != nil || !wellFormed(s) {
-			// Known finding, left to the owner of rotation: decodeState
-			// accepts states outside wellFormed, and Next panics on them
-			// (a nil Trigger at machine.go:243 on a start request, a nil
-			// Current at machine.go:203 on the switch). Drop this filter
-			// when decodeState refuses them; the corpus keeps both inputs.
+		if err != nil {
 			return
+		}
+		if !wellFormed(s) {
+			t.Fatalf("decodeState accepted a state Next cannot take: %s", data)
 		}
 		at := now
 		for i, b := range events {

@@ -27,6 +27,9 @@ const (
 // or set up).
 var ErrNoState = errors.New("no rotation state")
 
+// ErrDamagedState: the state file holds something the machine cannot act on.
+var ErrDamagedState = errors.New("rotation state damaged")
+
 // StateStore reads and writes the state folder: state.json and the
 // certificates under certs/, every write atomic and synced.
 type StateStore struct {
@@ -80,8 +83,25 @@ func decodeState(data []byte, where string) (*State, error) {
 	if !known {
 		return nil, fmt.Errorf("rotation: state file %s: unknown phase %q", where, st.Phase)
 	}
-	if st.InProgress() && (st.Pending == nil || st.Trigger == nil) && st.Phase != PhaseCommitted && st.Phase != PhaseRolledBack {
-		return nil, fmt.Errorf("rotation: state file %s: phase %s without a pending identity", where, st.Phase)
+	// A rotation in progress replaces an identity for a reason: the machine
+	// needs both on every path (the switch moves Current to Previous, a new
+	// start names who started the one under way), and before the commit it
+	// needs the identity it moves to.
+	if st.InProgress() {
+		var missing []string
+		if st.Current == nil {
+			missing = append(missing, "the current identity (current)")
+		}
+		if st.Trigger == nil {
+			missing = append(missing, "what started it (trigger)")
+		}
+		if st.Pending == nil && st.Phase != PhaseCommitted && st.Phase != PhaseRolledBack {
+			missing = append(missing, "the identity it moves to (pending)")
+		}
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("rotation: state file %s: a rotation in phase %s without %s; restore the file from a backup or move it away and provision again: %w",
+				where, st.Phase, strings.Join(missing, ", "), ErrDamagedState)
+		}
 	}
 	return &st, nil
 }

@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,5 +45,26 @@ func TestTidyRemovesOnlyItsOwnLeftovers(t *testing.T) {
 		if !survive && err == nil {
 			t.Errorf("Tidy left %s", p)
 		}
+	}
+}
+
+// decodeState refuses a rotation in progress that lacks what the machine
+// needs (found by FuzzDecodeStateAndNext: Next panicked on both).
+func TestDecodeStateRefusesIncompleteRotation(t *testing.T) {
+	for _, tc := range []struct{ name, data, want string }{
+		{"committed without trigger", `{"version":1,"phase":"committed","current":{"key_uri":"file:/k/a.pem"}}`, "trigger"},
+		{"rolled back without trigger", `{"version":1,"phase":"rolled-back","current":{"key_uri":"file:/k/a.pem"}}`, "trigger"},
+		{"verified without current", `{"version":1,"phase":"verified","pending":{"key_uri":"file:/k/b.pem"},"trigger":{"kind":"operator"}}`, "current"},
+		{"issued without pending", `{"version":1,"phase":"issued","current":{"key_uri":"file:/k/a.pem"},"trigger":{"kind":"operator"}}`, "pending"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := decodeState([]byte(tc.data), "/var/lib/thingcert/state.json")
+			if !errors.Is(err, ErrDamagedState) || !strings.Contains(err.Error(), "/var/lib/thingcert/state.json") || !strings.Contains(err.Error(), "("+tc.want+")") {
+				t.Fatalf("decodeState: %v", err)
+			}
+		})
+	}
+	if _, err := decodeState([]byte(`{"version":1,"phase":"committed","current":{"key_uri":"file:/k/a.pem"},"trigger":{"kind":"time"}}`), "x"); err != nil {
+		t.Fatalf("a committed rotation with its trigger: %v", err)
 	}
 }

@@ -15,7 +15,7 @@ import (
 )
 
 func newRunCmd(env *cliEnv) *cobra.Command {
-	var cfgPath, socket string
+	var cfgPath, socket, socketGroup string
 	c := &cobra.Command{
 		Use:   "run --config FILE",
 		Short: "Run the device agent: provision, stay connected, renew the certificate",
@@ -66,7 +66,10 @@ journald priorities. ` + "`thingcert status`" + ` shows how it is doing at any t
 				Log:      dlog,
 				Notifier: agent.NewNotifier(os.Getenv, dlog.Logger()),
 				Socket:   socket,
-				Version:  buildVersion(),
+				// The group device programs join for the socket (the
+				// unit passes thingcert-clients).
+				SocketGroup: socketGroup,
+				Version:     buildVersion(),
 				// Tests stop the daemon at a chosen rotation step
 				// (THINGCERT_TEST_STOP_AFTER, as provision and rotate do).
 				AfterSave: testStopHook(env),
@@ -92,6 +95,7 @@ journald priorities. ` + "`thingcert status`" + ` shows how it is doing at any t
 		},
 	}
 	c.Flags().StringVar(&cfgPath, "config", "", "device configuration file (YAML; see docs/config.md)")
+	c.Flags().StringVar(&socketGroup, "socket-group", "", "group the local socket belongs to, for device programs (default: the agent's own group); the agent must be a member")
 	c.Flags().StringVar(&socket, "socket", "", "local socket for the device's programs, or none (default $RUNTIME_DIRECTORY/agent.sock under systemd, else <state_dir>/agent.sock)")
 	return c
 }

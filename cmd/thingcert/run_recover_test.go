@@ -21,7 +21,9 @@ const (
 )
 
 func (d *daemonDevice) allowRecovery() {
-	d.base = strings.Replace(d.base, "  cert: claim.crt\n", "  cert: claim.crt\n  recover: true\n", 1)
+	// Two refusals, no minimum span: the rule is proven with an injected
+	// clock in the agent's tests; here a real process counts them.
+	d.base = strings.Replace(d.base, "  cert: claim.crt\n", "  cert: claim.crt\n  recover: true\n  recover_refusals: 2\n  recover_after: 0s\n", 1)
 	d.writeConfig(d.base)
 }
 

@@ -203,7 +203,12 @@ func (s *Store) KeyURI(name string) (string, error) {
 	if err := keystore.ValidKeyName(name); err != nil {
 		return "", err
 	}
-	return s.uri.withKey(name, []byte(name)).String(), nil
+	// Without the store's pin-value: the URI is kept in the state folder and
+	// shown in logs and status, and the key opens through this store, which
+	// holds the PIN (a pin-source path stays: it is no secret).
+	u := s.uri.withKey(name, []byte(name))
+	u.PINValue, u.HasPINValue = "", false
+	return u.String(), nil
 }
 
 // keyURI parses a key URI and checks it is in this store's token.

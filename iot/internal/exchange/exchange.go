@@ -4,6 +4,7 @@
 package exchange
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -96,11 +97,56 @@ func classifyRequestErr(ctx context.Context, op, what string, err error) error {
 	return rotation.NewTransient(op, fmt.Errorf("%s: %w", what, err), 0)
 }
 
-// Snippet is the start of a payload, for an error message about it.
+// secretFields are reply fields whose values are secrets: the ownership
+// token lets whoever holds it register the certificate as a thing, a private
+// key is a private key. A snippet reaches logs, the state folder and the
+// FAILED reason sent to a job, so their values never appear in one.
+var secretFields = []string{"certificateOwnershipToken", "privateKey"}
+
+// Snippet is the start of a payload, for an error message about it, with the
+// values of secret fields left out (valid JSON or not: a truncated or
+// malformed reply may carry them too).
 func Snippet(b []byte) string {
+	b = redactFields(b)
 	const n = 120
 	if len(b) > n {
 		return fmt.Sprintf("%q…", b[:n])
 	}
 	return fmt.Sprintf("%q", b)
+}
+
+// redactFields replaces the string value after each "<secret field>": with
+// REDACTED, up to its closing quote or the end of b.
+func redactFields(b []byte) []byte {
+	out := append([]byte(nil), b...)
+	for _, f := range secretFields {
+		key := []byte(`"` + f + `"`)
+		for from := 0; ; {
+			i := bytes.Index(out[from:], key)
+			if i < 0 {
+				break
+			}
+			j := from + i + len(key)
+			// Skip blanks and the colon to the value's opening quote.
+			for j < len(out) && (out[j] == ' ' || out[j] == '\t' || out[j] == '\n' || out[j] == '\r' || out[j] == ':') {
+				j++
+			}
+			if j >= len(out) || out[j] != '"' {
+				from = j
+				continue
+			}
+			start := j + 1
+			end := start
+			for end < len(out) && out[end] != '"' {
+				if out[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			end = min(end, len(out))
+			out = append(out[:start], append([]byte("REDACTED"), out[end:]...)...)
+			from = start + len("REDACTED")
+		}
+	}
+	return out
 }
