@@ -147,4 +147,3 @@ func TestAutoRegistrationNeedsSNI(t *testing.T) {
 		t.Error("registered without SNI")
 	}
 }
-

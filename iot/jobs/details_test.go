@@ -10,10 +10,10 @@ import (
 // characters without control characters, whatever the error text was.
 func TestDetailsAreWhatAWSAccepts(t *testing.T) {
 	in := map[string]string{
-		"reason":          "rotation: phase issued:\n\tverify: certificate expired\r\nand more\x00\x1b[31m",
-		"empty":           "",
-		"long":            strings.Repeat("é", 3000),
-		"bad key/with ✓":  "x",
+		"reason":                 "rotation: phase issued:\n\tverify: certificate expired\r\nand more\x00\x1b[31m",
+		"empty":                  "",
+		"long":                   strings.Repeat("é", 3000),
+		"bad key/with ✓":         "x",
 		strings.Repeat("k", 200): "y",
 	}
 	out := Details(in)
