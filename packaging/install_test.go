@@ -119,7 +119,7 @@ func testInstall(t *testing.T, deb, version, repo string) {
 	// alone and with each drop-in linked in the way the guide says. Not
 	// enabled, not started.
 	unit := "/usr/lib/systemd/system/thingcert.service"
-	if b, _ := os.ReadFile(unit); !bytes.Contains(b, []byte("\nExecStart=/usr/bin/thingcert run --config /etc/thingcert/thingcert.yaml\n")) {
+	if b, _ := os.ReadFile(unit); !bytes.Contains(b, []byte("\nExecStart=/usr/bin/thingcert run --config /etc/thingcert/thingcert.yaml --socket-group thingcert-clients\n")) {
 		t.Errorf("%s does not start /usr/bin/thingcert", unit)
 	}
 	for _, drop := range []string{"", "no-tpm.conf", "pkcs11.conf"} {
