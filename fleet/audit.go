@@ -299,6 +299,11 @@ func auditCAs(ctx context.Context, api API, certs map[string]*Certificate, o Aud
 	var out []Finding
 	for _, id := range ids {
 		d, err := api.DescribeCACertificate(ctx, &iot.DescribeCACertificateInput{CertificateId: &id})
+		if isNotFound(err) {
+			// AWS IoT's own issuing CA (CreateCertificateFromCsr) is not one
+			// the account registered: AWS renews it, nothing to check.
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("fleet: describing CA certificate %s: %w", id, err)
 		}
