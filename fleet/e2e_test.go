@@ -404,7 +404,6 @@ func mustAPI(t *testing.T) func(any, error) {
 	}
 }
 
-
 func waitState(t *testing.T, ctx context.Context, m *device.Manager, ok func(*rotation.State) bool) *rotation.State {
 	t.Helper()
 	for {
@@ -419,4 +418,3 @@ func waitState(t *testing.T, ctx context.Context, m *device.Manager, ok func(*ro
 		}
 	}
 }
-
