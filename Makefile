@@ -4,8 +4,8 @@
 # and systemd-analyze (which checks the shipped unit) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli
-PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze aws
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli chromium
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze aws chromium
 TEST_TIMEOUT ?= 15m
 # make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
 # narrows the packages); crashers land in the package's testdata/fuzz.

@@ -47,7 +47,7 @@ func histogram(title string, values []float64, bounds []float64, labels []string
 	for i, c := range counts {
 		bh := 0
 		if h.Max > 0 {
-			bh = c * 170 / h.Max
+			bh = c * 155 / h.Max
 		}
 		h.Bars = append(h.Bars, Bar{Label: labels[i], Count: c, X: i*w + 4, W: w - 8, H: bh, Y: 180 - bh})
 	}
@@ -109,7 +109,7 @@ th{background:#eee}.check{font-family:monospace}.ok{color:#1a7f37}
 </div>
 <h2>Findings</h2>
 {{if .Findings}}<table><tr><th>check</th><th>thing</th><th>certificate</th><th>detail</th></tr>
-{{range .Findings}}<tr><td class="check">{{.Check}}</td><td>{{.Thing}}{{.JobID}}</td><td class="check">{{.CertificateID}}</td><td>{{.Detail}}</td></tr>
+{{range .Findings}}<tr><td class="check">{{.Check}}</td><td>{{.Thing}}{{.JobID}}</td><td class="check">{{printf "%.16s" .CertificateID}}</td><td>{{.Detail}}</td></tr>
 {{end}}</table>{{else}}<p class="ok">No findings.</p>{{end}}
 <h2>Certificates</h2>
 <table><tr><th>thing</th><th>certificate</th><th>status</th><th>CA</th><th>not after</th><th>age (days)</th><th>key</th><th>signature</th></tr>
