@@ -11,8 +11,12 @@ func TestPlanRetire(t *testing.T) {
 	now := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	done := now.Add(-2 * time.Hour)
 	ok := map[string]string{"oldCertificateId": "old", "newCertificateId": "new"}
-	active := func(id string, things ...string) *CertState { return &CertState{ID: id, Status: "ACTIVE", Things: things} }
-	inactive := func(id string, things ...string) *CertState { return &CertState{ID: id, Status: "INACTIVE", Things: things} }
+	active := func(id string, things ...string) *CertState {
+		return &CertState{ID: id, Status: "ACTIVE", Things: things}
+	}
+	inactive := func(id string, things ...string) *CertState {
+		return &CertState{ID: id, Status: "INACTIVE", Things: things}
+	}
 	gone := &CertState{ID: "old"}
 	succeeded := func(old, new *CertState, thingActive ...string) ExecState {
 		return ExecState{Thing: "t", Status: "SUCCEEDED", Details: ok, Finished: done, Old: old, New: new, ThingActive: thingActive}
