@@ -95,16 +95,19 @@ func TestJobIDIsDeterministic(t *testing.T) {
 // TestCreateJobInput: the rollout, abort and timeout configs AWS takes,
 // and the limits it refuses checked before a request is sent.
 func TestCreateJobInput(t *testing.T) {
-	in, err := createJobInput([]string{"arn:g"}, RotateOptions{MaxPerMinute: 100, ExponentialBase: 10, ExponentialFactor: 2, AbortFailedPercent: 10, TimeoutMinutes: 30})
+	in, err := createJobInput([]string{"arn:g"}, RotateOptions{ExponentialBase: 10, ExponentialFactor: 2, AbortFailedPercent: 10, TimeoutMinutes: 30})
 	if err != nil {
 		t.Fatal(err)
 	}
 	rc := in.JobExecutionsRolloutConfig
-	if *rc.MaximumPerMinute != 100 || *rc.ExponentialRate.BaseRatePerMinute != 10 || *rc.ExponentialRate.IncrementFactor != 2 ||
+	if rc.MaximumPerMinute != nil || *rc.ExponentialRate.BaseRatePerMinute != 10 || *rc.ExponentialRate.IncrementFactor != 2 ||
 		*in.AbortConfig.CriteriaList[0].ThresholdPercentage != 10 || *in.TimeoutConfig.InProgressTimeoutInMinutes != 30 || *in.Document != RotateDocument {
 		t.Fatalf("%+v", in)
 	}
-	for _, o := range []RotateOptions{{MaxPerMinute: 1001}, {ExponentialBase: 10, ExponentialFactor: 6}, {AbortFailedPercent: 101}, {TimeoutMinutes: 10081}} {
+	if in, err := createJobInput([]string{"arn:g"}, RotateOptions{MaxPerMinute: 100}); err != nil || *in.JobExecutionsRolloutConfig.MaximumPerMinute != 100 {
+		t.Fatalf("fixed rate: %+v, %v", in, err)
+	}
+	for _, o := range []RotateOptions{{MaxPerMinute: 1001}, {MaxPerMinute: 100, ExponentialBase: 10, ExponentialFactor: 2}, {ExponentialBase: 10, ExponentialFactor: 6}, {AbortFailedPercent: 101}, {TimeoutMinutes: 10081}} {
 		if _, err := createJobInput([]string{"arn:g"}, o); err == nil {
 			t.Errorf("%+v accepted", o)
 		}

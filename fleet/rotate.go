@@ -34,9 +34,9 @@ type RotateOptions struct {
 	// MaxPerMinute is the rollout rate (AWS: 1–1000); zero leaves AWS's
 	// default (1000).
 	MaxPerMinute int32
-	// ExponentialBase and ExponentialFactor, if set, start the rollout at
-	// Base per minute and multiply the rate by Factor (1.1–5) after every
-	// Base successes, up to MaxPerMinute.
+	// ExponentialBase and ExponentialFactor, if set (instead of
+	// MaxPerMinute), start the rollout at Base per minute and multiply the
+	// rate by Factor (1.1–5) after every Base successes.
 	ExponentialBase   int32
 	ExponentialFactor float64
 	// AbortFailedPercent, if set, cancels the job when that share of
@@ -139,6 +139,11 @@ func createJobInput(targets []string, o RotateOptions) (*iot.CreateJobInput, err
 	if o.MaxPerMinute != 0 || o.ExponentialBase != 0 {
 		if o.MaxPerMinute < 0 || o.MaxPerMinute > 1000 {
 			return nil, fmt.Errorf("fleet: rollout rate %d per minute: AWS IoT Jobs takes 1 to 1000: %w", o.MaxPerMinute, ErrInvalid)
+		}
+		if o.MaxPerMinute != 0 && o.ExponentialBase != 0 {
+			// AWS IoT Jobs takes a fixed rate or an exponential one, not both
+			// (an exponential rollout caps itself at 1000 per minute).
+			return nil, fmt.Errorf("fleet: a rollout has a maximum rate or an exponential rate, not both: %w", ErrInvalid)
 		}
 		rc := &types.JobExecutionsRolloutConfig{}
 		if o.MaxPerMinute > 0 {

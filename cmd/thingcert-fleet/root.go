@@ -239,7 +239,7 @@ follows the job until every execution has finished.`,
 	f.StringVar(&fromAudit, "from-audit", "", "rotate the things an audit report (audit --json) flags")
 	f.StringVar(&o.Round, "round", "", "a name for a later rotation of the same targets (a new job)")
 	f.StringVar(&rate, "rate", "", "rollout rate, N/min (AWS: 1–1000)")
-	f.StringVar(&expo, "exponential", "", "exponential rollout BASE,FACTOR (up to --rate)")
+	f.StringVar(&expo, "exponential", "", "exponential rollout BASE,FACTOR instead of a fixed --rate")
 	f.Float64Var(&o.AbortFailedPercent, "abort-failed-pct", 0, "cancel the job when this percentage of executions failed")
 	f.Int64Var(&o.TimeoutMinutes, "timeout", 0, "in-progress timeout per execution, in minutes")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say which job would be created")
