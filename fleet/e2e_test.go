@@ -283,7 +283,7 @@ func TestFleetRotationEndToEnd(t *testing.T) {
 	if err != nil || part.Acted != 5 {
 		t.Fatalf("interrupted retire: acted %d, %v", part.Acted, err)
 	}
-	res, err := fleet.Retire(ctx, api, job.ID, fleet.RetireOptions{}, time.Now, nil)
+	res, err := fleet.Retire(ctx, api, job.ID, fleet.RetireOptions{Workers: 4}, time.Now, nil)
 	if err != nil || res.Errors != 0 {
 		t.Fatalf("retire: %+v, %v", res, err)
 	}

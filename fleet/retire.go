@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/iot"
@@ -66,6 +68,10 @@ type RetireOptions struct {
 	// keeps it INACTIVE.
 	DeleteAfter time.Duration
 	DryRun      bool
+	// Workers is how many executions are looked at and acted on at once;
+	// zero is one. AWS's control-plane quotas (ThrottlingException, which
+	// the SDK retries) bound what more workers gain.
+	Workers int
 }
 
 // Decision is PlanRetire's answer for one execution.
@@ -181,41 +187,87 @@ type RetireResult struct {
 // Retire reads the job's executions and their certificates from AWS,
 // decides with PlanRetire, and acts (unless DryRun). stop, if set, is
 // consulted before each action: when it says true Retire returns what it
-// did so far (for a signal, or a test that interrupts it).
+// did so far (for a signal, or a test that interrupts it). Executions are
+// handled by o.Workers at once (each its own thing and certificates), and
+// the decisions come back in the order AWS listed the executions.
 func Retire(ctx context.Context, api API, jobID string, o RetireOptions, now func() time.Time, stop func() bool) (RetireResult, error) {
 	res := RetireResult{Job: jobID, Counts: map[string]int{}}
 	execs, err := jobExecutions(ctx, api, jobID)
 	if err != nil {
 		return res, err
 	}
-	for _, ex := range execs {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		st, err := execState(ctx, api, jobID, ex)
-		var d Decision
-		if err != nil {
-			d = Decision{Thing: ex.thing, Status: ex.status, Step: StepReport, Error: err.Error()}
-			res.Errors++
-		} else {
-			d = PlanRetire(st, o, now())
-		}
-		if !o.DryRun && (d.Step == StepDeactivate || d.Step == StepDelete) {
-			if stop != nil && stop() {
-				return res, nil
-			}
-			if err := act(ctx, api, d, st); err != nil {
-				d.Error = err.Error()
-				res.Errors++
-			} else {
-				d.Executed = true
-				res.Acted++
-			}
-		}
-		res.Counts[string(d.Step)]++
-		res.Decisions = append(res.Decisions, d)
+	workers := max(o.Workers, 1)
+	type outcome struct {
+		d       Decision
+		acted   bool
+		failed  bool
+		stopped bool
 	}
-	return res, nil
+	out := make([]outcome, len(execs))
+	var mu sync.Mutex // serializes stop, so "stop after N actions" is exact
+	var stopped atomic.Bool
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				ex := execs[i]
+				st, err := execState(ctx, api, jobID, ex)
+				var d Decision
+				if err != nil {
+					d = Decision{Thing: ex.thing, Status: ex.status, Step: StepReport, Error: err.Error()}
+					out[i] = outcome{d: d, failed: true}
+					continue
+				}
+				d = PlanRetire(st, o, now())
+				if !o.DryRun && (d.Step == StepDeactivate || d.Step == StepDelete) {
+					mu.Lock()
+					halt := stopped.Load() || (stop != nil && stop())
+					if halt {
+						stopped.Store(true)
+					}
+					mu.Unlock()
+					if halt {
+						out[i] = outcome{stopped: true}
+						continue
+					}
+					if err := act(ctx, api, d, st); err != nil {
+						d.Error = err.Error()
+						out[i] = outcome{d: d, failed: true}
+						continue
+					}
+					d.Executed = true
+					out[i] = outcome{d: d, acted: true}
+					continue
+				}
+				out[i] = outcome{d: d}
+			}
+		}()
+	}
+	for i := range execs {
+		if ctx.Err() != nil || stopped.Load() {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for _, r := range out {
+		if r.stopped || r.d.Thing == "" && r.d.Step == "" {
+			continue // not reached before the stop
+		}
+		if r.acted {
+			res.Acted++
+		}
+		if r.failed {
+			res.Errors++
+		}
+		res.Counts[string(r.d.Step)]++
+		res.Decisions = append(res.Decisions, r.d)
+	}
+	return res, ctx.Err()
 }
 
 type execSummary struct{ thing, status string }

@@ -367,6 +367,7 @@ it is safe to interrupt and run again.`,
 	f.DurationVar(&o.Grace, "grace", 0, "keep the old certificate ACTIVE this long after the execution succeeded")
 	f.DurationVar(&o.DeleteAfter, "delete-after", 0, "delete the old certificate this long after deactivation (0: keep it INACTIVE)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be done; change nothing")
+	f.IntVar(&o.Workers, "workers", 4, "executions handled at once")
 	f.BoolVar(&asJSON, "json", false, "print every decision as JSON")
 	return c
 }
