@@ -67,7 +67,7 @@ func newRootCmd(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.endpointURL, "endpoint-url", "", "AWS IoT control-plane endpoint (default: AWS_ENDPOINT_URL_IOT, else AWS's for the region)")
 	pf.StringVar(&g.profile, "profile", "", "shared config profile (default: AWS_PROFILE, else default)")
 	pf.StringVar(&g.region, "region", "", "AWS region (default: AWS_REGION or the profile's)")
-	root.AddCommand(setupCmd(g), rotateCmd(g), retireCmd(g), auditCmd(g))
+	root.AddCommand(setupCmd(g), rotateCmd(g), retireCmd(g), auditCmd(g), runCmd(g), statusCmd(g))
 	return root
 }
 
