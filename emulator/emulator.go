@@ -44,9 +44,9 @@ type Emulator struct {
 	connectLimit *limiter
 	// accountConnects is the per-account CONNECT quota (AWS: 500/s).
 	accountConnects *limiter
-	listeners    []*tlsListener
-	admin        *adminServer
-	api          *apiServer
+	listeners       []*tlsListener
+	admin           *adminServer
+	api             *apiServer
 
 	startOnce sync.Once
 	closeOnce sync.Once

@@ -86,7 +86,7 @@ type JobStatus struct {
 	ID       string         `json:"jobId"`
 	Status   string         `json:"status"`
 	Counts   map[string]int `json:"counts"`
-	Retired  int            `json:"retired"` // by this cycle (in a dry run: that it would)
+	Retired  int            `json:"retired"`  // by this cycle (in a dry run: that it would)
 	Reported int            `json:"reported"` // executions a person must look at
 	Errors   int            `json:"errors"`
 }
