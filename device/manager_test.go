@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -246,5 +247,51 @@ func TestManagerFindsARotationJobBehindAnotherJob(t *testing.T) {
 	}
 	if fwx, err := emu.JobExecution(ctx, account, thing, fw.ID); err != nil || fwx.Status != emulator.JobQueued {
 		t.Fatalf("firmware job: %+v, %v; want it untouched, QUEUED", fwx, err)
+	}
+}
+
+// TestThrottledRegisterThingKeepsItsCertificate: devices provisioning at once
+// under a RegisterThing quota of 1/s are throttled, retry RegisterThing with
+// the ownership token they hold, and all provision, each with the one
+// certificate it asked for: no CreateCertificateFromCsr is spent on a retry.
+func TestThrottledRegisterThingKeepsItsCertificate(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{RegisterThingRate: 1, CreateCertificateRate: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const n = 4
+	var ms []*device.Manager
+	done := make(chan error, n)
+	for i := range n {
+		o := managerOptions(t, emu)
+		name := fmt.Sprintf("dev-%04d", 100+i)
+		o.ThingName = name
+		o.Claim.ClientID = "claim-" + name
+		serial := fmt.Sprintf("%04d", 100+i)
+		o.Issuer = func(c iot.MQTT) rotation.Issuer {
+			return &fleetprov.Issuer{Conn: c, Template: template, Parameters: map[string]string{"SerialNumber": serial}, ThingName: name}
+		}
+		m, err := device.New(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+		go func() { done <- m.Run(ctx) }()
+	}
+	defer func() {
+		cancel()
+		for _, m := range ms {
+			<-done
+			m.Close(context.Background())
+		}
+	}()
+	for _, m := range ms {
+		waitState(t, ctx, m, func(s *rotation.State) bool { return !s.Current.Claim && !s.InProgress() })
+	}
+	st := emu.RateStats()
+	if st["RegisterThing"].Throttled == 0 {
+		t.Fatalf("no RegisterThing was throttled (%+v): the test proves nothing", st)
+	}
+	if c := st["CreateCertificateFromCsr"]; c.Allowed != n {
+		t.Fatalf("CreateCertificateFromCsr %+v for %d devices: throttled registrations spent new certificates", c, n)
 	}
 }
