@@ -27,12 +27,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -146,6 +148,8 @@ func startEmulator(bin, dir string, scale float64) (*emuProc, error) {
 		return nil, err
 	}
 	cmd.Stderr = nil
+	// The emulator ends with this process, however it ends.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -208,7 +212,8 @@ func buildThingcert(dir string) (string, error) {
 }
 
 func run(n int, scale float64, rate, workers int, bin string) error {
-	ctx, cancel := context.WithCancel(context.Background())
+	// Ctrl-C ends the run through the deferred clean-up (the emulator child, the folder).
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "bench-fleet-")
 	if err != nil {
@@ -321,7 +326,11 @@ func run(n int, scale float64, rate, workers int, bin string) error {
 		if p.Finished() && p.Total == n {
 			break
 		}
-		time.Sleep(time.Second)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
 	}
 	rot := time.Since(t1)
 	fmt.Printf("rotation job %s: %s in %s\n", job.ID, p.Line(), rot.Round(time.Second))
