@@ -111,7 +111,7 @@ func Cycle(ctx context.Context, api API, o CycleOptions, now time.Time) (*CycleR
 	if err != nil {
 		return nil, err
 	}
-	cr := &CycleReport{At: now, Things: len(rep.Things), Findings: map[string]int{}, DryRun: o.DryRun}
+	cr := &CycleReport{At: now, Things: len(rep.Things), Findings: map[string]int{}, DryRun: o.DryRun, Jobs: []JobStatus{}}
 	for _, th := range rep.Things {
 		cr.Certificates += len(th.Certificates)
 	}
@@ -128,6 +128,9 @@ func Cycle(ctx context.Context, api API, o CycleOptions, now time.Time) (*CycleR
 	}
 	cr.Rotating = len(rotating)
 	cr.Due = DueThings(rep.Things, o.Policy, rotating, now)
+	if cr.Due == nil {
+		cr.Due = []DueThing{} // JSON [] for "none"
+	}
 	if len(cr.Due) > 0 {
 		size := o.WaveSize
 		if size <= 0 || size > 100 {

@@ -188,6 +188,19 @@ for id in $(cat first.ids); do iot describe-certificate --certificate-id $id 2>&
 	if strings.Count(out, "ResourceNotFoundException") != 3 {
 		t.Fatalf("old certificates not deleted:\n%s", out)
 	}
+	out = s.run("daemon status and one cycle", `cat > fleet.yaml <<'YAML'
+interval: 1h
+thing_group: gateways
+policy: {lifetime_share: 0.5, max_age: 8760h}
+wave: {size: 100, rate_per_minute: 600, timeout_minutes: 30}
+retire: {grace: 0s, delete_after: 168h, workers: 2}
+YAML
+"$FLEET" status --config fleet.yaml --json > status.json
+"$FLEET" run --config fleet.yaml --once > cycle.json 2> cycle.log
+python3 -c 'import json; s=json.load(open("status.json")); c=json.load(open("cycle.json")); print("status", s["things"], len(s["due"]), s["dryRun"]); print("cycle", c["things"], len(c["due"]), len(c["jobs"]), c["jobs"][0]["counts"]["SUCCEEDED"])'
+echo 'policy: {lifetime_share: 2}' > bad.yaml; "$FLEET" status --config bad.yaml || echo "exit $?"
+echo 'polcy: {}' > typo.yaml; "$FLEET" status --config typo.yaml || echo "exit $?"`, true)
+	s.want(out, "status 3 0 True", "cycle 3 0 1 3", "exit 2", "field polcy not found")
 	out = s.run("usage error", `"$FLEET" rotate --things a --thing-group b || echo "exit $?"`, true)
 	s.want(out, "exit 2", "one of --thing-group")
 }
