@@ -64,8 +64,9 @@ func main() {
 	rate := flag.Int("rate", 0, "rollout rate per minute (0: RegisterThing's quota, at most AWS's 1000)")
 	workers := flag.Int("workers", 16, "retire workers")
 	bin := flag.String("thingcert", "", "thingcert binary for the emulator (default: built from ./cmd/thingcert)")
+	stagger := flag.Bool("stagger", true, "start devices at the RegisterThing quota rather than all at once")
 	flag.Parse()
-	if err := run(*n, *scale, *rate, *workers, *bin); err != nil {
+	if err := run(*n, *scale, *rate, *workers, *bin, *stagger); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/fleet:", err)
 		os.Exit(1)
 	}
@@ -211,7 +212,7 @@ func buildThingcert(dir string) (string, error) {
 	return bin, nil
 }
 
-func run(n int, scale float64, rate, workers int, bin string) error {
+func run(n int, scale float64, rate, workers int, bin string, stagger bool) error {
 	// Ctrl-C ends the run through the deferred clean-up (the emulator child, the folder).
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
@@ -261,6 +262,10 @@ func run(n int, scale float64, rate, workers int, bin string) error {
 	ms := make([]*device.Manager, n)
 	done := make(chan error, n)
 	t0 := time.Now()
+	var pace time.Duration
+	if stagger {
+		pace = time.Duration(float64(time.Second) / registerRate)
+	}
 	for i := range n {
 		serial := fmt.Sprintf("%06d", i)
 		thing := "herd-" + serial
@@ -279,6 +284,11 @@ func run(n int, scale float64, rate, workers int, bin string) error {
 		}
 		ms[i] = m
 		go func() { done <- m.Run(ctx) }()
+		if pace > 0 {
+			// Devices come online at the provisioning quota, as a factory
+			// line brings them, instead of a herd of claims throttling itself.
+			time.Sleep(pace)
+		}
 	}
 	defer func() {
 		cancel()
