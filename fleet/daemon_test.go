@@ -1,6 +1,10 @@
 package fleet
 
 import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,5 +46,34 @@ func TestDueThings(t *testing.T) {
 	}
 	if got[0].Reason != rotation.ReasonLifetime || got[1].Reason != rotation.ReasonMaxAge || got[2].Reason != rotation.ReasonLifetime {
 		t.Errorf("reasons: %+v", got)
+	}
+}
+
+// TestThingsFromAudit: rotate --from-audit takes the things whose findings
+// rotation cures (expiring, old, weak, shared), each once, and not those
+// whose findings it does not (an INACTIVE certificate still attached).
+func TestThingsFromAudit(t *testing.T) {
+	r := Report{Findings: []Finding{
+		{Check: CheckDeviceCertExpiring, Thing: "b"}, {Check: CheckDeviceCertAge, Thing: "b"},
+		{Check: CheckDeviceCertShared, Thing: "a"}, {Check: CheckDeviceCertKey, Thing: "c"},
+		{Check: CheckInactiveAttached, Thing: "d"}, {Check: CheckActiveUnattached, CertificateID: "x"},
+	}}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "audit.json")
+	if err := os.WriteFile(file, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ThingsFromAudit(file)
+	if err != nil || strings.Join(got, ",") != "a,b,c" {
+		t.Fatalf("ThingsFromAudit: %v, %v; want a,b,c", got, err)
+	}
+	if err := os.WriteFile(file, []byte("not json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ThingsFromAudit(file); err == nil || !strings.Contains(err.Error(), file) {
+		t.Fatalf("a file that is not an audit: %v", err)
 	}
 }
