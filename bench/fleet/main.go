@@ -65,8 +65,9 @@ func main() {
 	workers := flag.Int("workers", 16, "retire workers")
 	bin := flag.String("thingcert", "", "thingcert binary for the emulator (default: built from ./cmd/thingcert)")
 	stagger := flag.Bool("stagger", true, "start devices at the RegisterThing quota rather than all at once")
+	child := flag.Bool("child", false, "run the emulator as a child process with a state folder (its own RSS and CPU; it saves its whole registry on every change) instead of in memory in this process")
 	flag.Parse()
-	if err := run(*n, *scale, *rate, *workers, *bin, *stagger); err != nil {
+	if err := run(*n, *scale, *rate, *workers, *bin, *stagger, *child); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/fleet:", err)
 		os.Exit(1)
 	}
@@ -198,6 +199,14 @@ func (p *emuProc) usage() (rssMiB float64, cpu time.Duration) {
 	return rssMiB, cpu
 }
 
+// selfUsage is this process's peak RSS and CPU time.
+func selfUsage() (float64, time.Duration) {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return float64(ru.Maxrss) / 1024, cpu // Maxrss is in KiB on Linux
+}
+
 func (p *emuProc) stop() {
 	_ = p.cmd.Process.Signal(os.Interrupt)
 	_ = p.cmd.Wait()
@@ -212,7 +221,7 @@ func buildThingcert(dir string) (string, error) {
 	return bin, nil
 }
 
-func run(n int, scale float64, rate, workers int, bin string, stagger bool) error {
+func run(n int, scale float64, rate, workers int, bin string, stagger, child bool) error {
 	// Ctrl-C ends the run through the deferred clean-up (the emulator child, the folder).
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
@@ -221,26 +230,48 @@ func run(n int, scale float64, rate, workers int, bin string, stagger bool) erro
 		return err
 	}
 	defer os.RemoveAll(dir)
-	if bin == "" {
-		if bin, err = buildThingcert(dir); err != nil {
+	var (
+		mqttAddr, endpoint string
+		roots              *x509.CertPool
+		cr                 emulator.Credentials
+		usage              func() (float64, time.Duration)
+		inproc             *emulator.Emulator
+	)
+	if child {
+		if bin == "" {
+			if bin, err = buildThingcert(dir); err != nil {
+				return err
+			}
+		}
+		emu, err := startEmulator(bin, dir, scale)
+		if err != nil {
 			return err
 		}
+		defer emu.stop()
+		if cr, err = emulator.ReadCredentials(emu.state, account); err != nil {
+			return err
+		}
+		rootPEM, err := os.ReadFile(cr.CABundle)
+		if err != nil {
+			return err
+		}
+		roots = x509.NewCertPool()
+		roots.AppendCertsFromPEM(rootPEM)
+		mqttAddr, endpoint, usage = emu.mqtt, emu.endpoint, emu.usage
+	} else {
+		inproc, err = emulator.Start(ctx, emulator.Config{APIListen: "127.0.0.1:0", Accounts: []emulator.Account{{Name: account}},
+			CreateCertificateRate: awsCreateCertRate * scale, RegisterThingRate: awsRegisterRate * scale, AccountConnectRate: awsConnectRate * scale})
+		if err != nil {
+			return err
+		}
+		defer inproc.Close()
+		key, err := inproc.AccessKey(account)
+		if err != nil {
+			return err
+		}
+		cr = emulator.Credentials{AccessKey: key, EndpointURL: inproc.APIURL()}
+		roots, mqttAddr, endpoint, usage = inproc.RootCAs(), inproc.Addr(), inproc.Endpoint(account), selfUsage
 	}
-	emu, err := startEmulator(bin, dir, scale)
-	if err != nil {
-		return err
-	}
-	defer emu.stop()
-	cr, err := emulator.ReadCredentials(emu.state, account)
-	if err != nil {
-		return err
-	}
-	rootPEM, err := os.ReadFile(cr.CABundle)
-	if err != nil {
-		return err
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(rootPEM)
 	api := awsiot.New(awsiot.Options{
 		Region: cr.Region, BaseEndpoint: aws.String(cr.EndpointURL),
 		Credentials: aws.CredentialsProviderFunc(func(context.Context) (aws.Credentials, error) {
@@ -270,7 +301,7 @@ func run(n int, scale float64, rate, workers int, bin string, stagger bool) erro
 		serial := fmt.Sprintf("%06d", i)
 		thing := "herd-" + serial
 		m, err := device.New(ctx, device.Options{
-			Endpoint: iot.Endpoint{Host: emu.endpoint, Address: emu.mqtt}, Roots: roots, ThingName: thing,
+			Endpoint: iot.Endpoint{Host: endpoint, Address: mqttAddr}, Roots: roots, ThingName: thing,
 			StateDir: filepath.Join(dir, "d", serial, "state"), Store: "file:" + filepath.Join(dir, "d", serial, "keys") + "/",
 			Claim: &device.Claim{Credentials: device.Credentials{KeyURI: "file:" + filepath.Join(dir, "claim", "claim.pem"), CertFile: filepath.Join(dir, "claim.crt")}, ClientID: "claim-" + thing},
 			Issuer: func(c iot.MQTT) rotation.Issuer {
@@ -372,9 +403,17 @@ func run(n int, scale float64, rate, workers int, bin string, stagger bool) erro
 		}
 		return nil
 	})
-	rss, cpu := emu.usage()
+	rss, cpu := usage()
 	fmt.Printf("devices without a working identity: %d\n", broken.Load())
-	fmt.Printf("emulator: peak RSS %.0f MiB, CPU %s over %s\n", rss, cpu.Round(time.Second), time.Since(t0).Round(time.Second))
+	what := "emulator (child process)"
+	if inproc != nil {
+		what = "emulator and devices (one process)"
+		for _, op := range []string{"CONNECT", "CreateCertificateFromCsr", "RegisterThing"} {
+			st := inproc.RateStats()[op]
+			fmt.Printf("  emulator %s: %d allowed, %d throttled\n", op, st.Allowed, st.Throttled)
+		}
+	}
+	fmt.Printf("%s: peak RSS %.0f MiB, CPU %s over %s\n", what, rss, cpu.Round(time.Second), time.Since(t0).Round(time.Second))
 	return nil
 }
 
