@@ -113,6 +113,7 @@ func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, er
 		retryFor = DefaultRegisterRetryFor
 	}
 	giveUp := time.Now().Add(retryFor)
+	var throttled error // the first throttled answer, for the record
 	for attempt := 0; ; attempt++ {
 		a, err = exchange.Do(ctx, f.Conn, registerOp, RegisterThingTopic(f.Template), req, "", f.Timeout)
 		if err != nil {
@@ -123,7 +124,17 @@ func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, er
 		}
 		rerr := provisioningRejected(registerOp+" with template "+f.Template, a.Payload)
 		var re *rotation.Error
-		if !errors.As(rerr, &re) || !re.Transient || re.RetryAfter == 0 || time.Now().After(giveUp) {
+		isRE := errors.As(rerr, &re)
+		if attempt > 0 && isRE && !re.Transient {
+			// Refused after a throttled attempt: that attempt may have been
+			// carried out after all (its token is spent). Starting over with a
+			// new certificate is what a retry did before this one.
+			return nil, rotation.NewTransient(registerOp, fmt.Errorf("%v, then with the same ownership token: %w", throttled, rerr), 0)
+		}
+		if throttled == nil {
+			throttled = rerr
+		}
+		if !isRE || !re.Transient || re.RetryAfter == 0 || time.Now().After(giveUp) {
 			return nil, rerr
 		}
 		// Throttled: the same token again after a second or so (the limit
