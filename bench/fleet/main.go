@@ -386,6 +386,11 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 	total := rot + ret
 	lim := time.Duration(float64(n) / registerRate * float64(time.Second))
 	fmt.Printf("rotate + retire: %s; quota limit N/RegisterThing = %s; ratio %.3f\n", total.Round(time.Second), lim, total.Seconds()/lim.Seconds())
+	if roll := time.Duration(float64(n) / float64(rate) * float64(time.Minute)); roll > lim {
+		// AWS IoT Jobs releases at most 1000 executions a minute: above
+		// RegisterThing's quota, the rollout is what binds.
+		fmt.Printf("  the rollout rate (%d/min) binds instead: N/rate = %s; ratio %.3f\n", rate, roll, total.Seconds()/roll.Seconds())
+	}
 
 	// Every device still has a working identity: its new certificate, and a
 	// round trip on its Jobs API over its live connection.
