@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -329,16 +330,41 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 		}
 	}()
 	first := make([]string, n)
-	waitAll(ctx, ms, func(i int, s *rotation.State) bool {
+	// A device that has not provisioned long after the quota allowed is
+	// reported and left out of the rotation, rather than waited for forever.
+	provLimit := limit(n, registerRate)
+	wctx, wcancel := context.WithTimeout(ctx, 2*provLimit+2*time.Minute)
+	stuck := waitAll(wctx, ms, func(i int, s *rotation.State) bool {
 		if !s.Current.Claim && !s.InProgress() {
 			first[i] = s.Current.CertificateID
 			return true
 		}
 		return false
 	})
+	wcancel()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	prov := time.Since(t0)
 	report("provisioning", cnt, t0)
-	fmt.Printf("provisioned %d devices by claim in %s (quota limit %s)\n", n, prov.Round(time.Second), limit(n, registerRate))
+	fmt.Printf("provisioned %d devices by claim in %s (quota limit %s)\n", n-len(stuck), prov.Round(time.Second), provLimit)
+	if len(stuck) > 0 {
+		fmt.Printf("  NOT provisioned after %s, left out of the rotation: %d devices:", prov.Round(time.Second), len(stuck))
+		for _, i := range stuck {
+			st, _ := ms[i].Runner().Load()
+			phase := ""
+			if st != nil {
+				phase = string(st.Phase)
+			}
+			fmt.Printf(" herd-%06d (%s)", i, phase)
+		}
+		fmt.Println()
+	}
+	skip := map[int]bool{}
+	for _, i := range stuck {
+		skip[i] = true
+	}
+	rotating := n - len(stuck)
 
 	// The rotation: one job on a thing group, at the rollout rate the quota allows.
 	group := "herd"
@@ -346,6 +372,9 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 		return err
 	}
 	if err := parallel(ctx, n, 16, func(i int) error {
+		if skip[i] {
+			return nil
+		}
 		_, err := api.AddThingToThingGroup(ctx, &awsiot.AddThingToThingGroupInput{ThingGroupName: &group, ThingName: aws.String(fmt.Sprintf("herd-%06d", i))})
 		return err
 	}); err != nil {
@@ -364,7 +393,7 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 		if p, err = fleet.JobProgress(ctx, api, job.ID, t1, time.Now()); err != nil {
 			return err
 		}
-		if p.Finished() && p.Total == n {
+		if p.Finished() && p.Total == rotating {
 			break
 		}
 		select {
@@ -396,6 +425,9 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 	// round trip on its Jobs API over its live connection.
 	var broken atomic.Int32
 	_ = parallel(ctx, n, 64, func(i int) error {
+		if skip[i] {
+			return nil // counted above, as not provisioned
+		}
 		s, err := ms[i].Runner().Load()
 		if err != nil || s.Current == nil || s.Current.CertificateID == first[i] {
 			broken.Add(1)
@@ -409,7 +441,7 @@ func run(n int, scale float64, rate, workers int, bin string, stagger, child boo
 		return nil
 	})
 	rss, cpu := usage()
-	fmt.Printf("devices without a working identity: %d\n", broken.Load())
+	fmt.Printf("rotated devices without a working identity: %d (of %d; %d never provisioned)\n", broken.Load(), rotating, len(stuck))
 	what := "emulator (child process)"
 	if inproc != nil {
 		what = "emulator and devices (one process)"
@@ -436,7 +468,9 @@ func limit(n int, rate float64) time.Duration {
 	return time.Duration(float64(n) / rate * float64(time.Second))
 }
 
-func waitAll(ctx context.Context, ms []*device.Manager, ok func(int, *rotation.State) bool) {
+// waitAll waits until ok holds for every device, or ctx ends; it returns
+// the devices for which it did not.
+func waitAll(ctx context.Context, ms []*device.Manager, ok func(int, *rotation.State) bool) []int {
 	left := map[int]bool{}
 	for i := range ms {
 		left[i] = true
@@ -447,8 +481,17 @@ func waitAll(ctx context.Context, ms []*device.Manager, ok func(int, *rotation.S
 				delete(left, i)
 			}
 		}
-		time.Sleep(500 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
 	}
+	var out []int
+	for i := range left {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func parallel(ctx context.Context, n, workers int, f func(int) error) error {
