@@ -5,8 +5,8 @@
 # the release packages, installed on this machine: CI runs as root) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file
-PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze systemd-sysusers aws dpkg-deb file
+PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
+PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze systemd-sysusers aws dpkg-deb file chromium
 TEST_TIMEOUT ?= 15m
 # make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
 # narrows the packages); crashers land in the package's testdata/fuzz.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -197,5 +198,100 @@ func TestConnectRetryBacksOff(t *testing.T) {
 	var bo iot.Backoff
 	if !errors.Is(err, stop) || len(waits) != 2 || waits[0] != bo.Delay(0, 0) || waits[1] != bo.Delay(1, 0) {
 		t.Fatalf("ConnectRetry: %v after waits %v; want %v, %v", err, waits, bo.Delay(0, 0), bo.Delay(1, 0))
+	}
+}
+
+// TestManagerFindsARotationJobBehindAnotherJob: a firmware-update job queued
+// first, then a rotation job: the device looks past the firmware job (which
+// is not its to do, and stays QUEUED) and carries out the rotation.
+func TestManagerFindsARotationJobBehindAnotherJob(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	m, err := device.New(ctx, managerOptions(t, emu))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(runCtx) }()
+	defer func() {
+		stop()
+		<-done
+		m.Close(context.Background())
+	}()
+	provisioned := waitState(t, ctx, m, func(s *rotation.State) bool { return !s.Current.Claim && !s.InProgress() })
+	fw, err := emu.CreateJob(ctx, account, emulator.Job{ID: "firmware-7", Document: json.RawMessage(`{"operation":"firmware-update","version":"7"}`), Things: []string{thing}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rot, err := emu.CreateJob(ctx, account, emulator.Job{ID: "rotate-behind", Document: json.RawMessage(`{"operation":"rotate-certificate"}`), Things: []string{thing}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotated := waitState(t, ctx, m, func(s *rotation.State) bool {
+		return s.LastResult != nil && s.LastResult.Trigger.JobID == rot.ID && !s.InProgress()
+	})
+	if rotated.LastResult.Outcome != rotation.Succeeded || rotated.Current.CertificateID == provisioned.Current.CertificateID {
+		t.Fatalf("rotation: %+v", rotated.LastResult)
+	}
+	var ex emulator.JobExecution
+	for ctx.Err() == nil {
+		if ex, err = emu.JobExecution(ctx, account, thing, rot.ID); err == nil && ex.Status == emulator.JobSucceeded {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ex.Status != emulator.JobSucceeded {
+		t.Fatalf("rotation job: %+v, %v", ex, err)
+	}
+	if fwx, err := emu.JobExecution(ctx, account, thing, fw.ID); err != nil || fwx.Status != emulator.JobQueued {
+		t.Fatalf("firmware job: %+v, %v; want it untouched, QUEUED", fwx, err)
+	}
+}
+
+// TestThrottledRegisterThingKeepsItsCertificate: devices provisioning at once
+// under a RegisterThing quota of 1/s are throttled, retry RegisterThing with
+// the ownership token they hold, and all provision, each with the one
+// certificate it asked for: no CreateCertificateFromCsr is spent on a retry.
+func TestThrottledRegisterThingKeepsItsCertificate(t *testing.T) {
+	emu := startEmulator(t, emulator.Config{RegisterThingRate: 1, CreateCertificateRate: -1})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const n = 4
+	var ms []*device.Manager
+	done := make(chan error, n)
+	for i := range n {
+		o := managerOptions(t, emu)
+		name := fmt.Sprintf("dev-%04d", 100+i)
+		o.ThingName = name
+		o.Claim.ClientID = "claim-" + name
+		serial := fmt.Sprintf("%04d", 100+i)
+		o.Issuer = func(c iot.MQTT) rotation.Issuer {
+			return &fleetprov.Issuer{Conn: c, Template: template, Parameters: map[string]string{"SerialNumber": serial}, ThingName: name}
+		}
+		m, err := device.New(ctx, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms = append(ms, m)
+		go func() { done <- m.Run(ctx) }()
+	}
+	defer func() {
+		cancel()
+		for _, m := range ms {
+			<-done
+			m.Close(context.Background())
+		}
+	}()
+	for _, m := range ms {
+		waitState(t, ctx, m, func(s *rotation.State) bool { return !s.Current.Claim && !s.InProgress() })
+	}
+	st := emu.RateStats()
+	if st["RegisterThing"].Throttled == 0 {
+		t.Fatalf("no RegisterThing was throttled (%+v): the test proves nothing", st)
+	}
+	if c := st["CreateCertificateFromCsr"]; c.Allowed != n {
+		t.Fatalf("CreateCertificateFromCsr %+v for %d devices: throttled registrations spent new certificates", c, n)
 	}
 }

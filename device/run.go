@@ -242,28 +242,50 @@ func (m *Manager) RunJob(ctx context.Context, jobID string, started func(resumed
 	return st, true, err
 }
 
-// ListenJobs subscribes, on the current connection, to the thing's next
-// pending job, and calls h for each rotation job that is QUEUED or
-// IN_PROGRESS. h must return quickly.
+// ListenJobs subscribes, on the current connection, to the thing's job
+// notifications and calls h for each rotation job that is QUEUED or
+// IN_PROGRESS: the next pending job when it is one, and otherwise those
+// found by looking through the pending jobs whenever the list changes (a
+// rotation queued behind another program's job is found too; that job is
+// left alone). h must return quickly.
 func (m *Manager) ListenJobs(ctx context.Context, h func(*jobs.Execution)) error {
-	return m.Session().Jobs().OnNext(ctx, func(e *jobs.Execution) {
-		if isPendingRotation(e) {
+	j := m.Session().Jobs()
+	scan := func() {
+		// Not on the MQTT client's delivery goroutine: the look-up makes requests.
+		go func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*iot.DefaultRequestTimeout)
+			defer cancel()
+			if err := m.checkJobs(cctx, j, h); err != nil {
+				m.log.Warn("device: looking through pending jobs for a rotation", "error", err)
+			}
+		}()
+	}
+	if err := j.OnNext(ctx, func(e *jobs.Execution) {
+		switch {
+		case isPendingRotation(e):
 			h(e)
+		case e != nil:
+			scan() // another operation's job is next: a rotation may wait behind it
 		}
-	})
-}
-
-// CheckJobs asks for the thing's next pending job (one may have been queued
-// while the device was offline) and calls h if it is a pending rotation.
-func (m *Manager) CheckJobs(ctx context.Context, h func(*jobs.Execution)) error {
-	e, err := m.Session().Jobs().Next(ctx)
-	if err != nil {
+	}); err != nil {
 		return err
 	}
-	if isPendingRotation(e) {
+	return j.OnNotify(ctx, scan)
+}
+
+// CheckJobs looks through the thing's pending jobs (some may have been
+// queued while the device was offline) and calls h for each pending
+// rotation among them; jobs of other operations are left alone.
+func (m *Manager) CheckJobs(ctx context.Context, h func(*jobs.Execution)) error {
+	return m.checkJobs(ctx, m.Session().Jobs(), h)
+}
+
+func (m *Manager) checkJobs(ctx context.Context, j *jobs.Client, h func(*jobs.Execution)) error {
+	found, err := j.PendingRotations(ctx)
+	for _, e := range found {
 		h(e)
 	}
-	return nil
+	return err
 }
 
 // isPendingRotation reports whether e asks for a certificate rotation that is

@@ -38,6 +38,8 @@ type Session struct {
 	lastConnect time.Time  // under switchMu
 	lastID      string     // the client ID of lastConnect
 
+	jobsMu sync.Mutex // one Jobs request at a time (see jobs.Client.Serial)
+
 	mu     sync.Mutex // guards the fields below
 	client *iot.Client
 	ids    *iot.IdentitySource
@@ -149,7 +151,7 @@ func (s *Session) Confirm(ctx context.Context, t rotation.Trigger) error {
 
 // Jobs is a Jobs client for the thing over this session.
 func (s *Session) Jobs() *jobs.Client {
-	return &jobs.Client{Conn: s, ThingName: s.Config.ThingName}
+	return &jobs.Client{Conn: s, ThingName: s.Config.ThingName, Serial: &s.jobsMu}
 }
 
 // Close ends the connection.

@@ -276,6 +276,14 @@ func (s *apiServer) handler(rt apiRoute) http.Handler {
 			s.writeError(w, r, rt.Op, err)
 			return
 		}
+		if l := s.emu.apiLimit; l != nil {
+			ok := l.allow(key.Account+"\x00"+rt.Op, s.emu.cfg.now())
+			s.emu.count("api:"+rt.Op, !ok)
+			if !ok {
+				s.writeError(w, r, rt.Op, fmt.Errorf("emulator: %s is limited to %g requests per second per account: %w", rt.Op, l.rate, ErrThrottled))
+				return
+			}
+		}
 		call := &apiCall{Account: key.Account, Key: key, Emu: s.emu, Req: r, Body: body}
 		out, err := rt.Handle(r.Context(), call)
 		if err != nil {

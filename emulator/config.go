@@ -49,6 +49,15 @@ type Config struct {
 	// RegisterThingRate is the RegisterThing limit per account and second; zero
 	// is AWS's 10, negative is unlimited.
 	RegisterThingRate float64
+	// AccountConnectRate is the CONNECT limit per account and second (over
+	// every client ID); zero is AWS's 500, negative is unlimited. A CONNECT
+	// over it is refused (rule account-connect-rate).
+	AccountConnectRate float64
+	// APIRate, if positive, limits each control-plane operation to that many
+	// requests per account and second (AWS's quotas differ per operation;
+	// see docs/emulator.md); zero or negative leaves the API unlimited.
+	// Requests over it are answered ThrottlingException.
+	APIRate float64
 	// ClientConnectInterval is the least time between two CONNECTs with one
 	// client ID; zero is AWS's fixed 1 s, negative turns the limit off.
 	ClientConnectInterval time.Duration
@@ -76,6 +85,7 @@ const (
 	defaultCreateCertRate    = 15
 	defaultRegisterThingRate = 10
 	defaultConnectInterval   = time.Second
+	defaultAccountConnects   = 500
 	defaultHistoryLimit      = 10000
 	defaultRegion            = "us-east-1"
 	handshakeTimeout         = 10 * time.Second

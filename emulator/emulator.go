@@ -42,9 +42,11 @@ type Emulator struct {
 	serverKey    crypto.Signer
 	serverCert   atomic.Pointer[tls.Certificate]
 	connectLimit *limiter
-	listeners    []*tlsListener
-	admin        *adminServer
-	api          *apiServer
+	// accountConnects is the per-account CONNECT quota (AWS: 500/s).
+	accountConnects *limiter
+	listeners       []*tlsListener
+	admin           *adminServer
+	api             *apiServer
 
 	startOnce sync.Once
 	closeOnce sync.Once
@@ -64,7 +66,8 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Emulator{Registry: reg, cfg: cfg, connectLimit: intervalLimiter(cfg.connectInterval())}
+	acr := rateOr(cfg.AccountConnectRate, defaultAccountConnects)
+	e := &Emulator{Registry: reg, cfg: cfg, connectLimit: intervalLimiter(cfg.connectInterval()), accountConnects: newLimiter(acr, acr)}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		reg.Close()

@@ -79,6 +79,10 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if rule == "" && !h.e.connectLimit.allow(account+"\x00"+clientID, now) {
 		rule, reason = RuleConnectRate, "more than one CONNECT per second with this client ID (AWS IoT's fixed limit); wait and retry with backoff"
 	}
+	if rule == "" && !h.e.accountConnects.allow(account, now) {
+		rule, reason = RuleAccountConnects, fmt.Sprintf("more than %g CONNECTs per second in account %s (AWS IoT's account quota); retry with backoff and jitter", h.e.accountConnects.rate, account)
+	}
+	h.e.count("CONNECT", rule == RuleConnectRate || rule == RuleAccountConnects)
 	var action, resource string
 	if rule == "" {
 		var d iotpolicy.Decision

@@ -101,7 +101,9 @@ type registerThingAccepted struct {
 }
 
 func (r *Registry) throttled(l *limiter, account, op string) *provisioningError {
-	if l.allow(account, r.cfg.now()) {
+	ok := l.allow(account, r.cfg.now())
+	r.count(op, !ok)
+	if ok {
 		return nil
 	}
 	return &provisioningError{StatusCode: 429, ErrorCode: errThrottling, ErrorMessage: fmt.Sprintf("Rate exceeded: %s is limited to %g requests per second per account; retry with backoff and jitter", op, l.rate)}

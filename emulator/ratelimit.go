@@ -70,3 +70,39 @@ func (l *limiter) prune(now time.Time) {
 		}
 	}
 }
+
+// OpStats counts one rate-limited operation's requests since the emulator
+// started: those let through and those throttled.
+type OpStats struct {
+	Allowed   int64 `json:"allowed"`
+	Throttled int64 `json:"throttled"`
+}
+
+// count records one request of op (CONNECT, CreateCertificateFromCsr,
+// RegisterThing, api:<Operation> when APIRate is set).
+func (r *Registry) count(op string, throttled bool) {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	s := r.stats[op]
+	if s == nil {
+		s = &OpStats{}
+		r.stats[op] = s
+	}
+	if throttled {
+		s.Throttled++
+	} else {
+		s.Allowed++
+	}
+}
+
+// RateStats is a copy of the counts of every rate-limited operation, by
+// name: what a benchmark reads to report peak rates and throttling.
+func (r *Registry) RateStats() map[string]OpStats {
+	r.statsMu.Lock()
+	defer r.statsMu.Unlock()
+	out := make(map[string]OpStats, len(r.stats))
+	for k, v := range r.stats {
+		out[k] = *v
+	}
+	return out
+}

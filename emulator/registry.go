@@ -56,6 +56,10 @@ type Registry struct {
 
 	createLimit   *limiter
 	registerLimit *limiter
+	apiLimit      *limiter // per account and operation; nil: unlimited
+
+	statsMu sync.Mutex
+	stats   map[string]*OpStats
 
 	events registryEvents
 }
@@ -151,6 +155,10 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 		st:            &state{Version: stateVersion, Accounts: map[string]*accountRec{}},
 		createLimit:   newLimiter(rateOr(cfg.CreateCertificateRate, defaultCreateCertRate), rateOr(cfg.CreateCertificateRate, defaultCreateCertRate)),
 		registerLimit: newLimiter(rateOr(cfg.RegisterThingRate, defaultRegisterThingRate), rateOr(cfg.RegisterThingRate, defaultRegisterThingRate)),
+		stats:         map[string]*OpStats{},
+	}
+	if cfg.APIRate > 0 {
+		r.apiLimit = newLimiter(cfg.APIRate, cfg.APIRate)
 	}
 	ok := false
 	defer func() {

@@ -294,6 +294,7 @@ const (
 	RuleCA              Rule = "ca"                   // its CA is gone, not ACTIVE, or does not verify it
 	RuleClientID        Rule = "client-id"            // client ID is not the attached thing's name
 	RuleConnectRate     Rule = "connect-rate"         // more than 1 CONNECT/s for a client ID
+	RuleAccountConnects Rule = "account-connect-rate" // more CONNECTs per second in the account than its quota
 	RuleSessionTakeover Rule = "session-takeover"     // a newer connection took the client ID
 	RuleStatusChanged   Rule = "status-changed"       // the certificate stopped being ACTIVE while connected
 	RuleClosed          Rule = "closed"               // the client or the emulator closed the connection

@@ -92,6 +92,9 @@ func newEmulatorServeCmd(env *cliEnv, stateDir func(*cobra.Command) (string, err
 		accounts           []string
 		lifetime           time.Duration
 		createRate         float64
+		registerRate       float64
+		connectRate        float64
+		apiRate            float64
 		verbose            bool
 	)
 	c := &cobra.Command{
@@ -115,6 +118,7 @@ naming the rule, the certificate ID and the SNI.`,
 			cfg := emulator.Config{
 				StateDir: dir, Listen: listen, ALPNListen: alpnListen, APIListen: apiListen,
 				CertificateLifetime: lifetime, CreateCertificateRate: createRate,
+				RegisterThingRate: registerRate, AccountConnectRate: connectRate, APIRate: apiRate,
 				Logger: slog.New(slog.NewTextHandler(env.stderr, &slog.HandlerOptions{Level: level})),
 			}
 			for _, spec := range accounts {
@@ -155,6 +159,9 @@ naming the rule, the certificate ID and the SNI.`,
 	f.StringArrayVar(&accounts, "account", nil, "account to add if missing, NAME[:PREFIX[:REGION]] (repeatable)")
 	f.DurationVar(&lifetime, "cert-lifetime", 0, "validity of issued certificates (default: until 2049-12-31T23:59:59Z, as AWS)")
 	f.Float64Var(&createRate, "create-cert-rate", 0, "CreateCertificateFromCsr limit per account and second (default 15, as AWS; negative: none)")
+	f.Float64Var(&registerRate, "register-thing-rate", 0, "RegisterThing limit per account and second (default 10, as AWS; negative: none)")
+	f.Float64Var(&connectRate, "account-connect-rate", 0, "CONNECT limit per account and second (default 500, as AWS; negative: none)")
+	f.Float64Var(&apiRate, "api-rate", 0, "limit of each control-plane operation per account and second (default: none)")
 	f.BoolVarP(&verbose, "verbose", "v", false, "debug logging")
 	return c
 }

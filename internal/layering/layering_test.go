@@ -88,3 +88,22 @@ func TestSDKBuildsOnOtherSystems(t *testing.T) {
 		}
 	}
 }
+
+// TestDeviceBinaryLinksNoAWSSDK: the device binary talks to AWS IoT over
+// MQTT only; the control plane's SDK (aws-sdk-go-v2, smithy) and the
+// operator's fleet package are linked by thingcert-fleet alone.
+func TestDeviceBinaryLinksNoAWSSDK(t *testing.T) {
+	for _, d := range deps(t, "", "./cmd/thingcert") {
+		if strings.Contains(d, "aws-sdk-go") || strings.Contains(d, "aws/smithy-go") || d == module+"/fleet" {
+			t.Errorf("cmd/thingcert links %s", d)
+		}
+	}
+	// The check can fail: the operator's binary does link them.
+	found := false
+	for _, d := range deps(t, "", "./cmd/thingcert-fleet") {
+		found = found || strings.Contains(d, "aws-sdk-go-v2/service/iot")
+	}
+	if !found {
+		t.Error("cmd/thingcert-fleet does not link aws-sdk-go-v2/service/iot: the check above proves nothing")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -45,7 +46,20 @@ type Issuer struct {
 	ThingName string
 	// Timeout bounds the wait for each answer; zero is iot.DefaultRequestTimeout.
 	Timeout time.Duration
+	// RegisterRetryFor is how long a throttled RegisterThing is asked again
+	// with the same ownership token (valid for an hour) before Issue gives
+	// up; zero is DefaultRegisterRetryFor, negative does not retry. Starting
+	// over would spend a CreateCertificateFromCsr (15/s per account) for
+	// every throttled RegisterThing (10/s): in a fleet rotating at the quota,
+	// most of them.
+	RegisterRetryFor time.Duration
+	// Rand is the jitter source in [0, 1); nil is math/rand/v2.
+	Rand func() float64
 }
+
+// DefaultRegisterRetryFor is how long a throttled RegisterThing is retried
+// with the same ownership token.
+const DefaultRegisterRetryFor = 5 * time.Minute
 
 var _ rotation.Issuer = (*Issuer)(nil)
 
@@ -94,12 +108,45 @@ func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, er
 		params = map[string]string{}
 	}
 	req, _ = json.Marshal(map[string]any{"certificateOwnershipToken": created.Token, "parameters": params})
-	a, err = exchange.Do(ctx, f.Conn, registerOp, RegisterThingTopic(f.Template), req, "", f.Timeout)
-	if err != nil {
-		return nil, fmt.Errorf("certificate %s was created but not registered (AWS IoT deletes it within the hour): %w", shortID(created.CertificateID), err)
+	retryFor := f.RegisterRetryFor
+	if retryFor == 0 {
+		retryFor = DefaultRegisterRetryFor
 	}
-	if !a.Accepted {
-		return nil, provisioningRejected(registerOp+" with template "+f.Template, a.Payload)
+	giveUp := time.Now().Add(retryFor)
+	var throttled error // the first throttled answer, for the record
+	for attempt := 0; ; attempt++ {
+		a, err = exchange.Do(ctx, f.Conn, registerOp, RegisterThingTopic(f.Template), req, "", f.Timeout)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s was created but not registered (AWS IoT deletes it within the hour): %w", shortID(created.CertificateID), err)
+		}
+		if a.Accepted {
+			break
+		}
+		rerr := provisioningRejected(registerOp+" with template "+f.Template, a.Payload)
+		var re *rotation.Error
+		isRE := errors.As(rerr, &re)
+		if attempt > 0 && isRE && !re.Transient {
+			// Refused after a throttled attempt: that attempt may have been
+			// carried out after all (its token is spent). Starting over with a
+			// new certificate is what a retry did before this one.
+			return nil, rotation.NewTransient(registerOp, fmt.Errorf("%v, then with the same ownership token: %w", throttled, rerr), 0)
+		}
+		if throttled == nil {
+			throttled = rerr
+		}
+		if !isRE || !re.Transient || re.RetryAfter == 0 || time.Now().After(giveUp) {
+			return nil, rerr
+		}
+		// Throttled: the same token again after a second or so (the limit
+		// is counted per second), with jitter so a fleet spreads out.
+		wait := re.RetryAfter + time.Duration(f.random()*float64(min(attempt+1, 4))*float64(time.Second))
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
 	}
 	var reg struct {
 		ThingName           string            `json:"thingName"`
@@ -133,6 +180,13 @@ func provisioningRejected(op string, payload []byte) error {
 		e.Transient = true
 	}
 	return e
+}
+
+func (f *Issuer) random() float64 {
+	if f.Rand != nil {
+		return f.Rand()
+	}
+	return rand.Float64()
 }
 
 func shortID(id string) string {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -74,6 +75,12 @@ type Client struct {
 	ThingName string
 	// Timeout bounds the wait for each answer; zero is iot.DefaultRequestTimeout.
 	Timeout time.Duration
+	// Serial, if set, is held for each request. The answers come on fixed
+	// topics ($aws/things/T/jobs/get/accepted, ...), and an MQTT client keeps
+	// one handler per filter: two requests of one kind at once over one
+	// connection would take each other's subscription. Clients sharing a
+	// connection share one Serial.
+	Serial sync.Locker
 }
 
 func (j *Client) topic(rest string) string { return "$aws/things/" + j.ThingName + "/jobs/" + rest }
@@ -82,6 +89,10 @@ func (j *Client) topic(rest string) string { return "$aws/things/" + j.ThingName
 // accepted payload. A /rejected answer is a *Error inside a classified
 // rotation.Error: throttling and internal errors are transient.
 func (j *Client) request(ctx context.Context, op, rest string, body map[string]any) ([]byte, error) {
+	if j.Serial != nil {
+		j.Serial.Lock()
+		defer j.Serial.Unlock()
+	}
 	var tok [12]byte
 	_, _ = rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
@@ -125,9 +136,9 @@ func (j *Client) Next(ctx context.Context) (*Execution, error) {
 	return j.execution(j.request(ctx, "DescribeJobExecution $next", "$next/get", map[string]any{"includeJobDocument": true}))
 }
 
-// Describe is one job's execution on this thing.
+// Describe is one job's execution on this thing, with its document.
 func (j *Client) Describe(ctx context.Context, jobID string) (*Execution, error) {
-	e, err := j.execution(j.request(ctx, "DescribeJobExecution "+jobID, jobID+"/get", nil))
+	e, err := j.execution(j.request(ctx, "DescribeJobExecution "+jobID, jobID+"/get", map[string]any{"includeJobDocument": true}))
 	if err == nil && e == nil {
 		err = rotation.NewFatal("DescribeJobExecution "+jobID, errors.New("the exchange.Answer holds no execution"))
 	}
@@ -157,6 +168,73 @@ func (j *Client) Update(ctx context.Context, jobID, status string, details map[s
 	return err
 }
 
+// Summary is a pending job as GetPendingJobExecutions lists it (without
+// its document).
+type Summary struct {
+	JobID           string `json:"jobId"`
+	VersionNumber   int64  `json:"versionNumber"`
+	ExecutionNumber int64  `json:"executionNumber"`
+	// Status is IN_PROGRESS or QUEUED: the list it came from.
+	Status string `json:"-"`
+}
+
+// Pending lists the thing's pending jobs (GetPendingJobExecutions): those
+// IN_PROGRESS first, then those QUEUED, each in AWS's order.
+func (j *Client) Pending(ctx context.Context) ([]Summary, error) {
+	payload, err := j.request(ctx, "GetPendingJobExecutions", "get", nil)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		InProgress []Summary `json:"inProgressJobs"`
+		Queued     []Summary `json:"queuedJobs"`
+	}
+	if err := json.Unmarshal(payload, &out); err != nil {
+		return nil, rotation.NewFatal("GetPendingJobExecutions", fmt.Errorf("the answer is not JSON: %s", exchange.Snippet(payload)))
+	}
+	for i := range out.InProgress {
+		out.InProgress[i].Status = StatusInProgress
+	}
+	for i := range out.Queued {
+		out.Queued[i].Status = StatusQueued
+	}
+	return append(out.InProgress, out.Queued...), nil
+}
+
+// PendingRotations looks through the thing's pending jobs, reads each one's
+// document, and returns the rotation jobs among them, in the order of
+// Pending. Jobs of other operations (a firmware update queued before the
+// rotation, say) are left alone for whoever handles them: a device that
+// looked only at the next job would never reach a rotation queued behind one.
+func (j *Client) PendingRotations(ctx context.Context) ([]*Execution, error) {
+	pending, err := j.Pending(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Execution
+	for _, p := range pending {
+		e, err := j.Describe(ctx, p.JobID)
+		if err != nil {
+			var je *Error
+			if errors.As(err, &je) && je.Code == "ResourceNotFound" {
+				continue // finished or cancelled since it was listed
+			}
+			return out, err
+		}
+		if e.IsRotation() && (e.Status == StatusQueued || e.Status == StatusInProgress) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// OnNotify calls h each time the thing's list of pending jobs changes (the
+// notify topic: a job added, finished or cancelled). h gets no job: it
+// should look with Pending, from a goroutine of its own.
+func (j *Client) OnNotify(ctx context.Context, h func()) error {
+	return j.Conn.Subscribe(ctx, j.topic("notify"), iot.AtLeastOnce, func(iot.Message) { h() })
+}
+
 // List is a round trip on the thing's Client API (GetPendingJobExecutions): a
 // cheap question whose answer shows that the cloud accepts the connection.
 func (j *Client) List(ctx context.Context) error {
@@ -178,14 +256,15 @@ func (j *Client) OnNext(ctx context.Context, h func(*Execution)) error {
 	})
 }
 
-// StartRotationJob looks at the next pending job and, if its document asks
-// for a rotation, marks it IN_PROGRESS and returns the trigger for it. A job
-// of another kind is left alone for whoever handles it: the result is nil.
+// StartRotationJob finds the first pending rotation job (looking past jobs
+// of other operations, which it leaves alone), marks it IN_PROGRESS and
+// returns the trigger for it; nil if no rotation job is pending.
 func (j *Client) StartRotationJob(ctx context.Context) (*rotation.Trigger, error) {
-	e, err := j.Next(ctx)
-	if err != nil || e == nil || !e.IsRotation() {
+	found, err := j.PendingRotations(ctx)
+	if err != nil || len(found) == 0 {
 		return nil, err
 	}
+	e := found[0]
 	if e.Status == StatusQueued {
 		if err := j.Update(ctx, e.JobID, StatusInProgress, map[string]string{"step": "rotating"}); err != nil {
 			return nil, err
