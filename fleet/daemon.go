@@ -107,6 +107,18 @@ type CycleReport struct {
 
 // Cycle runs one round of the daemon at now.
 func Cycle(ctx context.Context, api API, o CycleOptions, now time.Time) (*CycleReport, error) {
+	// Which things are rotating is read before their certificates: a thing
+	// whose execution ends in between has its new certificate attached by
+	// then (a device reports SUCCEEDED only after it), so the audit sees it.
+	// The other order would miss both and start a second wave for it.
+	jobIDs, err := rotationJobs(ctx, api)
+	if err != nil {
+		return nil, err
+	}
+	rotating, err := rotatingThings(ctx, api, jobIDs)
+	if err != nil {
+		return nil, err
+	}
 	rep, err := Audit(ctx, api, AuditOptions{ThingGroup: o.ThingGroup, ExpiringWithin: o.Audit.ExpiringWithin, MaxAge: o.Audit.MaxAge}, now)
 	if err != nil {
 		return nil, err
@@ -117,14 +129,6 @@ func Cycle(ctx context.Context, api API, o CycleOptions, now time.Time) (*CycleR
 	}
 	for _, f := range rep.Findings {
 		cr.Findings[f.Check]++
-	}
-	jobIDs, err := rotationJobs(ctx, api)
-	if err != nil {
-		return cr, err
-	}
-	rotating, err := rotatingThings(ctx, api, jobIDs)
-	if err != nil {
-		return cr, err
 	}
 	cr.Rotating = len(rotating)
 	cr.Due = DueThings(rep.Things, o.Policy, rotating, now)
