@@ -100,20 +100,13 @@ func (r *Registry) groupLocked(a *accountRec, name string) (*groupRec, error) {
 
 // DescribeThingGroup returns one thing group.
 func (r *Registry) DescribeThingGroup(ctx context.Context, account, name string) (ThingGroup, error) {
-	if err := ctx.Err(); err != nil {
-		return ThingGroup{}, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return ThingGroup{}, err
-	}
-	g, err := r.groupLocked(a, name)
-	if err != nil {
-		return ThingGroup{}, err
-	}
-	return exportGroup(a, name, g), nil
+	return readAccount(ctx, r, account, func(a *accountRec) (ThingGroup, error) {
+		g, err := r.groupLocked(a, name)
+		if err != nil {
+			return ThingGroup{}, err
+		}
+		return exportGroup(a, name, g), nil
+	})
 }
 
 // ListThingGroups lists an account's thing groups whose names start with

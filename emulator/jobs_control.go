@@ -1166,20 +1166,13 @@ func (r *Registry) UpdateEventConfigurations(ctx context.Context, account string
 
 // EventConfigurations reports each AWS event type's switch for an account.
 func (r *Registry) EventConfigurations(ctx context.Context, account string) (map[string]bool, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]bool{}
-	for _, k := range awsEventTypes() {
-		out[k] = a.Events[k] || (r.cfg.JobEvents && (k == EventJob || k == EventJobExecution))
-	}
-	return out, nil
+	return readAccount(ctx, r, account, func(a *accountRec) (map[string]bool, error) {
+		out := map[string]bool{}
+		for _, k := range awsEventTypes() {
+			out[k] = a.Events[k] || (r.cfg.JobEvents && (k == EventJob || k == EventJobExecution))
+		}
+		return out, nil
+	})
 }
 
 // awsEventTypes are the event types of AWS's UpdateEventConfigurations.

@@ -160,39 +160,25 @@ func createPolicyLocked(a *accountRec, name, document string, doc *iotpolicy.Doc
 
 // Policy returns one policy (AWS's GetPolicy).
 func (r *Registry) Policy(ctx context.Context, account, name string) (Policy, error) {
-	if err := ctx.Err(); err != nil {
-		return Policy{}, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return Policy{}, err
-	}
-	p, ok := a.Policies[name]
-	if !ok {
-		return Policy{}, fmt.Errorf("emulator: policy %q in account %s: %w", name, account, ErrNotFound)
-	}
-	return p.export(a, name), nil
+	return readAccount(ctx, r, account, func(a *accountRec) (Policy, error) {
+		p, ok := a.Policies[name]
+		if !ok {
+			return Policy{}, fmt.Errorf("emulator: policy %q in account %s: %w", name, account, ErrNotFound)
+		}
+		return p.export(a, name), nil
+	})
 }
 
 // Policies lists an account's policies by name.
 func (r *Registry) Policies(ctx context.Context, account string) ([]Policy, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Policy, 0, len(a.Policies))
-	for name, p := range a.Policies {
-		out = append(out, p.export(a, name))
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return readAccount(ctx, r, account, func(a *accountRec) ([]Policy, error) {
+		out := make([]Policy, 0, len(a.Policies))
+		for name, p := range a.Policies {
+			out = append(out, p.export(a, name))
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+		return out, nil
+	})
 }
 
 // DeletePolicy deletes a policy that is attached to nothing; while attached

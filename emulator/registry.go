@@ -356,6 +356,22 @@ func (r *Registry) saveLocked() error {
 	return nil
 }
 
+// readAccount runs fn on an account under the registry's read lock: the
+// getters' common prologue (the caller's context, the account looked up).
+func readAccount[T any](ctx context.Context, r *Registry, account string, fn func(a *accountRec) (T, error)) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	a, err := r.accountLocked(account)
+	if err != nil {
+		return zero, err
+	}
+	return fn(a)
+}
+
 // mutate runs fn under the write lock and saves the state if fn succeeded; fn
 // must check everything before it changes anything. The functions fn returns run
 // after the lock is released: they publish notifications or disconnect clients,
@@ -1164,20 +1180,13 @@ func exportThingLocked(a *accountRec, name string, t *thingRec) Thing {
 
 // Thing returns one thing with its attached certificates.
 func (r *Registry) Thing(ctx context.Context, account, name string) (Thing, error) {
-	if err := ctx.Err(); err != nil {
-		return Thing{}, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return Thing{}, err
-	}
-	t, ok := a.Things[name]
-	if !ok {
-		return Thing{}, fmt.Errorf("emulator: thing %q in account %s: %w", name, account, ErrNotFound)
-	}
-	return exportThingLocked(a, name, t), nil
+	return readAccount(ctx, r, account, func(a *accountRec) (Thing, error) {
+		t, ok := a.Things[name]
+		if !ok {
+			return Thing{}, fmt.Errorf("emulator: thing %q in account %s: %w", name, account, ErrNotFound)
+		}
+		return exportThingLocked(a, name, t), nil
+	})
 }
 
 // Things lists an account's things ("" lists every account's) by name.
@@ -1232,21 +1241,14 @@ func (r *Registry) CreateTemplate(ctx context.Context, account string, t Templat
 
 // Templates lists an account's provisioning templates by name.
 func (r *Registry) Templates(ctx context.Context, account string) ([]Template, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	a, err := r.accountLocked(account)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Template, 0, len(a.Templates))
-	for _, t := range a.Templates {
-		out = append(out, *t)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return readAccount(ctx, r, account, func(a *accountRec) ([]Template, error) {
+		out := make([]Template, 0, len(a.Templates))
+		for _, t := range a.Templates {
+			out = append(out, *t)
+		}
+		sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+		return out, nil
+	})
 }
 
 // History returns the connection events that match q, oldest first.
