@@ -63,22 +63,7 @@ func managerOptions(t *testing.T, emu *emulator.Emulator) device.Options {
 // SUCCEEDED with the old and new certificate IDs.
 func TestManagerRunProvisionsAndFollowsAJob(t *testing.T) {
 	emu := startEmulator(t, emulator.Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	m, err := device.New(ctx, managerOptions(t, emu))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; !errors.Is(err, context.Canceled) {
-			t.Errorf("Run returned %v, want context.Canceled", err)
-		}
-		m.Close(context.Background())
-	}()
+	ctx, m := runManager(t, emu)
 
 	provisioned := waitState(t, ctx, m, func(s *rotation.State) bool { return !s.Current.Claim && !s.InProgress() })
 	first := provisioned.Current.CertificateID
@@ -206,20 +191,7 @@ func TestConnectRetryBacksOff(t *testing.T) {
 // is not its to do, and stays QUEUED) and carries out the rotation.
 func TestManagerFindsARotationJobBehindAnotherJob(t *testing.T) {
 	emu := startEmulator(t, emulator.Config{})
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	m, err := device.New(ctx, managerOptions(t, emu))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- m.Run(runCtx) }()
-	defer func() {
-		stop()
-		<-done
-		m.Close(context.Background())
-	}()
+	ctx, m := runManager(t, emu)
 	provisioned := waitState(t, ctx, m, func(s *rotation.State) bool { return !s.Current.Claim && !s.InProgress() })
 	fw, err := emu.CreateJob(ctx, account, emulator.Job{ID: "firmware-7", Document: json.RawMessage(`{"operation":"firmware-update","version":"7"}`), Things: []string{thing}})
 	if err != nil {
@@ -294,4 +266,28 @@ func TestThrottledRegisterThingKeepsItsCertificate(t *testing.T) {
 	if c := st["CreateCertificateFromCsr"]; c.Allowed != n {
 		t.Fatalf("CreateCertificateFromCsr %+v for %d devices: throttled registrations spent new certificates", c, n)
 	}
+}
+
+// runManager starts Run on a Manager for a new device of emu; the test's end
+// stops it, and Run must then return context.Canceled.
+func runManager(t *testing.T, emu *emulator.Emulator) (context.Context, *device.Manager) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	m, err := device.New(ctx, managerOptions(t, emu))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run returned %v, want context.Canceled", err)
+		}
+		m.Close(context.Background())
+		cancel()
+	})
+	return ctx, m
 }
