@@ -71,6 +71,7 @@ func saveProfiles(b *testing.B, addr string) {
 		"emulator-goroutines.txt": "/debug/pprof/goroutine?debug=1",
 		"emulator-allocs.pb.gz":   "/debug/pprof/allocs",
 		"emulator-memstats.txt":   "/debug/pprof/heap?debug=1",
+		"emulator-stacks.txt":     "/debug/pprof/goroutine?debug=2",
 	} {
 		resp, err := http.Get("http://" + addr + path)
 		if err != nil {
