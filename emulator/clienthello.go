@@ -180,6 +180,11 @@ func (c *replayConn) Read(b []byte) (int, error) {
 	if len(c.pending) > 0 {
 		n := copy(b, c.pending)
 		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			// An empty slice of the ClientHello would keep its ~1.5 KiB
+			// alive as long as the connection (crypto/tls holds this conn).
+			c.pending = nil
+		}
 		return n, nil
 	}
 	return c.Conn.Read(b)

@@ -91,7 +91,10 @@ const (
 	handshakeTimeout         = 10 * time.Second
 	connectTimeout           = 30 * time.Second
 	alpnMQTT                 = "x-amzn-mqtt-ca"
-	maxPacketSize            = 128 * 1024
+	maxPayloadSize           = 128 * 1024               // AWS IoT's message size limit (a PUBLISH's or a will's payload)
+	maxPacketSize            = maxPayloadSize + 16*1024 // the payload with a topic (AWS: 256 bytes) and MQTT 5 properties
+	maxClientWritesPending   = 256
+	clientReadBufferSize     = 512
 	maxSessionExpiry         = 3600
 	jobsTick                 = time.Second
 )

@@ -91,14 +91,27 @@ func New(ctx context.Context, cfg Config) (*Emulator, error) {
 	caps.MaximumPacketSize = maxPacketSize
 	caps.MaximumQos = 1
 	caps.MaximumSessionExpiryInterval = maxSessionExpiry
-	caps.MaximumClientWritesPending = 1024
+	// mochi allocates each client's outbound queue whole when the client
+	// connects (8 bytes a slot): 1,024 slots were 8 KiB of every held
+	// connection, which AWS IoT's per-connection limits never fill (100
+	// unacknowledged QoS 1 messages, 100 publishes a second). A message
+	// that finds the queue full is dropped, as AWS drops what a connection
+	// cannot take.
+	caps.MaximumClientWritesPending = maxClientWritesPending
 	caps.MaximumInflight = 100
 	caps.ReceiveMaximum = 100
 	caps.MinimumProtocolVersion = 4 // MQTT 3.1.1 and 5, as AWS IoT
 	e.mqttLog = reg.log.With("component", "mqtt")
 	e.server = mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       slog.New(levelAtLeast{e.mqttLog.Handler(), slog.LevelError}),
+		// crypto/tls already holds each decrypted record, so mochi's read
+		// buffer only saves calls into it: 512 bytes hold every packet of an
+		// idle device (PINGREQ, PUBACK) instead of mochi's 2 KiB, and
+		// larger packets (up to the 128 KiB maxPacketSize, which mochi
+		// enforces from the fixed header) are read straight into their own
+		// buffer whatever this size.
+		ClientNetReadBufferSize: clientReadBufferSize,
+		Logger:                  slog.New(levelAtLeast{e.mqttLog.Handler(), slog.LevelError}),
 	})
 	if err := e.server.AddHook(&hook{e: e}, nil); err != nil {
 		reg.Close()

@@ -118,6 +118,14 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 	if sess == nil {
 		return pk, nil
 	}
+	if n := max(len(pk.Payload), len(pk.Connect.WillPayload)); n > maxPayloadSize {
+		// AWS IoT's limit is on the payload; mochi's MaximumPacketSize
+		// (maxPacketSize) only bounds the whole packet, topic included.
+		sess.mu.Lock()
+		sess.endRule, sess.endReason = RuleClosed, fmt.Sprintf("a %s payload of %d bytes: AWS IoT's limit is %d (128 KiB)", packetName(pk.FixedHeader.Type), n, maxPayloadSize)
+		sess.mu.Unlock()
+		return pk, packets.ErrPacketTooLarge
+	}
 	account := sess.account()
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
@@ -146,6 +154,13 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		pk.Filters = filters
 	}
 	return pk, nil
+}
+
+func packetName(t byte) string {
+	if t == packets.Connect {
+		return "will"
+	}
+	return "PUBLISH"
 }
 
 // OnPacketEncode takes the account's namespace off the topic of a message on

@@ -214,6 +214,10 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 				c.NextProtos = []string{alpnMQTT}
 			}
 			version := negotiatedVersion(hello.SupportedVersions)
+			// The callbacks below live as long as the connection (crypto/tls
+			// keeps this config): they capture the SNI, not the ClientHelloInfo,
+			// which holds the whole parsed ClientHello and the outer config.
+			sni := hello.ServerName
 			// The certificate is judged as soon as it arrives, before the
 			// client proves it holds the key, as AWS IoT does: a certificate
 			// that may not connect is refused whatever key signs for it.
@@ -226,7 +230,7 @@ func (e *Emulator) tlsConfig(sess *session) *tls.Config {
 					}
 					chain = append(chain, cert)
 				}
-				v := e.decideTLS(attempt{SNI: hello.ServerName, Chain: chain, TLSVersion: version, Now: e.cfg.now()})
+				v := e.decideTLS(attempt{SNI: sni, Chain: chain, TLSVersion: version, Now: e.cfg.now()})
 				sess.mu.Lock()
 				sess.verdict, sess.decided, sess.tlsVersion = v, true, version
 				sess.mu.Unlock()

@@ -4,7 +4,14 @@
 // client. Both brokers run as their own processes on loopback:
 //
 //	go test -run '^$' -bench . -benchtime 1x ./bench/emulator/
-//	THINGCERT_BENCH_DEVICES=2000 go test -run '^$' -bench Hold -benchtime 1x ./bench/emulator/
+//	THINGCERT_BENCH_DEVICES=10000 go test -run '^$' -bench Hold -benchtime 1x ./bench/emulator/
+//
+// With THINGCERT_BENCH_PROFILE=<folder>, BenchmarkHold runs the emulator in a
+// child copy of this test binary instead of `thingcert emulator serve` (the
+// same emulator.Start, plus net/http/pprof on loopback) and saves its heap
+// profile and goroutine stacks, taken while every device is held, in the folder:
+//
+//	go tool pprof -sample_index=inuse_space -top <folder>/emulator-heap.pb.gz
 package emulatorbench
 
 import (
@@ -50,7 +57,13 @@ func envInt(name string, def int) int {
 var (
 	devices     = envInt("THINGCERT_BENCH_DEVICES", 1000)
 	concurrency = envInt("THINGCERT_BENCH_CONCURRENCY", 32)
+	profileDir  = os.Getenv("THINGCERT_BENCH_PROFILE")
 )
+
+// sourceAddrs is how many loopback addresses (127.0.0.2, 127.0.0.3, ...) the
+// devices dial from, in turn: each has its own ephemeral ports, so 10,000
+// held devices plus the TIME_WAIT left by earlier runs never run out of them.
+const sourceAddrs = 8
 
 // raiseFileLimit lets this process hold every device's socket.
 func raiseFileLimit(b *testing.B) {
@@ -73,6 +86,7 @@ type broker struct {
 	addr   string
 	client *tls.Config // without the device certificate
 	cmd    *exec.Cmd
+	pprof  string // host:port of the emulator child's net/http/pprof, if any
 }
 
 // pki is what both brokers share: a device CA and device certificates.
@@ -171,7 +185,14 @@ func startEmulator(b *testing.B, p *pki) *broker {
 		b.Fatal(err)
 	}
 	port := testpeers.FreePort(b)
-	cmd := exec.Command(bin, "emulator", "serve", "--state", state, "--listen", "127.0.0.1:"+strconv.Itoa(port))
+	listen := "127.0.0.1:" + strconv.Itoa(port)
+	// Every device is in one account: AWS's 500 CONNECTs/s account quota
+	// would refuse the ramp, so it is off.
+	cmd := exec.Command(bin, "emulator", "serve", "--state", state, "--listen", listen, "--account-connect-rate", "-1")
+	if profileDir != "" {
+		cmd = exec.Command(os.Args[0], "-test.run", "^$")
+		cmd.Env = append(os.Environ(), childEnv+"=1", "THINGCERT_BENCH_STATE="+state, "THINGCERT_BENCH_LISTEN="+listen)
+	}
 	logFile, err := os.Create(filepath.Join(state, "serve.log"))
 	if err != nil {
 		b.Fatal(err)
@@ -185,9 +206,15 @@ func startEmulator(b *testing.B, p *pki) *broker {
 		client: &tls.Config{RootCAs: rootPool, ServerName: endpoint, MinVersion: tls.VersionTLS12}}
 	b.Cleanup(func() { stop(br); logFile.Close() })
 	// serve prints its addresses once it listens.
-	if !waitLine(stdout, "root-ca ", 30*time.Second) {
+	lines := make(chan string, 16)
+	if !waitLine(stdout, "root-ca ", 30*time.Second, lines) {
 		log, _ := os.ReadFile(logFile.Name())
 		b.Fatalf("the emulator did not start:\n%s", log)
+	}
+	for len(lines) > 0 {
+		if a, ok := strings.CutPrefix(<-lines, "pprof "); ok {
+			br.pprof = a
+		}
 	}
 	return br
 }
@@ -273,12 +300,20 @@ func stop(br *broker) {
 	}
 }
 
-func waitLine(r io.Reader, prefix string, timeout time.Duration) bool {
+// waitLine reads r until a line starts with prefix; the lines before it go to
+// lines while it has room.
+func waitLine(r io.Reader, prefix string, timeout time.Duration, lines chan<- string) bool {
 	found := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(r)
 		ok := false
 		for sc.Scan() {
+			if !ok {
+				select {
+				case lines <- sc.Text():
+				default:
+				}
+			}
 			if !ok && strings.HasPrefix(sc.Text(), prefix) {
 				ok = true
 				found <- true
@@ -311,10 +346,11 @@ func connectPacket(clientID string) []byte {
 var errRefused = errors.New("CONNACK refused")
 
 // connect opens a TLS connection, sends CONNECT and waits for CONNACK.
-func connect(br *broker, cert tls.Certificate, clientID string) (*device, error) {
+func connect(br *broker, cert tls.Certificate, clientID string, n int64) (*device, error) {
 	cfg := br.client.Clone()
 	cfg.Certificates = []tls.Certificate{cert}
-	d := net.Dialer{Timeout: 10 * time.Second}
+	src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+n%sourceAddrs))}
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: src}
 	raw, err := d.Dial("tcp", br.addr)
 	if err != nil {
 		return nil, err
@@ -361,14 +397,7 @@ func (d *device) close() {
 
 // procStats reads a process's resident memory (MiB) and CPU time used.
 func procStats(pid int) (rssMiB float64, cpu time.Duration) {
-	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-				kb, _ := strconv.ParseFloat(f[1], 64)
-				rssMiB = kb / 1024
-			}
-		}
-	}
+	rssMiB = procMiB(pid, "VmRSS:")
 	if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
 		s := string(data)
 		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
@@ -379,6 +408,21 @@ func procStats(pid int) (rssMiB float64, cpu time.Duration) {
 		}
 	}
 	return rssMiB, cpu
+}
+
+// procMiB reads one memory figure (VmRSS:, VmHWM:) of /proc/<pid>/status in MiB.
+func procMiB(pid int, field string) float64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
+			kb, _ := strconv.ParseFloat(f[1], 64)
+			return kb / 1024
+		}
+	}
+	return 0
 }
 
 var brokers = []struct {
@@ -405,7 +449,7 @@ func BenchmarkConnect(b *testing.B) {
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
 					n := clientSeq.Add(1)
-					d, err := connect(br, p.certs[n%certPool], "c-"+strconv.FormatInt(n, 10))
+					d, err := connect(br, p.certs[n%certPool], "c-"+strconv.FormatInt(n, 10), n)
 					if err != nil {
 						failed.Add(1)
 						continue
@@ -436,18 +480,33 @@ func BenchmarkHold(b *testing.B) {
 			br := bk.start(b, p)
 			rss0, _ := procStats(br.cmd.Process.Pid)
 			for i := 0; i < b.N; i++ {
-				held, ramp, rss := hold(b, br, p)
-				b.ReportMetric(float64(held), "devices-held")
-				b.ReportMetric(float64(held)/ramp.Seconds(), "connects/s")
-				b.ReportMetric(rss, "broker-RSS-MiB")
-				b.ReportMetric((rss-rss0)*1024/float64(held), "broker-KiB/device")
+				r := hold(b, br, p)
+				b.ReportMetric(float64(r.held), "devices-held")
+				b.ReportMetric(float64(r.held)/r.ramp.Seconds(), "connects/s")
+				// CPU time does not depend on what else the shared machine runs
+				// as much as the ramp's rate does.
+				b.ReportMetric(float64(r.rampCPU.Microseconds())/float64(r.held), "broker-cpu-µs/connect")
+				b.ReportMetric(r.rssMiB, "broker-RSS-MiB")
+				b.ReportMetric(procMiB(br.cmd.Process.Pid, "VmHWM:"), "broker-peak-RSS-MiB")
+				b.ReportMetric((r.rssMiB-rss0)*1024/float64(r.held), "broker-KiB/device")
 			}
 		})
 	}
 }
 
-func hold(b *testing.B, br *broker, p *pki) (held int, ramp time.Duration, rssMiB float64) {
+// held is what hold measured: how many devices were held at once, how long
+// the broker took to accept them and the CPU time it spent, and its resident
+// memory once every device answered a ping.
+type held struct {
+	held    int
+	ramp    time.Duration
+	rampCPU time.Duration
+	rssMiB  float64
+}
+
+func hold(b *testing.B, br *broker, p *pki) held {
 	b.Helper()
+	_, cpu0 := procStats(br.cmd.Process.Pid)
 	conns := make([]*device, devices)
 	errs := make(chan error, devices)
 	sem := make(chan struct{}, concurrency)
@@ -460,7 +519,7 @@ func hold(b *testing.B, br *broker, p *pki) (held int, ramp time.Duration, rssMi
 			defer wg.Done()
 			defer func() { <-sem }()
 			n := clientSeq.Add(1)
-			d, err := connect(br, p.certs[i%certPool], "h-"+strconv.FormatInt(n, 10))
+			d, err := connect(br, p.certs[i%certPool], "h-"+strconv.FormatInt(n, 10), n)
 			if err != nil {
 				errs <- fmt.Errorf("device %d: %w", i, err)
 				return
@@ -469,7 +528,8 @@ func hold(b *testing.B, br *broker, p *pki) (held int, ramp time.Duration, rssMi
 		}(i)
 	}
 	wg.Wait()
-	ramp = time.Since(start)
+	ramp := time.Since(start)
+	_, cpu1 := procStats(br.cmd.Process.Pid)
 	defer func() {
 		for _, d := range conns {
 			if d != nil {
@@ -494,6 +554,9 @@ func hold(b *testing.B, br *broker, p *pki) (held int, ramp time.Duration, rssMi
 		}()
 	}
 	wg.Wait()
-	rssMiB, _ = procStats(br.cmd.Process.Pid)
-	return devices, ramp, rssMiB
+	rssMiB, _ := procStats(br.cmd.Process.Pid)
+	if br.pprof != "" {
+		saveProfiles(b, br.pprof)
+	}
+	return held{held: devices, ramp: ramp, rampCPU: cpu1 - cpu0, rssMiB: rssMiB}
 }
