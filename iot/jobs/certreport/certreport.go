@@ -17,9 +17,10 @@
 //	 "newCertificateId": "<sha256 hex>", "newCertificateParts": "1",
 //	 "newCertificate:0": "MIIB…"}
 //
-// With the three other keys the whole report stays within ten pairs (the most
-// AWS allows in CancelJobExecution's statusDetails), so MaxParts parts carry a
-// DER of up to 5,376 bytes: an RSA-4096 certificate with long names fits.
+// With the four other keys the whole report stays within ten pairs (the most
+// AWS allows in CancelJobExecution's statusDetails; the device API documents
+// no count, so the stricter rule is kept), so MaxParts parts carry a DER of up
+// to 4,608 bytes: an RSA-4096 certificate with long names fits.
 //
 // The package imports only the standard library: the device and the fleet
 // tool both use it.
@@ -53,7 +54,7 @@ const StepAwaitingRegistration = "awaiting-registration"
 const MaxValue = 1024
 
 // MaxParts is the most parts a report uses (see the package comment).
-const MaxParts = 7
+const MaxParts = 6
 
 // ErrNoReport: the status details carry no certificate.
 var ErrNoReport = errors.New("no certificate in the status details")
