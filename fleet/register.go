@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -105,13 +106,28 @@ func CheckReported(reported, current *x509.Certificate, ca *x509.CertPool, now t
 	if current == nil {
 		return fmt.Errorf("fleet: %w: the thing has no ACTIVE certificate the device reports rotating from", ErrNotThisDevice)
 	}
-	if !bytes.Equal(reported.RawSubject, current.RawSubject) {
+	if !sameName(reported.Subject, current.Subject) {
 		return fmt.Errorf("fleet: the reported certificate is %w: its subject %q is not the current certificate's %q", ErrNotThisDevice, reported.Subject, current.Subject)
 	}
 	if bytes.Equal(reported.RawSubjectPublicKeyInfo, current.RawSubjectPublicKeyInfo) {
 		return fmt.Errorf("fleet: the reported certificate is %w: it has the current certificate's key, and a rotation makes a new one", ErrNotThisDevice)
 	}
 	return nil
+}
+
+// sameName compares two names attribute by attribute, whatever the order of
+// their RDNs (openssl keeps the order it is given, Go's x509 its own): the
+// same attributes with the same values, none more, none fewer.
+func sameName(a, b pkix.Name) bool {
+	flat := func(n pkix.Name) []string {
+		out := make([]string, len(n.Names))
+		for i, atv := range n.Names {
+			out[i] = atv.Type.String() + "=" + fmt.Sprint(atv.Value)
+		}
+		slices.Sort(out)
+		return out
+	}
+	return slices.Equal(flat(a), flat(b))
 }
 
 // PlanAccount decides, for a checked certificate newID of thing, what to do

@@ -4,7 +4,9 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"testing"
 	"time"
@@ -25,9 +27,17 @@ func TestCheckReported(t *testing.T) {
 	rogue, _ := other.sign(key(), subj)
 	renamed, _ := owner.sign(key(), pkix.Name{CommonName: "gw-2", Organization: []string{"Owner"}})
 	sameKey, _ := owner.sign(curKey, subj)
+	// The same attributes in openssl's order (CN first) rather than Go's.
+	reordered, _ := owner.sign(key(), pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{
+		{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: "gw-1"}, {Type: asn1.ObjectIdentifier{2, 5, 4, 10}, Value: "Owner"}}})
+	if string(reordered.RawSubject) == string(good.RawSubject) {
+		t.Fatal("the reordered subject is not reordered")
+	}
 	now := time.Now()
-	if err := fleet.CheckReported(good, current, owner.pool(), now); err != nil {
-		t.Errorf("a good report: %v", err)
+	for _, c := range []*x509.Certificate{good, reordered} {
+		if err := fleet.CheckReported(c, current, owner.pool(), now); err != nil {
+			t.Errorf("a good report (%s): %v", c.Subject, err)
+		}
 	}
 	for name, tc := range map[string]struct {
 		err  error
