@@ -413,4 +413,14 @@ func TestMultiAccountRotation(t *testing.T) {
 	if err := dev.m.Session().Jobs().List(ctx); err != nil {
 		t.Errorf("the device's connection to %s after retire: %v", prod, err)
 	}
+
+	// A rotation no job asked for has nowhere to report its certificate:
+	// it rolls back, and the device keeps the one every account has.
+	_, err = dev.m.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "by hand"})
+	if !errors.Is(err, rotation.ErrRolledBack) || !strings.Contains(err.Error(), "no job asked for") {
+		t.Fatalf("a rotation without a job: %v", err)
+	}
+	if s, _ := dev.m.Runner().Load(); s.Current.CertificateID != newID {
+		t.Errorf("after the refused rotation the device uses %s", s.Current.CertificateID)
+	}
 }
