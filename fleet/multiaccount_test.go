@@ -414,6 +414,24 @@ func TestMultiAccountRotation(t *testing.T) {
 		t.Errorf("the device's connection to %s after retire: %v", prod, err)
 	}
 
+	// The daemon's cycle with the accounts does the same: the rogue report
+	// refused, nothing else left to do.
+	cr, err := fleet.Cycle(ctx, apis[prod], fleet.CycleOptions{Accounts: both, OwnerCA: owner.pool()}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cr.Jobs) != 1 || cr.Jobs[0].Errors != 0 || cr.Jobs[0].Registered != 0 || cr.Jobs[0].Retired != 0 {
+		t.Errorf("cycle: %+v", cr.Jobs)
+	}
+	if len(cr.Refused) != 1 || cr.Refused[0].Thing != bad.thing || !strings.Contains(cr.Refused[0].Reason, "owner's CA") {
+		t.Errorf("cycle refusals: %+v", cr.Refused)
+	}
+	for _, a := range accts {
+		if s := certStatus(t, ctx, apis[a], badID); s != "" {
+			t.Errorf("after the cycle the rogue certificate is %s in %s", s, a)
+		}
+	}
+
 	// A rotation no job asked for has nowhere to report its certificate:
 	// it rolls back, and the device keeps the one every account has.
 	_, err = dev.m.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator, Reason: "by hand"})
