@@ -37,6 +37,12 @@ type Config struct {
 	// Address, optional, is the HOST:PORT to dial instead of Endpoint:Port (a
 	// proxy, an emulator); SNI stays Endpoint.
 	Address string `yaml:"address"`
+	// Accounts, optional, are the device's other AWS accounts, for a
+	// certificate signed by a CA that is not registered with AWS IoT and
+	// registered in several accounts (multi-account registration, SNI_ONLY):
+	// the device connects to Endpoint (the primary) and commits a new
+	// certificate only once every account here accepts it.
+	Accounts []Account `yaml:"accounts"`
 	// CA, optional, is a PEM file of CAs the server's certificate must chain
 	// to; default: Amazon's root CAs, built in.
 	CA string `yaml:"ca"`
@@ -72,6 +78,17 @@ type Config struct {
 
 	// Path is the file the configuration was read from (not a YAML key).
 	Path string `yaml:"-"`
+}
+
+// Account is another account's data endpoint.
+type Account struct {
+	// Endpoint is the account's endpoint host name, sent as SNI: it is what
+	// picks the account. Required.
+	Endpoint string `yaml:"endpoint"`
+	// Port is 8883 (default) or 443.
+	Port int `yaml:"port"`
+	// Address, optional, is the HOST:PORT to dial instead of Endpoint:Port.
+	Address string `yaml:"address"`
 }
 
 // Claim is a claim identity: a key and certificate shared by many devices (or
@@ -367,6 +384,15 @@ func checkKeys(n *yaml.Node, t reflect.Type, prefix string, lines map[int]string
 	if n.Kind == yaml.AliasNode && n.Alias != nil {
 		n = n.Alias
 	}
+	if t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode {
+		base := strings.TrimSuffix(prefix, ".")
+		for i, item := range n.Content {
+			if err := checkKeys(item, t.Elem(), fmt.Sprintf("%s[%d].", base, i), lines); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if t.Kind() != reflect.Struct || n.Kind != yaml.MappingNode {
 		return nil
 	}
@@ -468,6 +494,11 @@ func (c *Config) applyDefaults(base string) {
 	if c.ClientID == "" {
 		c.ClientID = c.ThingName
 	}
+	for i := range c.Accounts {
+		if c.Accounts[i].Port == 0 {
+			c.Accounts[i].Port = DefaultPort
+		}
+	}
 	if c.KeyAlgorithm == "" {
 		c.KeyAlgorithm = string(keystore.DefaultAlgorithm)
 	}
@@ -522,6 +553,30 @@ func (c *Config) Validate() error {
 	if c.Address != "" {
 		if _, p, err := net.SplitHostPort(c.Address); err != nil || p == "" {
 			bad("address", "%q: want HOST:PORT", c.Address)
+		}
+	}
+	for i, a := range c.Accounts {
+		key := fmt.Sprintf("accounts[%d]", i)
+		switch {
+		case a.Endpoint == "":
+			bad(key+".endpoint", "missing; give the account's AWS IoT data endpoint (aws iot describe-endpoint --endpoint-type iot:Data-ATS in that account)")
+		case strings.Contains(a.Endpoint, "://") || strings.ContainsAny(a.Endpoint, ":/ "):
+			bad(key+".endpoint", "%q: give the bare host name (abc123-ats.iot.eu-west-1.amazonaws.com); put a port in port and a dial address in address", a.Endpoint)
+		case strings.EqualFold(a.Endpoint, c.Endpoint):
+			bad(key+".endpoint", "%q is the primary endpoint; list only the device's other accounts", a.Endpoint)
+		}
+		for j := range i {
+			if a.Endpoint != "" && strings.EqualFold(c.Accounts[j].Endpoint, a.Endpoint) {
+				bad(key+".endpoint", "%q is listed twice (accounts[%d])", a.Endpoint, j)
+			}
+		}
+		if a.Port < 1 || a.Port > 65535 {
+			bad(key+".port", "%d: want 8883 or 443", a.Port)
+		}
+		if a.Address != "" {
+			if _, p, err := net.SplitHostPort(a.Address); err != nil || p == "" {
+				bad(key+".address", "%q: want HOST:PORT", a.Address)
+			}
 		}
 	}
 	if c.ThingName == "" {

@@ -109,6 +109,11 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"metrics on the network", minimal + "metrics:\n  listen: 0.0.0.0:9464\n", []string{"metrics.listen", "loopback"}},
 		{"bad algorithm", minimal + "key_algorithm: rsa-1024\n", []string{"key_algorithm", "at least 2048 bits"}},
 		{"bad log level", minimal + "log:\n  level: loud\n", []string{"log.level"}},
+		{"account without endpoint", minimal + "accounts:\n  - address: 127.0.0.1:8883\n", []string{"accounts[0].endpoint: missing"}},
+		{"account is the primary", minimal + "accounts:\n  - endpoint: abc-ats.iot.eu-west-1.amazonaws.com\n", []string{"accounts[0].endpoint", "is the primary endpoint"}},
+		{"account twice", minimal + "accounts:\n  - endpoint: b-ats.iot.eu-west-1.amazonaws.com\n  - endpoint: b-ats.iot.eu-west-1.amazonaws.com\n", []string{"accounts[1].endpoint", "listed twice"}},
+		{"account bad port", minimal + "accounts:\n  - endpoint: b-ats.iot.eu-west-1.amazonaws.com\n    port: 70000\n", []string{"accounts[0].port: 70000"}},
+		{"account unknown key", minimal + "accounts:\n  - endpoint: b-ats.iot.eu-west-1.amazonaws.com\n    sni: x\n", []string{`line 7: unknown key "sni" in accounts[0]`}},
 		{"not a mapping", "- a\n- b\n", []string{"want a mapping"}},
 		{"empty", "", []string{"is empty"}},
 		{"syntax", "endpoint: [\n", []string{"config x.yaml"}},
@@ -144,5 +149,20 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestAccounts(t *testing.T) {
+	c, err := Parse([]byte(minimal+"accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\n  - endpoint: other-ats.iot.us-east-1.amazonaws.com\n    port: 443\n    address: 127.0.0.1:9443\n"), "x.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := c.DeviceOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Accounts) != 2 || o.Accounts[0].Host != "pre-ats.iot.eu-west-1.amazonaws.com" || o.Accounts[0].Port != DefaultPort ||
+		o.Accounts[1].Port != 443 || o.Accounts[1].Address != "127.0.0.1:9443" {
+		t.Fatalf("accounts: %+v", o.Accounts)
 	}
 }

@@ -27,6 +27,9 @@ func (c *Config) DeviceOptions() (device.Options, error) {
 		Subject:   c.Subject,
 		NoJobs:    !c.JobsEnabled(),
 	}
+	for _, a := range c.Accounts {
+		o.Accounts = append(o.Accounts, iot.Endpoint{Host: a.Endpoint, Port: a.Port, Address: a.Address})
+	}
 	var err error
 	if c.CA != "" {
 		if o.Roots, err = iot.LoadCAFile(c.CA); err != nil {

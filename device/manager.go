@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,13 @@ type Options struct {
 	// Endpoint is the AWS IoT data endpoint; its host name is always the TLS
 	// server name (SNI).
 	Endpoint iot.Endpoint
+	// Accounts are the endpoints of the device's other accounts, for a
+	// certificate registered in several (multi-account registration, a CA
+	// not registered with AWS IoT): the device connects to Endpoint (the
+	// primary) and, before it moves to a new certificate, reports it to the
+	// rotation job and waits until each of these endpoints accepts it (see
+	// prepareAccounts). Empty: one account.
+	Accounts []iot.Endpoint
 	// Roots are the CAs the server must chain to; nil is Amazon's roots.
 	Roots *x509.CertPool
 	// ThingName is the device's thing.
@@ -129,6 +137,18 @@ func (o *Options) Validate() error {
 	if err := o.Endpoint.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	for i, ep := range o.Accounts {
+		if err := ep.Validate(); err != nil {
+			errs = append(errs, fmt.Errorf("device: Accounts[%d]: %w", i, err))
+		} else if strings.EqualFold(ep.Host, o.Endpoint.Host) {
+			errs = append(errs, fmt.Errorf("device: Accounts[%d]: %s is the primary Endpoint; list only the other accounts", i, ep.Host))
+		}
+		for j := range i {
+			if strings.EqualFold(o.Accounts[j].Host, ep.Host) {
+				errs = append(errs, fmt.Errorf("device: Accounts[%d]: %s is listed twice (Accounts[%d])", i, ep.Host, j))
+			}
+		}
+	}
 	if o.ThingName == "" {
 		errs = append(errs, errors.New("device: no thing name"))
 	}
@@ -187,6 +207,9 @@ type Manager struct {
 	session *Session
 	runner  *rotation.Runner
 	jobSink func(*jobs.Execution) // Run's job listener; nil outside Run
+	// prepared is the certificate every other account accepted
+	// (prepareAccounts): the primary's refusal of it is a wait, not a fault.
+	prepared string
 }
 
 // New checks the options and opens the key store. Nothing connects until
@@ -442,6 +465,14 @@ type connector struct {
 
 func (c connector) Switch(ctx context.Context, id rotation.Identity) error {
 	if err := c.m.Session().Switch(ctx, id); err != nil {
+		c.m.mu.Lock()
+		prepared := c.m.prepared != "" && c.m.prepared == id.Record.CertificateID
+		c.m.mu.Unlock()
+		if prepared {
+			// Every other account accepts this certificate: the primary has
+			// not registered it yet. Wait for it, as for the others.
+			return rotation.NewTransient("connecting to the primary account with the new certificate", fmt.Errorf("device: %s does not accept the new certificate yet, which the device's other accounts accept: %w", c.m.Options().Endpoint.Host, err), 0)
+		}
 		return err
 	}
 	if !id.Record.Claim {
@@ -453,9 +484,21 @@ func (c connector) Switch(ctx context.Context, id rotation.Identity) error {
 	return nil
 }
 
+// Prepare, for a device in several accounts, reports the new certificate
+// and waits until every other account accepts it (see prepareAccounts).
+func (c connector) Prepare(ctx context.Context, t rotation.Trigger, next rotation.Identity) error {
+	o := c.m.Options()
+	if len(o.Accounts) == 0 || next.Record.Claim || t.Kind == rotation.TriggerProvision {
+		return nil
+	}
+	return c.m.prepareAccounts(ctx, o, t, next)
+}
+
 func (c connector) Confirm(ctx context.Context, t rotation.Trigger) error {
 	return c.m.Session().Confirm(ctx, t)
 }
+
+var _ rotation.Preparer = connector{}
 
 // reporter reports to the job over the session of the moment.
 type reporter struct{ m *Manager }

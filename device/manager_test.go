@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -290,4 +291,28 @@ func runManager(t *testing.T, emu *emulator.Emulator) (context.Context, *device.
 		cancel()
 	})
 	return ctx, m
+}
+
+func TestValidateAccounts(t *testing.T) {
+	base := device.Options{Endpoint: iot.Endpoint{Host: "a-ats.iot.eu-west-1.amazonaws.com"}, ThingName: "gw", StateDir: t.TempDir(), Store: "file:/tmp/k/"}
+	for _, tc := range []struct {
+		name     string
+		accounts []iot.Endpoint
+		want     string
+	}{
+		{"no host", []iot.Endpoint{{}}, "Accounts[0]"},
+		{"the primary again", []iot.Endpoint{{Host: "A-ats.iot.eu-west-1.amazonaws.com"}}, "is the primary Endpoint"},
+		{"twice", []iot.Endpoint{{Host: "b-ats.iot.eu-west-1.amazonaws.com"}, {Host: "b-ats.iot.eu-west-1.amazonaws.com"}}, "Accounts[1]: b-ats.iot.eu-west-1.amazonaws.com is listed twice"},
+	} {
+		o := base
+		o.Accounts = tc.accounts
+		if err := o.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
+		}
+	}
+	o := base
+	o.Accounts = []iot.Endpoint{{Host: "b-ats.iot.eu-west-1.amazonaws.com"}}
+	if err := o.Validate(); err != nil {
+		t.Errorf("a second account: %v", err)
+	}
 }

@@ -385,6 +385,11 @@ func apiRegisterCACertificate(ctx context.Context, c *apiCall) (any, error) {
 	if err := checkVerificationCertificate(ca, mode, in.VerificationCertificate, c.Key.RegistrationCode); err != nil {
 		return nil, err
 	}
+	if mode == ModeDefault {
+		if err := defaultModeTaken(ctx, c, CertificateID(ca.Raw)); err != nil {
+			return nil, err
+		}
+	}
 	if rc := in.RegistrationConfig; rc != nil && rc.TemplateName != "" {
 		if _, err := c.Emu.template(ctx, c.Account, rc.TemplateName); err != nil {
 			return nil, err
@@ -395,6 +400,41 @@ func apiRegisterCACertificate(ctx context.Context, c *apiCall) (any, error) {
 		return nil, err
 	}
 	return map[string]string{"certificateArn": c.ARN("cacert/" + out.ID), "certificateId": out.ID}, nil
+}
+
+// defaultModeTaken applies AWS's rule that one account per region registers
+// a CA in DEFAULT mode (where its certificates connect without SNI, so the CA
+// alone must tell the account); SNI_ONLY is how several accounts share it.
+// It is checked here, in the AWS API, and not by Registry.RegisterCA, whose
+// callers (tests, the admin commands) may set up what AWS would refuse.
+func defaultModeTaken(ctx context.Context, c *apiCall, caID string) error {
+	accts, err := c.Emu.Accounts(ctx)
+	if err != nil {
+		return err
+	}
+	region := func(name string) string {
+		for _, a := range accts {
+			if a.Name == name {
+				if a.Region == "" {
+					return defaultRegion
+				}
+				return a.Region
+			}
+		}
+		return ""
+	}
+	here := region(c.Account)
+	cas, err := c.Emu.CAs(ctx, "")
+	if err != nil {
+		return err
+	}
+	for _, other := range cas {
+		if other.ID == caID && other.Account != c.Account && other.Mode == ModeDefault && region(other.Account) == here {
+			return apiErrorf("ResourceAlreadyExistsException", http.StatusConflict,
+				"CA certificate %s is registered in DEFAULT mode by another account in %s; one account per region may: register it with certificateMode SNI_ONLY to use it in several accounts", caID, here)
+		}
+	}
+	return nil
 }
 
 // checkVerificationCertificate applies AWS's proof of possession of a CA's

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"slices"
 	"sort"
@@ -37,6 +38,15 @@ type CycleOptions struct {
 	Retire RetireOptions
 	// Audit thresholds.
 	Audit AuditOptions
+	// Accounts, if set, are every account the fleet's devices belong to, for
+	// devices whose certificates come from a CA not registered with AWS IoT
+	// (multi-account registration): each cycle registers in each the new
+	// certificates that rotating devices report (Register, checked against
+	// OwnerCA), and retires in each. The jobs are in the account of the
+	// cycle's own API, which should be among them.
+	Accounts []Account
+	// OwnerCA are the CAs that sign the devices' certificates, for Accounts.
+	OwnerCA *x509.CertPool
 	// DryRun looks and decides, and changes nothing.
 	DryRun bool
 }
@@ -83,12 +93,15 @@ func DueThings(things []Thing, p rotation.Policy, rotating map[string]bool, now 
 
 // JobStatus is one rotation job's progress and its retirement.
 type JobStatus struct {
-	ID       string         `json:"jobId"`
-	Status   string         `json:"status"`
-	Counts   map[string]int `json:"counts"`
-	Retired  int            `json:"retired"`  // by this cycle (in a dry run: that it would)
-	Reported int            `json:"reported"` // executions a person must look at
-	Errors   int            `json:"errors"`
+	ID      string         `json:"jobId"`
+	Status  string         `json:"status"`
+	Counts  map[string]int `json:"counts"`
+	Retired int            `json:"retired"` // by this cycle (in a dry run: that it would)
+	// Registered counts the reported certificates registered (or attached)
+	// in an account by this cycle, with CycleOptions.Accounts.
+	Registered int `json:"registered,omitempty"`
+	Reported   int `json:"reported"` // executions a person must look at
+	Errors     int `json:"errors"`
 }
 
 // CycleReport is what one cycle saw and did: the daemon's status.
@@ -103,6 +116,8 @@ type CycleReport struct {
 	Jobs         []JobStatus    `json:"jobs"`
 	DryRun       bool           `json:"dryRun,omitempty"`
 	Problems     []Decision     `json:"problems,omitempty"`
+	// Refused are the reported certificates Register would not register.
+	Refused []RegisterDecision `json:"refused,omitempty"`
 }
 
 // Cycle runs one round of the daemon at now.
@@ -164,18 +179,44 @@ func Cycle(ctx context.Context, api API, o CycleOptions, now time.Time) (*CycleR
 			return cr, err
 		}
 		js := JobStatus{ID: id, Status: p.JobStatus, Counts: p.Counts}
-		res, err := Retire(ctx, api, id, ret, func() time.Time { return now }, nil)
-		if err != nil {
-			return cr, err
+		clock := func() time.Time { return now }
+		if len(o.Accounts) > 0 && p.Counts["IN_PROGRESS"] > 0 {
+			reg, err := Register(ctx, api, id, o.Accounts, RegisterOptions{CA: o.OwnerCA, DryRun: o.DryRun}, clock)
+			if err != nil {
+				return cr, err
+			}
+			js.Errors += reg.Errors
+			for _, d := range reg.Decisions {
+				switch {
+				case d.Executed || o.DryRun && (d.Step == RegisterRegister || d.Step == RegisterAttach):
+					js.Registered++
+				case d.Step == RegisterRefuse:
+					cr.Refused = append(cr.Refused, d)
+				}
+			}
 		}
-		js.Retired, js.Errors = res.Acted, res.Errors
-		if o.DryRun { // what a real cycle would retire
-			js.Retired = res.Counts[string(StepDeactivate)] + res.Counts[string(StepDelete)]
+		targets := []API{api}
+		if len(o.Accounts) > 0 {
+			targets = targets[:0]
+			for _, a := range o.Accounts {
+				targets = append(targets, a.API)
+			}
 		}
-		for _, d := range res.Decisions {
-			if d.Step == StepReport {
-				js.Reported++
-				cr.Problems = append(cr.Problems, d)
+		for _, certAPI := range targets {
+			res, err := RetireIn(ctx, api, certAPI, id, ret, clock, nil)
+			if err != nil {
+				return cr, err
+			}
+			js.Retired += res.Acted
+			js.Errors += res.Errors
+			if o.DryRun { // what a real cycle would retire
+				js.Retired += res.Counts[string(StepDeactivate)] + res.Counts[string(StepDelete)]
+			}
+			for _, d := range res.Decisions {
+				if d.Step == StepReport {
+					js.Reported++
+					cr.Problems = append(cr.Problems, d)
+				}
 			}
 		}
 		cr.Jobs = append(cr.Jobs, js)

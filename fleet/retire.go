@@ -191,8 +191,20 @@ type RetireResult struct {
 // handled by o.Workers at once (each its own thing and certificates), and
 // the decisions come back in the order AWS listed the executions.
 func Retire(ctx context.Context, api API, jobID string, o RetireOptions, now func() time.Time, stop func() bool) (RetireResult, error) {
+	return retire(ctx, api, api, jobID, o, now, stop)
+}
+
+// RetireIn is Retire for a job whose devices belong to several accounts
+// (multi-account registration): the executions are read in the job's account
+// (jobAPI), and the certificates they name are looked at, and retired, in
+// certAPI's account, where the same certificates have the same IDs.
+func RetireIn(ctx context.Context, jobAPI, certAPI API, jobID string, o RetireOptions, now func() time.Time, stop func() bool) (RetireResult, error) {
+	return retire(ctx, jobAPI, certAPI, jobID, o, now, stop)
+}
+
+func retire(ctx context.Context, jobAPI, api API, jobID string, o RetireOptions, now func() time.Time, stop func() bool) (RetireResult, error) {
 	res := RetireResult{Job: jobID, Counts: map[string]int{}}
-	execs, err := jobExecutions(ctx, api, jobID)
+	execs, err := jobExecutions(ctx, jobAPI, jobID)
 	if err != nil {
 		return res, err
 	}
@@ -214,7 +226,7 @@ func Retire(ctx context.Context, api API, jobID string, o RetireOptions, now fun
 			defer wg.Done()
 			for i := range next {
 				ex := execs[i]
-				st, err := execState(ctx, api, jobID, ex)
+				st, err := execState(ctx, jobAPI, api, jobID, ex)
 				var d Decision
 				if err != nil {
 					d = Decision{Thing: ex.thing, Status: ex.status, Step: StepReport, Error: err.Error()}
@@ -301,13 +313,13 @@ func thingFromARN(arn string) string {
 }
 
 // execState reads, for a SUCCEEDED execution, everything PlanRetire needs.
-func execState(ctx context.Context, api API, jobID string, ex execSummary) (ExecState, error) {
+func execState(ctx context.Context, jobAPI, api API, jobID string, ex execSummary) (ExecState, error) {
 	st := ExecState{Thing: ex.thing, Status: ex.status}
 	if ex.status != string(types.JobExecutionStatusSucceeded) && ex.status != string(types.JobExecutionStatusFailed) &&
 		ex.status != string(types.JobExecutionStatusTimedOut) && ex.status != string(types.JobExecutionStatusRejected) {
 		return st, nil
 	}
-	out, err := api.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: &jobID, ThingName: &ex.thing})
+	out, err := jobAPI.DescribeJobExecution(ctx, &iot.DescribeJobExecutionInput{JobId: &jobID, ThingName: &ex.thing})
 	if err != nil {
 		return st, fmt.Errorf("fleet: describing execution of job %s on %s: %w", jobID, ex.thing, err)
 	}

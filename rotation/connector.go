@@ -30,6 +30,18 @@ type Connector interface {
 	Confirm(ctx context.Context, t Trigger) error
 }
 
+// Preparer is an optional capability of a Connector. Prepare runs before
+// each attempt to move to a new identity, with the connection still on the
+// current one: a device whose certificate must be registered in several
+// accounts (multi-account registration) reports the new certificate there
+// and checks that every account accepts it before the primary connection
+// moves. A transient error leaves the rotation in phase Verified, to try
+// again after a backoff (the new certificate waits, the device keeps working
+// on the old one); a fatal one rolls it back.
+type Preparer interface {
+	Prepare(ctx context.Context, t Trigger, next Identity) error
+}
+
 // Reporter tells the cloud how a rotation ended. For a job it updates the job
 // execution: SUCCEEDED with the old and new certificate IDs in statusDetails
 // (so the cloud side can deactivate the old one), or FAILED with the reason.

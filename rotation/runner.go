@@ -524,6 +524,11 @@ func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
 	if err != nil {
 		return fail(fmt.Errorf("rotation: opening the current identity to fall back on: %w", err))
 	}
+	if p, ok := r.Connector.(Preparer); ok {
+		if err := p.Prepare(ctx, *s.Trigger, next); err != nil {
+			return fail(err)
+		}
+	}
 	err = r.Connector.Switch(ctx, next)
 	op := "connecting with the new identity"
 	if err == nil {

@@ -67,7 +67,7 @@ func newRootCmd(out, errOut io.Writer) *cobra.Command {
 	pf.StringVar(&g.endpointURL, "endpoint-url", "", "AWS IoT control-plane endpoint (default: AWS_ENDPOINT_URL_IOT, else AWS's for the region)")
 	pf.StringVar(&g.profile, "profile", "", "shared config profile (default: AWS_PROFILE, else default)")
 	pf.StringVar(&g.region, "region", "", "AWS region (default: AWS_REGION or the profile's)")
-	root.AddCommand(setupCmd(g), rotateCmd(g), retireCmd(g), auditCmd(g), runCmd(g), statusCmd(g))
+	root.AddCommand(setupCmd(g), rotateCmd(g), registerCmd(g), retireCmd(g), auditCmd(g), runCmd(g), statusCmd(g))
 	return root
 }
 
@@ -299,7 +299,7 @@ func isTerminal(w io.Writer) bool {
 
 func retireCmd(g *globals) *cobra.Command {
 	var o fleet.RetireOptions
-	var jobID string
+	var jobID, accounts string
 	var asJSON bool
 	c := &cobra.Command{
 		Use:   "retire --job ID",
@@ -321,6 +321,9 @@ it is safe to interrupt and run again.`,
 			if err != nil {
 				return err
 			}
+			if accounts != "" {
+				return retireAccounts(cmd.Context(), g, api, jobID, accounts, o, asJSON)
+			}
 			res, err := fleet.Retire(cmd.Context(), api, jobID, o, time.Now, nil)
 			if err != nil {
 				return err
@@ -328,48 +331,82 @@ it is safe to interrupt and run again.`,
 			if asJSON {
 				return printJSON(g.out, res)
 			}
-			for _, d := range res.Decisions {
-				if d.Step == fleet.StepNothing && d.Done {
-					continue
-				}
-				verb := string(d.Step)
-				if o.DryRun && (d.Step == fleet.StepDeactivate || d.Step == fleet.StepDelete) {
-					verb = "would " + verb
-				}
-				line := fmt.Sprintf("%-16s %s", verb, d.Thing)
-				if d.OldCert != "" && d.Step != fleet.StepReport {
-					line += " old " + d.OldCert
-				}
-				if d.Reason != "" {
-					line += ": " + d.Reason
-				}
-				if !d.At.IsZero() {
-					line += " (at " + d.At.UTC().Format(time.RFC3339) + ")"
-				}
-				if d.Error != "" {
-					line += ": " + d.Error
-				}
-				fmt.Fprintln(g.out, line)
-			}
-			fmt.Fprintf(g.out, "job %s: %d executions, %d actions taken, %d errors", jobID, len(res.Decisions), res.Acted, res.Errors)
-			if res.Acted == 0 && res.Errors == 0 && res.Counts[string(fleet.StepDeactivate)] == 0 && res.Counts[string(fleet.StepDelete)] == 0 {
-				fmt.Fprint(g.out, "; nothing to do")
-			}
-			fmt.Fprintln(g.out)
-			if res.Errors > 0 {
-				return fmt.Errorf("job %s: %d certificates could not be retired; run retire again once the errors above are fixed", jobID, res.Errors)
-			}
-			return nil
+			return printRetire(g, jobID, o, res)
 		},
 	}
 	f := c.Flags()
 	f.StringVar(&jobID, "job", "", "the rotation job's ID")
+	f.StringVar(&accounts, "accounts", "", "retire in each of these accounts (shared-config profiles), for devices registered in several; the job is read in --profile's")
 	f.DurationVar(&o.Grace, "grace", 0, "keep the old certificate ACTIVE this long after the execution succeeded")
 	f.DurationVar(&o.DeleteAfter, "delete-after", 0, "delete the old certificate this long after deactivation (0: keep it INACTIVE)")
 	f.BoolVar(&o.DryRun, "dry-run", false, "say what would be done; change nothing")
 	f.IntVar(&o.Workers, "workers", 4, "executions handled at once")
 	f.BoolVar(&asJSON, "json", false, "print every decision as JSON")
 	return c
+}
+
+// retireAccounts retires in every account of a multi-account job.
+func retireAccounts(ctx context.Context, g *globals, jobAPI fleet.API, jobID, list string, o fleet.RetireOptions, asJSON bool) error {
+	accts, err := g.accountClients(ctx, list)
+	if err != nil {
+		return err
+	}
+	all := map[string]fleet.RetireResult{}
+	errs := 0
+	for _, a := range accts {
+		res, err := fleet.RetireIn(ctx, jobAPI, a.API, jobID, o, time.Now, nil)
+		if err != nil {
+			return fmt.Errorf("account %s: %w", a.Name, err)
+		}
+		all[a.Name] = res
+		errs += res.Errors
+		if !asJSON {
+			fmt.Fprintf(g.out, "account %s:\n", a.Name)
+			_ = printRetire(g, jobID, o, res) // its error is the count, summed below
+		}
+	}
+	if asJSON {
+		return printJSON(g.out, all)
+	}
+	if errs > 0 {
+		return fmt.Errorf("job %s: %d certificates could not be retired; run retire again once the errors above are fixed", jobID, errs)
+	}
+	return nil
+}
+
+func printRetire(g *globals, jobID string, o fleet.RetireOptions, res fleet.RetireResult) error {
+	for _, d := range res.Decisions {
+		if d.Step == fleet.StepNothing && d.Done {
+			continue
+		}
+		verb := string(d.Step)
+		if o.DryRun && (d.Step == fleet.StepDeactivate || d.Step == fleet.StepDelete) {
+			verb = "would " + verb
+		}
+		line := fmt.Sprintf("%-16s %s", verb, d.Thing)
+		if d.OldCert != "" && d.Step != fleet.StepReport {
+			line += " old " + d.OldCert
+		}
+		if d.Reason != "" {
+			line += ": " + d.Reason
+		}
+		if !d.At.IsZero() {
+			line += " (at " + d.At.UTC().Format(time.RFC3339) + ")"
+		}
+		if d.Error != "" {
+			line += ": " + d.Error
+		}
+		fmt.Fprintln(g.out, line)
+	}
+	fmt.Fprintf(g.out, "job %s: %d executions, %d actions taken, %d errors", jobID, len(res.Decisions), res.Acted, res.Errors)
+	if res.Acted == 0 && res.Errors == 0 && res.Counts[string(fleet.StepDeactivate)] == 0 && res.Counts[string(fleet.StepDelete)] == 0 {
+		fmt.Fprint(g.out, "; nothing to do")
+	}
+	fmt.Fprintln(g.out)
+	if res.Errors > 0 {
+		return fmt.Errorf("job %s: %d certificates could not be retired; run retire again once the errors above are fixed", jobID, res.Errors)
+	}
+	return nil
 }
 
 func auditCmd(g *globals) *cobra.Command {

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +19,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/thingcert/thingcert/fleet"
+	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -44,6 +47,11 @@ type fleetConfig struct {
 	} `yaml:"retire"`
 	// MetricsListen serves Prometheus metrics on /metrics (e.g. 127.0.0.1:9465).
 	MetricsListen string `yaml:"metrics_listen"`
+	// Accounts are the shared-config profiles of every account the devices
+	// belong to, for certificates of a CA not registered with AWS IoT
+	// (multi-account registration); OwnerCA is that CA's PEM file.
+	Accounts []string `yaml:"accounts"`
+	OwnerCA  string   `yaml:"owner_ca"`
 }
 
 func readFleetConfig(path string) (fleetConfig, fleet.CycleOptions, error) {
@@ -70,7 +78,36 @@ func readFleetConfig(path string) (fleetConfig, fleet.CycleOptions, error) {
 	if err := o.Policy.Validate(); err != nil {
 		return c, o, usageError{fmt.Errorf("%s: policy: %w", path, err)}
 	}
+	switch {
+	case len(c.Accounts) > 0 && c.OwnerCA == "":
+		return c, o, usageError{fmt.Errorf("%s: accounts: registering reported certificates needs owner_ca, the PEM file of the CA that signs them", path)}
+	case c.OwnerCA != "" && len(c.Accounts) == 0:
+		return c, o, usageError{fmt.Errorf("%s: owner_ca: only used with accounts (the profiles of every account the devices belong to)", path)}
+	case c.OwnerCA != "":
+		ca := c.OwnerCA
+		if !filepath.IsAbs(ca) {
+			ca = filepath.Join(filepath.Dir(path), ca)
+		}
+		pool, err := iot.LoadCAFile(ca)
+		if err != nil {
+			return c, o, fmt.Errorf("%s: owner_ca: %w", path, err)
+		}
+		o.OwnerCA = pool
+	}
 	return c, o, nil
+}
+
+// withAccounts makes the clients of the configuration's accounts.
+func withAccounts(cmd *cobra.Command, g *globals, c fleetConfig, o *fleet.CycleOptions) error {
+	if len(c.Accounts) == 0 {
+		return nil
+	}
+	accts, err := g.accountClients(cmd.Context(), strings.Join(c.Accounts, ","))
+	if err != nil {
+		return err
+	}
+	o.Accounts = accts
+	return nil
 }
 
 // daemonMetrics are the daemon's Prometheus gauges and counters.
@@ -152,6 +189,9 @@ does not have, so it restarts anywhere, and two copies at once find the same job
 			if err != nil {
 				return err
 			}
+			if err := withAccounts(cmd, g, cfg, &o); err != nil {
+				return err
+			}
 			api, err := g.client(cmd.Context())
 			if err != nil {
 				return err
@@ -187,6 +227,9 @@ does not have, so it restarts anywhere, and two copies at once find the same job
 					for _, p := range r.Problems {
 						log.Warn("retire: look at this", "thing", p.Thing, "reason", p.Reason, "error", p.Error)
 					}
+					for _, p := range r.Refused {
+						log.Warn("register: refused", "thing", p.Thing, "account", p.Account, "certificate", p.NewCert, "reason", p.Reason, "error", p.Error)
+					}
 				}
 				if once {
 					if err != nil {
@@ -218,8 +261,11 @@ func statusCmd(g *globals) *cobra.Command {
 			if cfgPath == "" {
 				return usageError{fmt.Errorf("status needs --config fleet.yaml")}
 			}
-			_, o, err := readFleetConfig(cfgPath)
+			cfg, o, err := readFleetConfig(cfgPath)
 			if err != nil {
+				return err
+			}
+			if err := withAccounts(cmd, g, cfg, &o); err != nil {
 				return err
 			}
 			o.DryRun = true
