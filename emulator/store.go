@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -781,7 +782,13 @@ func lineDiff(want, got string) string {
 	}
 	from := max(0, i-6)
 	part := func(lines []string) string {
-		return strings.Join(lines[min(from, len(lines)):min(i+6, len(lines))], "\n")
+		out := slices.Clone(lines[min(from, len(lines)):min(i+6, len(lines))])
+		for k, l := range out {
+			if len(l) > 160 {
+				out[k] = l[:160] + "…"
+			}
+		}
+		return strings.Join(out, "\n")
 	}
 	return fmt.Sprintf("line %d; in memory:\n%s\nin the store:\n%s", i+1, part(w), part(g))
 }

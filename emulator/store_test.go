@@ -1,7 +1,11 @@
 package emulator
 
 import (
+	"crypto/x509"
+	"encoding/json"
+	"strings"
 	"testing"
+	"time"
 )
 
 // storeChecked runs cfg's registry on disk (a temporary state folder when it
@@ -20,4 +24,173 @@ func storeChecked(t testing.TB, cfg Config) Config {
 		}
 	}
 	return cfg
+}
+
+// registryJSON is the whole state as registry.json held it: what a reopened
+// registry must read back.
+func registryJSON(t testing.TB, r *Registry) string {
+	t.Helper()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	b, err := json.MarshalIndent(r.st, "", " ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// A change that does not mark what it changed is caught by the store check
+// (so the check of the other tests can fail).
+func TestStoreCheckCatchesAnUnmarkedChange(t *testing.T) {
+	r, err := Open(ctx, Config{StateDir: t.TempDir(), Accounts: []Account{{Name: "A", Prefix: "aaa"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.CreateThing(ctx, "A", "marked", nil); err != nil {
+		t.Fatal(err)
+	}
+	err = r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
+		r.st.Accounts["A"].Things["unmarked"] = &thingRec{CreatedAt: now}
+		return nil, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.mu.Lock()
+	err = r.checkStoreLocked()
+	r.mu.Unlock()
+	if err == nil || !strings.Contains(err.Error(), "unmarked") {
+		t.Fatalf("store check after an unmarked change: %v; want the difference naming the thing", err)
+	}
+}
+
+// Every kind of change, one after the other, with the store checked after
+// each (storeChecked), then the folder reopened: the state read back is the
+// state that was in memory.
+func TestStoreEveryOperationSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	e := startEmu(t, Config{StateDir: dir, Accounts: []Account{{Name: "A", Prefix: "aaa"}},
+		Templates: []Template{{Name: "fleet", Body: SimpleTemplate("dev-", "Serial")}}})
+	r := e.Registry
+	must := func(what string, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	_, err := r.AddAccount(ctx, Account{Name: "B", Prefix: "bbb", Region: "eu-west-1"})
+	must("AddAccount", err)
+	must("UpdateEventConfigurations", r.UpdateEventConfigurations(ctx, "A", map[string]bool{EventJob: true, EventJobExecution: true}))
+
+	// CAs and certificates.
+	ca := newTestCA(t, "store CA")
+	reg, err := r.RegisterCA(ctx, "A", ca.pem, CAOptions{})
+	must("RegisterCA", err)
+	must("SetCAStatus", r.SetCAStatus(ctx, "A", reg.ID, StatusInactive))
+	active, yes := StatusActive, true
+	must("UpdateCA", r.UpdateCA(ctx, "A", reg.ID, CAUpdate{Status: &active, AutoRegistration: &yes,
+		Registration: &CARegistrationConfig{TemplateBody: string(SimpleTemplate("jit-", "AWS::IoT::Certificate::CommonName"))}}))
+	d1 := issue(t, ca, "d1", certOpts{})
+	c1, err := r.RegisterCertificate(ctx, "A", d1.pem, CertificateOptions{Thing: "t1"})
+	must("RegisterCertificate", err)
+	c2, err := r.IssueCertificate(ctx, "A", []byte(csrPEMFor(t, "d2")), IssueOptions{Thing: "t2"})
+	must("IssueCertificate", err)
+	c3, err := r.IssueCertificate(ctx, "B", []byte(csrPEMFor(t, "d3")), IssueOptions{Status: StatusInactive})
+	must("IssueCertificate B", err)
+	_, err = r.CreateThing(ctx, "A", "t3", map[string]string{"model": "m1"})
+	must("CreateThing", err)
+	must("AttachCertificate", r.AttachCertificate(ctx, "A", "t3", c2.ID))
+	must("DetachCertificate", r.DetachCertificate(ctx, "A", "t3", c2.ID))
+	must("SetCertificateStatus", r.SetCertificateStatus(ctx, "A", c1.ID, StatusInactive))
+	must("SetCertificateStatus", r.SetCertificateStatus(ctx, "A", c1.ID, StatusActive))
+	must("DeleteCertificate", r.DeleteCertificate(ctx, "B", c3.ID))
+	_, err = r.CreateThing(ctx, "A", "gone", nil)
+	must("CreateThing", err)
+
+	// Policies.
+	_, err = r.CreatePolicy(ctx, "A", "p1", AllowAllPolicy)
+	must("CreatePolicy", err)
+	must("AttachPolicy", r.AttachPolicy(ctx, "A", "p1", c1.ID))
+	must("AttachAllowAllPolicy", r.AttachAllowAllPolicy(ctx, "A", c2.ID))
+	_, err = r.CreatePolicy(ctx, "A", "p2", AllowAllPolicy)
+	must("CreatePolicy", err)
+	must("AttachPolicy", r.AttachPolicy(ctx, "A", "p2", c2.ID))
+	must("DetachPolicy", r.DetachPolicy(ctx, "A", "p2", c2.ID))
+	must("DeletePolicy", r.DeletePolicy(ctx, "A", "p2"))
+
+	// Templates, fleet provisioning (with an ownership token), JITR/JITP.
+	must("CreateTemplate", r.CreateTemplate(ctx, "A", Template{Name: "other", Body: SimpleTemplate("o-", "Serial"), Description: "d"}))
+	reply, _ := r.handleProvisioning("A", topicCreateFromCSR, []byte(`{"certificateSigningRequest": `+jsonString(csrPEMFor(t, "fp"))+`}`))
+	var acc createFromCSRAccepted
+	if err := json.Unmarshal(reply.Payload, &acc); err != nil || acc.CertificateOwnershipToken == "" {
+		t.Fatalf("CreateCertificateFromCsr: %s", reply.Payload)
+	}
+	reply, _ = r.handleProvisioning("A", topicTemplates+"fleet/provision/json", []byte(`{"certificateOwnershipToken": "`+acc.CertificateOwnershipToken+`", "parameters": {"Serial": "7"}}`))
+	if !strings.HasSuffix(reply.Topic, "/accepted") {
+		t.Fatalf("RegisterThing: %s %s", reply.Topic, reply.Payload)
+	}
+	reply, _ = r.handleProvisioning("A", topicCreateFromCSR, []byte(`{"certificateSigningRequest": `+jsonString(csrPEMFor(t, "expires"))+`}`))
+	if !strings.HasSuffix(reply.Topic, "/accepted") {
+		t.Fatalf("CreateCertificateFromCsr: %s", reply.Payload)
+	}
+	jit := issue(t, ca, "jit1", certOpts{})
+	if note := e.autoRegister("A", reg.ID, []*x509.Certificate{jit.cert}); !strings.Contains(note, "JITP") {
+		t.Fatalf("autoRegister: %s", note)
+	}
+
+	// Groups and jobs.
+	_, err = r.CreateThingGroup(ctx, "A", ThingGroup{Name: "g1", Description: "fleet", Attributes: map[string]string{"k": "v"}})
+	must("CreateThingGroup", err)
+	must("AddThingToThingGroup", r.AddThingToThingGroup(ctx, "A", "g1", "t1"))
+	must("AddThingToThingGroup", r.AddThingToThingGroup(ctx, "A", "g1", "gone"))
+	_, err = r.CreateJob(ctx, "A", Job{ID: "snap", Document: json.RawMessage(rotateDoc), Things: []string{"t1", "t2", "t3"},
+		RetryConfig: retryCfg("FAILED", 1), TimeoutConfig: &JobTimeoutConfig{InProgressTimeoutInMinutes: 5}})
+	must("CreateJob", err)
+	_, err = r.CreateJob(ctx, "A", Job{ID: "cont", Document: json.RawMessage(rotateDoc), ThingGroups: []string{"g1"}, TargetSelection: TargetContinuous,
+		RolloutConfig: &JobRolloutConfig{MaximumPerMinute: 1}})
+	must("CreateJob continuous", err)
+	must("AddThingToThingGroup", r.AddThingToThingGroup(ctx, "A", "g1", "t2")) // a new execution of cont
+	must("RemoveThingFromThingGroup", r.RemoveThingFromThingGroup(ctx, "A", "g1", "t1"))
+	for _, step := range []struct{ thing, rest, payload string }{
+		{"t1", "start-next", `{"statusDetails": {"step": "1"}}`},
+		{"t1", "snap/update", `{"status": "FAILED"}`}, // retried: execution 2
+		{"t2", "snap/update", `{"status": "IN_PROGRESS", "stepTimeoutInMinutes": 1}`},
+		{"t1", "get", ``},
+	} {
+		reply, ok := r.handleJobs("A", step.thing, step.rest, []byte(step.payload))
+		if !ok || !strings.HasSuffix(reply.Topic, "/accepted") {
+			t.Fatalf("%s %s: %s %s", step.thing, step.rest, reply.Topic, reply.Payload)
+		}
+	}
+	must("CancelJobExecution", r.CancelJobExecution(ctx, "A", "snap", "t3", CancelExecutionOptions{StatusDetails: map[string]string{"why": "test"}}))
+	e.clock.Advance(2 * time.Minute) // t2's step timer runs out; the rollout's minute passes
+	must("AdvanceJobs", r.AdvanceJobs(ctx))
+	must("DeleteJobExecution", r.DeleteJobExecution(ctx, "A", "snap", "t3", 1, false))
+	must("DeleteThing", r.DeleteThing(ctx, "A", "gone"))
+	_, err = r.CancelJobWith(ctx, "A", "snap", CancelJobOptions{Force: true, ReasonCode: "STOP", Comment: "done"})
+	must("CancelJobWith", err)
+	_, err = r.CreateJob(ctx, "A", Job{ID: "short", Document: json.RawMessage(rotateDoc), Things: []string{"t3"}})
+	must("CreateJob", err)
+	must("CancelJob", r.CancelJob(ctx, "A", "short", false))
+	must("DeleteJob", r.DeleteJob(ctx, "A", "short", false))
+	e.clock.Advance(2 * time.Hour)    // the unused ownership token expires
+	_, err = r.Certificates(ctx, "A") // sweeps
+	must("Certificates", err)
+
+	want := registryJSON(t, r)
+	if strings.Contains(want, acc.CertificateOwnershipToken) || !strings.Contains(want, `"thingGroups"`) || !strings.Contains(want, `"previousExecutions"`) {
+		t.Fatalf("the sequence did not reach the states it means to test:\n%s", want)
+	}
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := Open(ctx, Config{StateDir: dir, Now: e.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r2.Close()
+	if got := registryJSON(t, r2); got != want {
+		t.Fatalf("reopened state differs: %s", lineDiff(want, got))
+	}
 }
