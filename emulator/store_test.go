@@ -1,11 +1,19 @@
 package emulator
 
 import (
+	"bytes"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // storeChecked runs cfg's registry on disk (a temporary state folder when it
@@ -192,5 +200,159 @@ func TestStoreEveryOperationSurvivesReopen(t *testing.T) {
 	defer r2.Close()
 	if got := registryJSON(t, r2); got != want {
 		t.Fatalf("reopened state differs: %s", lineDiff(want, got))
+	}
+}
+
+// registryFixture is a registry.json written by the emulator before
+// registry.db (every kind of record: accounts, a CA with JITP, certificates,
+// things, templates, an ownership token, policies, a group, jobs with
+// retried and continuous executions), at registryFixtureTime.
+const registryFixture = "testdata/registry-v1.json"
+
+var registryFixtureTime = time.Date(2030, 6, 1, 12, 2, 0, 0, time.UTC)
+
+func writeFixture(t *testing.T, dir string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(registryFixture)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, registryFile), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
+func openAt(t *testing.T, dir string, logs *logBuffer) *Registry {
+	t.Helper()
+	cfg := Config{StateDir: dir, Now: func() time.Time { return registryFixtureTime }}
+	if logs != nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(logs, nil))
+	}
+	r, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// indented is the state as the earlier emulator wrote registry.json.
+func indented(t *testing.T, r *Registry) []byte {
+	t.Helper()
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	b, err := json.MarshalIndent(r.st, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A state folder of an earlier version is migrated on open: the state read
+// is byte for byte what registry.json held, registry.json is renamed aside
+// (and the log says so), and the next open reads registry.db alone.
+func TestMigrateRegistryJSON(t *testing.T) {
+	dir := t.TempDir()
+	old := writeFixture(t, dir)
+	logs := &logBuffer{}
+	r := openAt(t, dir, logs)
+	if got := indented(t, r); !bytes.Equal(got, old) {
+		t.Fatalf("migrated state differs from registry.json: %s", lineDiff(string(old), string(got)))
+	}
+	if !strings.Contains(logs.String(), "registry migrated from registry.json into registry.db") || !strings.Contains(logs.String(), registryFile+registryMigratedExt) {
+		t.Errorf("no log line about the migration:\n%s", logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, registryFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("registry.json still in place after the migration: %v", err)
+	}
+	if aside, err := os.ReadFile(filepath.Join(dir, registryFile+registryMigratedExt)); err != nil || !bytes.Equal(aside, old) {
+		t.Errorf("registry.json.migrated: %v (same content: %v)", err, bytes.Equal(aside, old))
+	}
+	if fi, err := os.Stat(filepath.Join(dir, registryDBFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("registry.db: %v %v, want mode 0600", fi.Mode(), err)
+	}
+	// The migrated registry works: a device's job update is saved.
+	if reply, _ := r.handleJobs("A", "t2", "cont/update", []byte(`{"status": "SUCCEEDED"}`)); !strings.HasSuffix(reply.Topic, "/accepted") {
+		t.Fatalf("job update after the migration: %s %s", reply.Topic, reply.Payload)
+	}
+	want := indented(t, r)
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	logs = &logBuffer{}
+	r = openAt(t, dir, logs)
+	defer r.Close()
+	if got := indented(t, r); !bytes.Equal(got, want) {
+		t.Fatalf("reopened state differs: %s", lineDiff(string(want), string(got)))
+	}
+	if strings.Contains(logs.String(), "migrated") {
+		t.Errorf("migrated again:\n%s", logs.String())
+	}
+}
+
+// A migration cut short is finished at the next open: before its commit (an
+// empty registry.db beside registry.json) registry.json is read again; after
+// it (registry.json not yet renamed) registry.db is the registry and
+// registry.json is only renamed aside.
+func TestMigrationInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	old := writeFixture(t, dir)
+	db, err := bolt.Open(filepath.Join(dir, registryDBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	r := openAt(t, dir, nil)
+	if got := indented(t, r); !bytes.Equal(got, old) {
+		t.Fatalf("state after an interrupted migration: %s", lineDiff(string(old), string(got)))
+	}
+	if _, err := r.CreateThing(ctx, "A", "after-migration", nil); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+
+	writeFixture(t, dir) // as if the rename had not happened
+	logs := &logBuffer{}
+	r = openAt(t, dir, logs)
+	defer r.Close()
+	if _, err := r.Thing(ctx, "A", "after-migration"); err != nil {
+		t.Fatalf("registry.db lost a change to a stale registry.json: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, registryFile)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("registry.json left in place: %v", err)
+	}
+	if !strings.Contains(logs.String(), "no longer read") {
+		t.Errorf("no log line about registry.json:\n%s", logs.String())
+	}
+}
+
+// A registry of another state version is refused, as registry.json or as
+// registry.db, naming the file and both versions.
+func TestStateVersionRefused(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, registryFile), []byte(`{"version": 2, "accounts": {}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, Config{StateDir: dir}); err == nil || !strings.Contains(err.Error(), "registry.json has version 2, this emulator reads 1") {
+		t.Errorf("registry.json of version 2: %v", err)
+	}
+
+	dir = t.TempDir()
+	r, err := Open(ctx, Config{StateDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	db, err := bolt.Open(filepath.Join(dir, registryDBFile), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Put(keyVersion, []byte("2")) })
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, Config{StateDir: dir}); err == nil || !strings.Contains(err.Error(), "registry.db") || !strings.Contains(err.Error(), "version 2, this emulator reads 1") {
+		t.Errorf("registry.db of version 2: %v", err)
 	}
 }
