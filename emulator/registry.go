@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -1044,7 +1045,14 @@ func (r *Registry) CreateThing(ctx context.Context, account, name string, attrib
 		t := &thingRec{Attributes: attributes, CreatedAt: now}
 		a.Things[name] = t
 		tx.touchThing(account, name)
-		out = exportThingLocked(a, name, t)
+		// A new thing has no certificates yet: a certificate names only
+		// existing things (attaching creates or needs the thing, and a thing
+		// with certificates cannot be deleted), so the scan of every
+		// certificate exportThingLocked does, O(fleet), is skipped.
+		out = Thing{Account: account, Name: name, CreatedAt: now}
+		if len(attributes) > 0 {
+			out.Attributes = maps.Clone(attributes)
+		}
 		return nil, nil
 	})
 	return out, err
