@@ -343,11 +343,11 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 		}
 	}
 	if jerr == nil {
-		err := r.update(func(tx *changeSet, now time.Time) ([]func(), bool, error) {
+		err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 			a, err := r.accountLocked(account)
 			if err != nil {
 				jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
-				return nil, false, nil
+				return nil, nil
 			}
 			fx := r.jobEffectsFor(tx, a, now)
 			fx.touch(thing)
@@ -361,7 +361,7 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 				}
 			}
 			accepted, jerr = jobsOperationLocked(fx, thing, rest, &req)
-			return fx.finish(), fx.changed, nil
+			return fx.finish(), nil
 		})
 		if err != nil {
 			jerr = &jobsError{code: jobsInternalError, msg: err.Error()}

@@ -40,13 +40,12 @@ const (
 // the registry lock is released: each touched thing's pending list before the
 // change (for notify and notify-next), and Jobs events.
 type jobEffects struct {
-	r       *Registry
-	tx      *changeSet
-	a       *accountRec
-	now     time.Time
-	before  map[string][]string
-	events  []func()
-	changed bool
+	r      *Registry
+	tx     *changeSet
+	a      *accountRec
+	now    time.Time
+	before map[string][]string
+	events []func()
 }
 
 func (r *Registry) jobEffectsFor(tx *changeSet, a *accountRec, now time.Time) *jobEffects {
@@ -55,13 +54,11 @@ func (r *Registry) jobEffectsFor(tx *changeSet, a *accountRec, now time.Time) *j
 
 // execChanged marks a thing's execution of a job changed (to be saved).
 func (fx *jobEffects) execChanged(jobID, thing string) {
-	fx.changed = true
 	fx.tx.touchExec(fx.a.Name, jobID, thing)
 }
 
 // jobChanged marks a job's own record changed (to be saved).
 func (fx *jobEffects) jobChanged(jobID string) {
-	fx.changed = true
 	fx.tx.touchJob(fx.a.Name, jobID)
 }
 
@@ -85,7 +82,6 @@ func (fx *jobEffects) finish() []func() {
 // ended follows an execution's move to a terminal status: its event, then a
 // retry when the job's retry configuration allows one.
 func (fx *jobEffects) ended(jobID string, j *jobRec, thing string, e *execRec) {
-	fx.changed = true
 	fx.execEvent(jobID, thing, e, "")
 	fx.retry(jobID, j, thing, e)
 }
@@ -625,7 +621,6 @@ func (fx *jobEffects) retry(jobID string, j *jobRec, thing string, e *execRec) {
 		n.Retries[k] = v
 	}
 	n.Retries[ft]++
-	fx.changed = true
 	fx.r.log.Info("emulator: job execution retried", "account", fx.a.Name, "job_id", jobID, "thing", thing, "failure", ft, "execution_number", n.Number)
 }
 
@@ -682,7 +677,6 @@ func (fx *jobEffects) cancelJob(jobID string, j *jobRec, opts CancelJobOptions, 
 			fx.ended(jobID, j, t, e)
 		}
 	}
-	fx.changed = true
 	fx.jobEvent(jobID, j, "canceled")
 }
 
@@ -747,16 +741,14 @@ func (r *Registry) AdvanceJobs(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.update(func(tx *changeSet, now time.Time) ([]func(), bool, error) {
+	return r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		var after []func()
-		changed := false
 		for _, name := range sortedKeys(r.st.Accounts) {
 			fx := r.jobEffectsFor(tx, r.st.Accounts[name], now)
 			fx.stepLocked()
 			after = append(after, fx.finish()...)
-			changed = changed || fx.changed
 		}
-		return after, changed, nil
+		return after, nil
 	})
 }
 
@@ -774,21 +766,19 @@ func (r *Registry) jobsUpdate(ctx context.Context, account string, step bool, fn
 		return err
 	}
 	var opErr error
-	err := r.update(func(tx *changeSet, now time.Time) ([]func(), bool, error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		fx := r.jobEffectsFor(tx, a, now)
 		if step {
 			fx.stepLocked()
 		}
-		if opErr = fn(fx); opErr != nil {
-			// The step's changes stand; the operation's own changed nothing.
-			return fx.finish(), fx.changed, nil
-		}
-		fx.changed = true
-		return fx.finish(), true, nil
+		// When the operation fails, the step's changes (marked) stand; the
+		// operation's own changed nothing.
+		opErr = fn(fx)
+		return fx.finish(), nil
 	})
 	if err != nil {
 		return err

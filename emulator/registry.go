@@ -284,28 +284,17 @@ func readAccount[T any](ctx context.Context, r *Registry, account string, fn fun
 	return fn(a)
 }
 
-// mutate runs fn under the write lock and saves what it changed if fn
-// succeeded; fn must check everything before it changes anything, and mark in
-// c every record it changes (c.touchThing...), as only those are written. The
-// functions fn returns run after the lock is released: they publish
-// notifications or disconnect clients, which must not happen under the
-// registry lock.
+// mutate runs fn under the write lock and saves the records fn marked in c
+// (c.touchThing...) if fn succeeded: only those are written, so fn must mark
+// every record it changes; a call that changed nothing (a device reading its
+// jobs) marks nothing and writes nothing. fn must check everything before it
+// changes anything: when it fails, nothing is saved. The functions fn returns
+// run after the lock is released: they publish notifications or disconnect
+// clients, which must not happen under the registry lock.
 func (r *Registry) mutate(fn func(c *changeSet, now time.Time) ([]func(), error)) error {
-	return r.update(func(c *changeSet, now time.Time) ([]func(), bool, error) {
-		after, err := fn(c, now)
-		return after, true, err
-	})
-}
-
-// update is mutate for calls that may change nothing (a device reading its
-// jobs): the state is saved only when fn says it changed, or marked a record.
-// When fn fails, what it marked is not saved (it must not have changed
-// anything).
-func (r *Registry) update(fn func(c *changeSet, now time.Time) (after []func(), changed bool, err error)) error {
 	r.mu.Lock()
 	var c changeSet
-	after, changed, err := fn(&c, r.cfg.now())
-	_ = changed // the marks say what to save; changed only says whether fn meant to
+	after, err := fn(&c, r.cfg.now())
 	if err == nil && r.store != nil && !c.empty() {
 		err = r.store.commit(r.st, &c)
 	}
