@@ -219,12 +219,16 @@ func (r *Registry) Close() error {
 	if r.history != nil {
 		err = r.history.close()
 	}
+	// Under the lock: a change still running (a device's late request)
+	// finishes its commit first; one after this sees no store.
+	r.mu.Lock()
 	if r.store != nil {
 		if serr := r.store.close(); err == nil {
 			err = serr
 		}
 		r.store = nil
 	}
+	r.mu.Unlock()
 	if r.lock != nil {
 		_ = syscall.Flock(int(r.lock.Fd()), syscall.LOCK_UN)
 		if cerr := r.lock.Close(); err == nil {
