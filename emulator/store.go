@@ -214,7 +214,7 @@ func (s *store) commit(st *state, c *changeSet) error {
 				}
 			}
 			if a, ok := st.Accounts[name]; ok {
-				if err := putWholeAccount(accts, a); err != nil {
+				if err := putWholeAccount(accts, name, a); err != nil {
 					return fmt.Errorf("account %s: %w", name, err)
 				}
 			}
@@ -394,67 +394,67 @@ func putRecord(ab *bolt.Bucket, a *accountRec, k recKey) error {
 	return kb.Put([]byte(k.id), data)
 }
 
-// putWholeAccount writes every record of a into a fresh bucket.
-func putWholeAccount(accts *bolt.Bucket, a *accountRec) error {
-	if _, err := accts.CreateBucket([]byte(a.Name)); err != nil {
+// putWholeAccount writes every record of account name into a fresh bucket.
+func putWholeAccount(accts *bolt.Bucket, name string, a *accountRec) error {
+	ab, err := accts.CreateBucket([]byte(name))
+	if err != nil {
 		return err
 	}
-	ab := accts.Bucket([]byte(a.Name))
 	put := func(k recKey) error { return putRecord(ab, a, k) }
-	if err := put(recKey{a.Name, kindAccount, "", ""}); err != nil {
+	if err := put(recKey{name, kindAccount, "", ""}); err != nil {
 		return err
 	}
 	for id := range a.CAs {
-		if err := put(recKey{a.Name, kindCA, id, ""}); err != nil {
+		if err := put(recKey{name, kindCA, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id := range a.Certs {
-		if err := put(recKey{a.Name, kindCert, id, ""}); err != nil {
+		if err := put(recKey{name, kindCert, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id := range a.Things {
-		if err := put(recKey{a.Name, kindThing, id, ""}); err != nil {
+		if err := put(recKey{name, kindThing, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id := range a.Templates {
-		if err := put(recKey{a.Name, kindTemplate, id, ""}); err != nil {
+		if err := put(recKey{name, kindTemplate, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id := range a.Tokens {
-		if err := put(recKey{a.Name, kindToken, id, ""}); err != nil {
+		if err := put(recKey{name, kindToken, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id := range a.Policies {
-		if err := put(recKey{a.Name, kindPolicy, id, ""}); err != nil {
+		if err := put(recKey{name, kindPolicy, id, ""}); err != nil {
 			return err
 		}
 	}
 	for id, g := range a.Groups {
-		if err := put(recKey{a.Name, kindGroup, id, ""}); err != nil {
+		if err := put(recKey{name, kindGroup, id, ""}); err != nil {
 			return err
 		}
 		for t := range g.Things {
-			if err := put(recKey{a.Name, kindMember, id, t}); err != nil {
+			if err := put(recKey{name, kindMember, id, t}); err != nil {
 				return err
 			}
 		}
 	}
 	for id, j := range a.Jobs {
-		if err := put(recKey{a.Name, kindJob, id, ""}); err != nil {
+		if err := put(recKey{name, kindJob, id, ""}); err != nil {
 			return err
 		}
 		for t := range j.Executions {
-			if err := put(recKey{a.Name, kindExec, id, t}); err != nil {
+			if err := put(recKey{name, kindExec, id, t}); err != nil {
 				return err
 			}
 		}
 		for t := range j.Previous {
-			if err := put(recKey{a.Name, kindExec, id, t}); err != nil {
+			if err := put(recKey{name, kindExec, id, t}); err != nil {
 				return err
 			}
 		}

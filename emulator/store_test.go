@@ -1,14 +1,18 @@
 package emulator
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -355,4 +359,68 @@ func TestStateVersionRefused(t *testing.T) {
 	if _, err := Open(ctx, Config{StateDir: dir}); err == nil || !strings.Contains(err.Error(), "registry.db") || !strings.Contains(err.Error(), "version 2, this emulator reads 1") {
 		t.Errorf("registry.db of version 2: %v", err)
 	}
+}
+
+// A process killed (SIGKILL) in the middle of a stream of changes leaves a
+// registry that opens, holds every change whose call had returned, and no
+// half change: each change here makes a thing and attaches a new certificate
+// to it in one transaction, so a thing without its certificate would be one.
+func TestStoreSurvivesKill(t *testing.T) {
+	if dir := os.Getenv("THINGCERT_STORE_KILL_CHILD"); dir != "" {
+		r, err := Open(ctx, Config{StateDir: dir, Accounts: []Account{{Name: "A", Prefix: "aaa"}}})
+		if err != nil {
+			os.Exit(2)
+		}
+		csr := []byte(csrPEMFor(t, "kill"))
+		for i := 0; ; i++ {
+			if _, err := r.IssueCertificate(ctx, "A", csr, IssueOptions{Thing: fmt.Sprintf("t-%04d", i)}); err != nil {
+				os.Exit(3)
+			}
+			fmt.Printf("%d\n", i)
+		}
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreSurvivesKill$")
+	cmd.Env = append(os.Environ(), "THINGCERT_STORE_KILL_CHILD="+dir)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(out)
+	done := -1
+	for done < 200 && lines.Scan() {
+		n, err := strconv.Atoi(lines.Text())
+		if err != nil {
+			t.Fatalf("child said %q", lines.Text())
+		}
+		done = n
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	if done < 200 {
+		t.Fatalf("the child stopped after %d changes", done+1)
+	}
+	r, err := Open(ctx, Config{StateDir: dir})
+	if err != nil {
+		t.Fatalf("opening after the kill: %v", err)
+	}
+	defer r.Close()
+	things, err := r.Things(ctx, "A")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(things) < done+1 {
+		t.Fatalf("%d things after the kill; %d changes had returned", len(things), done+1)
+	}
+	for _, th := range things {
+		if len(th.Certificates) != 1 {
+			t.Errorf("thing %s has certificates %v after the kill: a change was torn", th.Name, th.Certificates)
+		}
+	}
+	t.Logf("killed after %d returned changes; %d things read back", done+1, len(things))
 }
