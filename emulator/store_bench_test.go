@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/thingcert/thingcert/internal/atomicfile"
 )
 
 // This benchmark uses only what the emulator had before registry.db (Open,
@@ -32,15 +34,7 @@ func benchStateFolder(b *testing.B, n int) *Registry {
 	if err != nil {
 		b.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		b.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bench"}}, key)
-	if err != nil {
-		b.Fatal(err)
-	}
-	csr := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+	csr := benchCSR(b)
 	things := make([]string, n)
 	for i := range n {
 		things[i] = fmt.Sprintf("dev-%05d", i)
@@ -71,6 +65,21 @@ func benchStateFolder(b *testing.B, n int) *Registry {
 	return r
 }
 
+// benchCSR is a CSR the emulator signs as often as asked: each certificate
+// gets its own serial number, so its own ID.
+func benchCSR(b *testing.B) []byte {
+	b.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "bench"}}, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
 func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -80,21 +89,16 @@ func median(d []time.Duration) time.Duration {
 // BenchmarkRegistryChange measures one registry change at 10 and at 10,000
 // things side by side, alternating, and reports the medians and their ratio:
 // "thing" is CreateThing + AttachThingPrincipal (AttachCertificate) of a new
-// thing, "jobexec" a device's job execution update (IN_PROGRESS with new
+// thing and a new certificate (issued before, untimed), "jobexec" a device's job execution update (IN_PROGRESS with new
 // status details) on the Jobs MQTT API. Run with -benchtime=Nx: each
 // iteration is one change of each kind at each size.
 func BenchmarkRegistryChange(b *testing.B) {
 	sizes := []int{10, 10000}
 	regs := make([]*Registry, len(sizes))
-	certs := make([]string, len(sizes))
 	for i, n := range sizes {
 		regs[i] = benchStateFolder(b, n)
-		cs, err := regs[i].Certificates(ctx, "A")
-		if err != nil {
-			b.Fatal(err)
-		}
-		certs[i] = cs[0].ID
 	}
+	csr := benchCSR(b)
 	thing := make([][]time.Duration, len(sizes))
 	jobexec := make([][]time.Duration, len(sizes))
 	b.ResetTimer()
@@ -106,11 +110,17 @@ func BenchmarkRegistryChange(b *testing.B) {
 			}
 			r := regs[i]
 			name := fmt.Sprintf("new-%06d", it)
+			b.StopTimer()
+			cert, err := r.IssueCertificate(ctx, "A", csr, IssueOptions{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
 			start := time.Now()
 			if _, err := r.CreateThing(ctx, "A", name, nil); err != nil {
 				b.Fatal(err)
 			}
-			if err := r.AttachCertificate(ctx, "A", name, certs[i]); err != nil {
+			if err := r.AttachCertificate(ctx, "A", name, cert.ID); err != nil {
 				b.Fatal(err)
 			}
 			thing[i] = append(thing[i], time.Since(start))
@@ -136,4 +146,46 @@ func BenchmarkRegistryChange(b *testing.B) {
 		b.ReportMetric(ms(large), m.name+"-ms@10000")
 		b.ReportMetric(float64(large)/float64(small), m.name+"-ratio")
 	}
+}
+
+// BenchmarkRegistryWholeFileSave is the reference beside
+// BenchmarkRegistryChange: what the earlier emulator added to every change,
+// the whole registry encoded and written atomically as registry.json (its
+// saveLocked, kept here only to be measured), at 10 and at 10,000 things,
+// alternating. Nothing calls it any more.
+func BenchmarkRegistryWholeFileSave(b *testing.B) {
+	sizes := []int{10, 10000}
+	regs := make([]*Registry, len(sizes))
+	for i, n := range sizes {
+		regs[i] = benchStateFolder(b, n)
+	}
+	save := func(r *Registry) {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		data, err := json.MarshalIndent(r.st, "", "  ")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := atomicfile.WriteFile(filepath.Join(r.dir, "registry.json.bench"), data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	samples := make([][]time.Duration, len(sizes))
+	b.ResetTimer()
+	for it := 0; it < b.N; it++ {
+		for k := range sizes {
+			i := k
+			if it%2 == 1 {
+				i = len(sizes) - 1 - k
+			}
+			start := time.Now()
+			save(regs[i])
+			samples[i] = append(samples[i], time.Since(start))
+		}
+	}
+	b.StopTimer()
+	small, large := median(samples[0]), median(samples[1])
+	b.ReportMetric(float64(small)/float64(time.Millisecond), "save-ms@10")
+	b.ReportMetric(float64(large)/float64(time.Millisecond), "save-ms@10000")
+	b.ReportMetric(float64(large)/float64(small), "save-ratio")
 }
