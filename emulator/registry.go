@@ -140,7 +140,9 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 
 // Open opens the registry of cfg.StateDir (making the folder, its CAs and an
 // empty registry when missing) and locks the folder, so neither an emulator nor
-// another admin command can change it meanwhile; Close unlocks it. With
+// another admin command can change it meanwhile; Close unlocks it. The
+// registry is registry.db (store.go); a registry.json of an earlier version
+// is migrated into it first. With
 // cfg.StateDir empty the registry lives in memory. cfg.Accounts and
 // cfg.Templates are added where missing.
 func Open(ctx context.Context, cfg Config) (*Registry, error) {
