@@ -25,7 +25,7 @@ import (
 
 // Files of the state folder besides the CAs and the history.
 const (
-	registryFile = "registry.json"
+	registryFile = "registry.json" // earlier versions' registry, migrated into registry.db (store.go)
 	lockFileName = "lock"
 	// AdminSocketFile is the unix socket a running emulator serves admin calls on.
 	AdminSocketFile = "admin.sock"

@@ -23,7 +23,7 @@ import (
 // key, so that a change writes only the records it touched: the cost of a
 // change does not grow with the fleet, as rewriting one registry.json did.
 // The in-memory state stays the read model; a change marks what it touched in
-// a changeSet and update writes those records in one bbolt transaction (fsynced,
+// a changeSet and mutate writes those records in one bbolt transaction (fsynced,
 // copy-on-write: a crash leaves the state before or after the change).
 //
 // Layout (bucket names / keys):
@@ -262,7 +262,7 @@ type execsRec struct {
 	Previous []*execRec `json:"previous,omitempty"`
 }
 
-// recordValue is k's record as it is in a, or nil when it is gone.
+// recordValue is k's record as it is in a; false when it is gone.
 func recordValue(a *accountRec, k recKey) (any, bool) {
 	switch k.kind {
 	case kindAccount:
