@@ -35,10 +35,13 @@ func TestStateSurvivesRestart(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{RootCAFile, registryFile, historyFile} {
+	for _, f := range []string{RootCAFile, registryDBFile, historyFile} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("state file %s: %v", f, err)
 		}
+	}
+	if fi, err := os.Stat(filepath.Join(dir, registryDBFile)); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: mode %v (%v), want 0600", registryDBFile, fi.Mode(), err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, RootCAFile)); !bytes.Equal(b, rootPEM) {
 		t.Error("root-ca.pem in the state folder is not the emulator's root")

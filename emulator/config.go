@@ -78,6 +78,11 @@ type Config struct {
 	// Logger receives the emulator's log, including one line per refused
 	// connection naming the rule, the certificate ID and the SNI; nil discards it.
 	Logger *slog.Logger
+
+	// storeCheck, when set, gets the result of comparing the state in memory
+	// with registry.db after every change (checkStoreLocked): the tests use it
+	// to catch a change that did not mark a record it changed.
+	storeCheck func(error)
 }
 
 const (

@@ -64,7 +64,7 @@ func (r *Registry) CreateThingGroup(ctx context.Context, account string, g Thing
 		return ThingGroup{}, err
 	}
 	var out ThingGroup
-	err := r.mutate(func(now time.Time) ([]func(), error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -81,6 +81,7 @@ func (r *Registry) CreateThingGroup(ctx context.Context, account string, g Thing
 			a.Groups = map[string]*groupRec{}
 		}
 		a.Groups[g.Name] = rec
+		tx.touchGroup(account, g.Name)
 		out = exportGroup(a, g.Name, rec)
 		return nil, nil
 	})
@@ -191,6 +192,7 @@ func (r *Registry) AddThingToThingGroup(ctx context.Context, account, group, thi
 			g.Things = map[string]bool{}
 		}
 		g.Things[thing] = true
+		fx.tx.touchMember(a.Name, group, thing)
 		for _, id := range sortedKeys(a.Jobs) {
 			j := a.Jobs[id]
 			if j.targetSelection() != TargetContinuous || j.status() != JobStatusInProgress || !slices.Contains(j.Groups, group) {
@@ -199,7 +201,7 @@ func (r *Registry) AddThingToThingGroup(ctx context.Context, account, group, thi
 			if e, ok := j.Executions[thing]; ok && e.Status != JobRemoved {
 				continue
 			}
-			r.queueLocked(j, thing, fx.now)
+			fx.queue(id, j, thing)
 			fx.release(id, j)
 		}
 		return nil
@@ -212,15 +214,19 @@ func (r *Registry) AddThingToThingGroup(ctx context.Context, account, group, thi
 
 // thingDeletedLocked takes a deleted thing out of its groups and marks its
 // pending executions REMOVED, as AWS does; it returns the events to publish.
-func (r *Registry) thingDeletedLocked(a *accountRec, thing string, now time.Time) []func() {
-	fx := r.jobEffectsFor(a, now)
-	for _, g := range a.Groups {
-		delete(g.Things, thing)
+func (r *Registry) thingDeletedLocked(tx *changeSet, a *accountRec, thing string, now time.Time) []func() {
+	fx := r.jobEffectsFor(tx, a, now)
+	for name, g := range a.Groups {
+		if _, ok := g.Things[thing]; ok {
+			delete(g.Things, thing)
+			tx.touchMember(a.Name, name, thing)
+		}
 	}
 	for _, id := range sortedKeys(a.Jobs) {
 		j := a.Jobs[id]
 		if e, ok := j.Executions[thing]; ok && !e.status(now).Terminal() {
 			e.Status, e.LastUpdatedAt, e.Version, e.AwaitingRollout = JobRemoved, now, e.Version+1, false
+			fx.execChanged(id, thing)
 			fx.ended(id, j, thing, e)
 		}
 	}
@@ -245,6 +251,7 @@ func (r *Registry) RemoveThingFromThingGroup(ctx context.Context, account, group
 			return nil
 		}
 		delete(g.Things, thing)
+		fx.tx.touchMember(a.Name, group, thing)
 		for _, id := range sortedKeys(a.Jobs) {
 			j := a.Jobs[id]
 			if j.targetSelection() != TargetContinuous || j.status() != JobStatusInProgress || !slices.Contains(j.Groups, group) || slices.Contains(j.Things, thing) {
@@ -262,6 +269,7 @@ func (r *Registry) RemoveThingFromThingGroup(ctx context.Context, account, group
 			}
 			fx.touch(thing)
 			e.Status, e.LastUpdatedAt, e.Version, e.AwaitingRollout = JobRemoved, fx.now, e.Version+1, false
+			fx.execChanged(id, thing)
 			fx.ended(id, j, thing, e)
 		}
 		r.log.Info("emulator: thing removed from thing group", "account", account, "thing_group", group, "thing", thing)

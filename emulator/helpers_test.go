@@ -91,6 +91,7 @@ func startEmu(t *testing.T, cfg Config) *testEmu {
 		cfg.Now = clock.Now
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg = storeChecked(t, cfg)
 	e, err := Start(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("starting the emulator: %v", err)

@@ -58,7 +58,7 @@ func (e *Emulator) autoRegister(account, caID string, chain []*x509.Certificate)
 	leaf := chain[0]
 	certID := CertificateID(leaf.Raw)
 	note := ""
-	err := e.Registry.mutate(func(now time.Time) ([]func(), error) {
+	err := e.Registry.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := e.Registry.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -74,9 +74,10 @@ func (e *Emulator) autoRegister(account, caID string, chain []*x509.Certificate)
 		}
 		rec := &certRec{PEM: string(encodeCert(leaf.Raw)), Status: StatusPendingActivation, CAID: caID, CreatedAt: now, cert: leaf}
 		a.Certs[certID] = rec
+		tx.touchCert(account, certID)
 		note = fmt.Sprintf("certificate %s registered PENDING_ACTIVATION (JITR)", certID)
 		if reg := ca.Registration; reg != nil && (reg.TemplateBody != "" || reg.TemplateName != "") {
-			note = e.Registry.jitpLocked(a, reg, certID, rec, now)
+			note = e.Registry.jitpLocked(tx, a, reg, certID, rec, now)
 		}
 		ev, _ := json.Marshal(certificateRegisteredEvent{CertificateID: certID, CACertificateID: caID, Timestamp: now.UnixMilli(),
 			CertificateStatus: StatusPendingActivation, AWSAccountID: accountID(account)})
@@ -94,7 +95,7 @@ func (e *Emulator) autoRegister(account, caID string, chain []*x509.Certificate)
 // policies and status are applied. A template that cannot run (a subject
 // field the certificate lacks, a missing policy) leaves the certificate
 // PENDING_ACTIVATION, and says why.
-func (r *Registry) jitpLocked(a *accountRec, reg *CARegistrationConfig, certID string, rec *certRec, now time.Time) string {
+func (r *Registry) jitpLocked(tx *changeSet, a *accountRec, reg *CARegistrationConfig, certID string, rec *certRec, now time.Time) string {
 	body := []byte(reg.TemplateBody)
 	if reg.TemplateName != "" {
 		t, ok := a.Templates[reg.TemplateName]
@@ -111,7 +112,7 @@ func (r *Registry) jitpLocked(a *accountRec, reg *CARegistrationConfig, certID s
 	if err != nil {
 		return fmt.Sprintf("certificate %s registered PENDING_ACTIVATION; the JITP template failed: %v", certID, err)
 	}
-	if msg := applyPlanLocked(a, plan, certID, now); msg != "" {
+	if msg := applyPlanLocked(tx, a, plan, certID, now); msg != "" {
 		return fmt.Sprintf("certificate %s registered PENDING_ACTIVATION; the JITP template failed: %s", certID, msg)
 	}
 	rec.Status = plan.CertificateStatus

@@ -343,25 +343,25 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 		}
 	}
 	if jerr == nil {
-		err := r.update(func(now time.Time) ([]func(), bool, error) {
+		err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 			a, err := r.accountLocked(account)
 			if err != nil {
 				jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
-				return nil, false, nil
+				return nil, nil
 			}
-			fx := r.jobEffectsFor(a, now)
+			fx := r.jobEffectsFor(tx, a, now)
 			fx.touch(thing)
 			// Timeouts due on this thing are written down (with their
 			// events and retries) before the request sees the executions.
 			for _, id := range sortedKeys(a.Jobs) {
 				j := a.Jobs[id]
 				if e, ok := j.Executions[thing]; ok && e.settle(now) {
-					fx.changed = true
+					fx.execChanged(id, thing)
 					fx.ended(id, j, thing, e)
 				}
 			}
 			accepted, jerr = jobsOperationLocked(fx, thing, rest, &req)
-			return fx.finish(), fx.changed, nil
+			return fx.finish(), nil
 		})
 		if err != nil {
 			jerr = &jobsError{code: jobsInternalError, msg: err.Error()}
@@ -392,7 +392,6 @@ func (r *Registry) handleJobs(account, thing, rest string, payload []byte) (repl
 // the lock.
 func jobsOperationLocked(fx *jobEffects, thing, rest string, req *jobsRequest) (map[string]any, *jobsError) {
 	a, now := fx.a, fx.now
-	changed := &fx.changed
 	withDoc := req.IncludeJobDocument == nil || *req.IncludeJobDocument
 	switch {
 	case rest == "get":
@@ -427,7 +426,7 @@ func jobsOperationLocked(fx *jobEffects, thing, rest string, req *jobsRequest) (
 		}
 		e := p[0].e
 		if e.Status == JobQueued {
-			*changed = true
+			fx.execChanged(p[0].id, thing)
 			e.Status, e.StartedAt, e.LastUpdatedAt, e.Version = JobInProgress, now, now, e.Version+1
 			startTimers(a.Jobs[p[0].id], e, now)
 			if details != nil {
@@ -487,7 +486,7 @@ func jobsOperationLocked(fx *jobEffects, thing, rest string, req *jobsRequest) (
 	if e.Status.Terminal() {
 		return nil, &jobsError{code: jobsInvalidStateTransition, msg: fmt.Sprintf("the execution of job %s is %s, a terminal status: it cannot become %s", jobID, e.Status, status), state: stateJSON(e, now)}
 	}
-	*changed = true
+	fx.execChanged(jobID, thing)
 	if e.Status == JobQueued && status == JobInProgress {
 		e.StartedAt = now
 		startTimers(j, e, now)

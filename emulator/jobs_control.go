@@ -40,16 +40,26 @@ const (
 // the registry lock is released: each touched thing's pending list before the
 // change (for notify and notify-next), and Jobs events.
 type jobEffects struct {
-	r       *Registry
-	a       *accountRec
-	now     time.Time
-	before  map[string][]string
-	events  []func()
-	changed bool
+	r      *Registry
+	tx     *changeSet
+	a      *accountRec
+	now    time.Time
+	before map[string][]string
+	events []func()
 }
 
-func (r *Registry) jobEffectsFor(a *accountRec, now time.Time) *jobEffects {
-	return &jobEffects{r: r, a: a, now: now, before: map[string][]string{}}
+func (r *Registry) jobEffectsFor(tx *changeSet, a *accountRec, now time.Time) *jobEffects {
+	return &jobEffects{r: r, tx: tx, a: a, now: now, before: map[string][]string{}}
+}
+
+// execChanged marks a thing's execution of a job changed (to be saved).
+func (fx *jobEffects) execChanged(jobID, thing string) {
+	fx.tx.touchExec(fx.a.Name, jobID, thing)
+}
+
+// jobChanged marks a job's own record changed (to be saved).
+func (fx *jobEffects) jobChanged(jobID string) {
+	fx.tx.touchJob(fx.a.Name, jobID)
 }
 
 // touch records thing's pending executions before the first change to them.
@@ -72,7 +82,6 @@ func (fx *jobEffects) finish() []func() {
 // ended follows an execution's move to a terminal status: its event, then a
 // retry when the job's retry configuration allows one.
 func (fx *jobEffects) ended(jobID string, j *jobRec, thing string, e *execRec) {
-	fx.changed = true
 	fx.execEvent(jobID, thing, e, "")
 	fx.retry(jobID, j, thing, e)
 }
@@ -423,7 +432,7 @@ func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job,
 		return Job{}, fmt.Errorf("emulator: job %s: %w: name at least one target (thing or thing group)", job.ID, ErrInvalid)
 	}
 	var out Job
-	err := r.mutate(func(now time.Time) ([]func(), error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -474,9 +483,10 @@ func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job,
 			Executions: map[string]*execRec{}, Previous: map[string][]*execRec{},
 		}
 		a.Jobs[job.ID] = rec
-		fx := r.jobEffectsFor(a, now)
+		fx := r.jobEffectsFor(tx, a, now)
+		fx.jobChanged(job.ID)
 		for _, t := range members {
-			r.queueLocked(rec, t, now)
+			fx.queue(job.ID, rec, t)
 		}
 		fx.release(job.ID, rec)
 		fx.completeIfDone(job.ID, rec)
@@ -490,9 +500,12 @@ func (r *Registry) CreateJob(ctx context.Context, account string, job Job) (Job,
 	return out, err
 }
 
-// queueLocked adds a QUEUED execution of j for thing, awaiting the rollout; a
+// queue adds a QUEUED execution of j for thing, awaiting the rollout; a
 // thing whose latest execution ended keeps it among the previous ones.
-func (r *Registry) queueLocked(j *jobRec, thing string, now time.Time) *execRec {
+func (fx *jobEffects) queue(jobID string, j *jobRec, thing string) *execRec {
+	r, now := fx.r, fx.now
+	fx.execChanged(jobID, thing)
+	fx.tx.touchSeq()
 	number := int64(1)
 	if old, ok := j.Executions[thing]; ok {
 		number = old.Number + 1
@@ -556,8 +569,10 @@ func (fx *jobEffects) release(jobID string, j *jobRec) {
 	if j.Rollout != nil {
 		if j.WindowStart.IsZero() {
 			j.WindowStart, j.WindowCount = fx.now, 0
+			fx.tx.touchJob(fx.a.Name, jobID)
 		} else if d := fx.now.Sub(j.WindowStart); d >= time.Minute {
 			j.WindowStart, j.WindowCount = j.WindowStart.Add(d.Truncate(time.Minute)), 0
+			fx.tx.touchJob(fx.a.Name, jobID)
 		}
 		n = min(n, max(0, j.rolloutRate()-j.WindowCount))
 	}
@@ -566,7 +581,8 @@ func (fx *jobEffects) release(jobID string, j *jobRec) {
 		j.Executions[t].AwaitingRollout = false
 		j.Notified++
 		j.WindowCount++
-		fx.changed = true
+		fx.execChanged(jobID, t)
+		fx.jobChanged(jobID)
 	}
 	if n > 0 {
 		fx.r.log.Debug("emulator: job executions released", "account", fx.a.Name, "job_id", jobID, "released", n, "waiting", len(waiting)-n)
@@ -597,7 +613,7 @@ func (fx *jobEffects) retry(jobID string, j *jobRec, thing string, e *execRec) {
 	if used >= limit {
 		return
 	}
-	n := fx.r.queueLocked(j, thing, fx.now)
+	n := fx.queue(jobID, j, thing)
 	n.AwaitingRollout = false
 	n.RetryAttempt = e.RetryAttempt + 1
 	n.Retries = map[string]int{}
@@ -605,7 +621,6 @@ func (fx *jobEffects) retry(jobID string, j *jobRec, thing string, e *execRec) {
 		n.Retries[k] = v
 	}
 	n.Retries[ft]++
-	fx.changed = true
 	fx.r.log.Info("emulator: job execution retried", "account", fx.a.Name, "job_id", jobID, "thing", thing, "failure", ft, "execution_number", n.Number)
 }
 
@@ -647,19 +662,21 @@ func (fx *jobEffects) cancelJob(jobID string, j *jobRec, opts CancelJobOptions, 
 	j.Status, j.Canceled, j.LastUpdatedAt = JobStatusCanceled, true, fx.now
 	j.ForceCanceled = opts.Force && !abort
 	j.ReasonCode, j.Comment = opts.ReasonCode, opts.Comment
+	fx.jobChanged(jobID)
 	for _, t := range sortedKeys(j.Executions) {
 		e := j.Executions[t]
 		if e.settle(fx.now) {
+			fx.execChanged(jobID, t)
 			fx.ended(jobID, j, t, e)
 		}
 		if e.Status == JobQueued || (opts.Force && e.Status == JobInProgress) {
 			fx.touch(t)
+			fx.execChanged(jobID, t)
 			e.ForceCanceled = e.Status == JobInProgress
 			e.Status, e.LastUpdatedAt, e.Version, e.AwaitingRollout = JobCanceled, fx.now, e.Version+1, false
 			fx.ended(jobID, j, t, e)
 		}
 	}
-	fx.changed = true
 	fx.jobEvent(jobID, j, "canceled")
 }
 
@@ -674,7 +691,7 @@ func (fx *jobEffects) completeIfDone(jobID string, j *jobRec) {
 		}
 	}
 	j.Status, j.CompletedAt, j.LastUpdatedAt = JobStatusCompleted, fx.now, fx.now
-	fx.changed = true
+	fx.jobChanged(jobID)
 	fx.jobEvent(jobID, j, "completed")
 	fx.r.log.Info("emulator: job completed", "account", fx.a.Name, "job_id", jobID)
 }
@@ -700,6 +717,7 @@ func (fx *jobEffects) stepLocked() {
 			e := j.Executions[t]
 			fx.touch(t)
 			e.settle(fx.now)
+			fx.execChanged(id, t)
 			fx.ended(id, j, t, e)
 		}
 		if j.status() != JobStatusInProgress {
@@ -723,16 +741,14 @@ func (r *Registry) AdvanceJobs(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.update(func(now time.Time) ([]func(), bool, error) {
+	return r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		var after []func()
-		changed := false
 		for _, name := range sortedKeys(r.st.Accounts) {
-			fx := r.jobEffectsFor(r.st.Accounts[name], now)
+			fx := r.jobEffectsFor(tx, r.st.Accounts[name], now)
 			fx.stepLocked()
 			after = append(after, fx.finish()...)
-			changed = changed || fx.changed
 		}
-		return after, changed, nil
+		return after, nil
 	})
 }
 
@@ -750,21 +766,19 @@ func (r *Registry) jobsUpdate(ctx context.Context, account string, step bool, fn
 		return err
 	}
 	var opErr error
-	err := r.update(func(now time.Time) ([]func(), bool, error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
-		fx := r.jobEffectsFor(a, now)
+		fx := r.jobEffectsFor(tx, a, now)
 		if step {
 			fx.stepLocked()
 		}
-		if opErr = fn(fx); opErr != nil {
-			// The step's changes stand; the operation's own changed nothing.
-			return fx.finish(), fx.changed, nil
-		}
-		fx.changed = true
-		return fx.finish(), true, nil
+		// When the operation fails, the step's changes (marked) stand; the
+		// operation's own changed nothing.
+		opErr = fn(fx)
+		return fx.finish(), nil
 	})
 	if err != nil {
 		return err
@@ -1057,6 +1071,7 @@ func (r *Registry) CancelJobExecution(ctx context.Context, account, jobID, thing
 			return fmt.Errorf("emulator: execution of job %s on thing %q is %s, a terminal status: %w", jobID, thing, e.Status, ErrInvalidState)
 		}
 		fx.touch(thing)
+		fx.execChanged(jobID, thing)
 		e.ForceCanceled = e.Status == JobInProgress
 		e.Status, e.LastUpdatedAt, e.Version, e.AwaitingRollout = JobCanceled, fx.now, e.Version+1, false
 		if opts.StatusDetails != nil {
@@ -1089,6 +1104,7 @@ func (r *Registry) DeleteJobExecution(ctx context.Context, account, jobID, thing
 			return fmt.Errorf("emulator: execution %d of job %s on thing %q is %s: %w: only a terminal execution can be deleted without force", executionNumber, jobID, thing, e.Status, ErrInvalidState)
 		}
 		fx.touch(thing)
+		fx.execChanged(jobID, thing)
 		fx.execEvent(jobID, thing, e, "deleted")
 		if latest {
 			prev := j.Previous[thing]
@@ -1128,6 +1144,7 @@ func (r *Registry) DeleteJob(ctx context.Context, account, jobID string, force b
 		}
 		fx.jobEvent(jobID, j, "deleted")
 		delete(fx.a.Jobs, jobID)
+		fx.jobChanged(jobID) // its executions go with it
 		return nil
 	})
 	if err == nil {
@@ -1149,7 +1166,7 @@ func (r *Registry) UpdateEventConfigurations(ctx context.Context, account string
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1160,6 +1177,7 @@ func (r *Registry) UpdateEventConfigurations(ctx context.Context, account string
 		for k, v := range enabled {
 			a.Events[k] = v
 		}
+		tx.touchAccount(account)
 		return nil, nil
 	})
 }

@@ -15,7 +15,7 @@ import (
 func openJobsRegistry(t *testing.T, dir string, things ...string) (*Registry, *testClock) {
 	t.Helper()
 	clock := newClock()
-	r, err := Open(ctx, Config{Now: clock.Now, StateDir: dir, Accounts: []Account{{Name: "A", Prefix: "aaa"}}})
+	r, err := Open(ctx, storeChecked(t, Config{Now: clock.Now, StateDir: dir, Accounts: []Account{{Name: "A", Prefix: "aaa"}}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,7 +618,10 @@ func TestLegacyJobRecord(t *testing.T) {
 	r.mu.Lock()
 	r.st.Accounts["A"].Jobs["old"] = &jobRec{Document: json.RawMessage(rotateDoc), Things: []string{"t1"}, CreatedAt: r.cfg.now(),
 		Executions: map[string]*execRec{"t1": {Status: JobQueued, Version: 1, Number: 1, Seq: 1}}}
-	err := r.saveLocked()
+	var c changeSet
+	c.touchJob("A", "old")
+	c.touchExec("A", "old", "t1")
+	err := r.store.commit(r.st, &c)
 	r.mu.Unlock()
 	if err != nil {
 		t.Fatal(err)

@@ -118,7 +118,7 @@ func TestJobsOverMQTT(t *testing.T) {
 // The Jobs API answered directly, without MQTT: each transition and error.
 func TestJobsTransitions(t *testing.T) {
 	clock := newClock()
-	r, err := Open(ctx, Config{Now: clock.Now, Accounts: []Account{{Name: "A"}}})
+	r, err := Open(ctx, storeChecked(t, Config{Now: clock.Now, Accounts: []Account{{Name: "A"}}}))
 	if err != nil {
 		t.Fatal(err)
 	}

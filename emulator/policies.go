@@ -130,12 +130,12 @@ func (r *Registry) CreatePolicy(ctx context.Context, account, name, document str
 		return Policy{}, fmt.Errorf("emulator: policy %q: %w: %w", name, ErrInvalid, err)
 	}
 	var out Policy
-	err = r.mutate(func(now time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
 		}
-		p, err := createPolicyLocked(a, name, document, doc, now)
+		p, err := createPolicyLocked(tx, a, name, document, doc, now)
 		if err != nil {
 			return nil, err
 		}
@@ -149,12 +149,13 @@ func (r *Registry) CreatePolicy(ctx context.Context, account, name, document str
 	return out, nil
 }
 
-func createPolicyLocked(a *accountRec, name, document string, doc *iotpolicy.Document, now time.Time) (*policyRec, error) {
+func createPolicyLocked(tx *changeSet, a *accountRec, name, document string, doc *iotpolicy.Document, now time.Time) (*policyRec, error) {
 	if _, ok := a.Policies[name]; ok {
 		return nil, fmt.Errorf("emulator: policy %q in account %s: %w", name, a.Name, ErrExists)
 	}
 	p := &policyRec{Document: document, VersionID: "1", CreatedAt: now, doc: doc}
 	a.Policies[name] = p
+	tx.touchPolicy(a.Name, name)
 	return p, nil
 }
 
@@ -187,7 +188,7 @@ func (r *Registry) DeletePolicy(ctx context.Context, account, name string) error
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -206,6 +207,7 @@ func (r *Registry) DeletePolicy(ctx context.Context, account, name string) error
 			return nil, fmt.Errorf("emulator: policy %q in account %s: %w: attached to certificates %s; detach it first", name, account, ErrConflict, strings.Join(targets, ", "))
 		}
 		delete(a.Policies, name)
+		tx.touchPolicy(account, name)
 		return nil, nil
 	})
 }
@@ -237,12 +239,12 @@ func (r *Registry) AttachPolicy(ctx context.Context, account, policyName, target
 	if err != nil {
 		return err
 	}
-	err = r.mutate(func(time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
 		}
-		return nil, attachPolicyLocked(a, policyName, certID)
+		return nil, attachPolicyLocked(tx, a, policyName, certID)
 	})
 	if err == nil {
 		r.log.Info("emulator: policy attached", "account", account, "policy", policyName, "cert_id", certID)
@@ -250,7 +252,7 @@ func (r *Registry) AttachPolicy(ctx context.Context, account, policyName, target
 	return err
 }
 
-func attachPolicyLocked(a *accountRec, policyName, certID string) error {
+func attachPolicyLocked(tx *changeSet, a *accountRec, policyName, certID string) error {
 	if _, ok := a.Policies[policyName]; !ok {
 		return fmt.Errorf("emulator: policy %q in account %s: %w", policyName, a.Name, ErrNotFound)
 	}
@@ -266,6 +268,7 @@ func attachPolicyLocked(a *accountRec, policyName, certID string) error {
 	}
 	c.Policies = append(c.Policies, policyName)
 	sort.Strings(c.Policies)
+	tx.touchCert(a.Name, certID)
 	return nil
 }
 
@@ -278,7 +281,7 @@ func (r *Registry) DetachPolicy(ctx context.Context, account, policyName, target
 	if err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -291,6 +294,7 @@ func (r *Registry) DetachPolicy(ctx context.Context, account, policyName, target
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
 		}
 		c.Policies = slices.DeleteFunc(c.Policies, func(p string) bool { return p == policyName })
+		tx.touchCert(account, certID)
 		return nil, nil
 	})
 }

@@ -156,19 +156,20 @@ func (r *Registry) createPending(account string, pub any, subject pkix.Name) (id
 	raw := make([]byte, 48)
 	_, _ = rand.Read(raw)
 	token = base64.RawURLEncoding.EncodeToString(raw)
-	err := r.mutate(func(now time.Time) ([]func(), error) {
-		r.sweepLocked(now)
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
+		r.sweepLocked(tx, now)
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
 		}
 		var rec *certRec
-		id, rec, err = r.issueLocked(a, pub, subject, StatusPendingActivation, 0, now)
+		id, rec, err = r.issueLocked(tx, a, pub, subject, StatusPendingActivation, 0, now)
 		if err != nil {
 			return nil, err
 		}
 		certPEM = rec.PEM
 		a.Tokens[token] = &tokenRec{CertID: id, ExpiresAt: now.Add(r.cfg.tokenLifetime())}
+		tx.touchToken(account, token)
 		return nil, nil
 	})
 	if err != nil {
@@ -208,8 +209,8 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 	var out registerThingAccepted
 	var perr *provisioningError
 	var certID string
-	err := r.mutate(func(now time.Time) ([]func(), error) {
-		r.sweepLocked(now)
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
+		r.sweepLocked(tx, now)
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -242,12 +243,14 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 			perr = badRequest(errInvalidRequest, "Provisioning template %s: %v", templateName, err)
 			return nil, nil
 		}
-		if msg := applyPlanLocked(a, plan, tok.CertID, now); msg != "" {
+		if msg := applyPlanLocked(tx, a, plan, tok.CertID, now); msg != "" {
 			perr = badRequest(errInvalidRequest, "Provisioning template %s: %s", templateName, msg)
 			return nil, nil
 		}
 		cert.Status = plan.CertificateStatus
 		delete(a.Tokens, req.Token)
+		tx.touchCert(account, tok.CertID)
+		tx.touchToken(account, req.Token)
 		certID = tok.CertID
 		out = registerThingAccepted{DeviceConfiguration: plan.DeviceConfiguration, ThingName: plan.ThingName}
 		if out.DeviceConfiguration == nil {
@@ -270,7 +273,7 @@ func (r *Registry) registerThing(account, templateName string, payload []byte) (
 // attributes. It checks before it changes anything; a refusal is returned as
 // the message a device or a log reads. The certificate's status is the
 // caller's to set.
-func applyPlanLocked(a *accountRec, plan provisionPlan, certID string, now time.Time) string {
+func applyPlanLocked(tx *changeSet, a *accountRec, plan provisionPlan, certID string, now time.Time) string {
 	for _, p := range plan.Policies {
 		if _, ok := a.Policies[p.Name]; !ok && p.Document == "" {
 			return fmt.Sprintf("policy %s does not exist in this account; create it first or give a PolicyDocument", p.Name)
@@ -279,18 +282,19 @@ func applyPlanLocked(a *accountRec, plan provisionPlan, certID string, now time.
 	for _, p := range plan.Policies {
 		if _, ok := a.Policies[p.Name]; !ok {
 			doc, _ := iotpolicy.Parse(p.Document) // evalTemplate parsed it
-			if _, err := createPolicyLocked(a, p.Name, p.Document, doc, now); err != nil {
+			if _, err := createPolicyLocked(tx, a, p.Name, p.Document, doc, now); err != nil {
 				return err.Error()
 			}
 		}
-		if err := attachPolicyLocked(a, p.Name, certID); err != nil {
+		if err := attachPolicyLocked(tx, a, p.Name, certID); err != nil {
 			return err.Error()
 		}
 	}
 	if plan.ThingName != "" {
-		attachLocked(a, plan.ThingName, certID, now)
+		attachLocked(tx, a, plan.ThingName, certID, now)
 		if plan.ThingAttributes != nil {
 			t := a.Things[plan.ThingName]
+			tx.touchThing(a.Name, plan.ThingName)
 			if t.Attributes == nil {
 				t.Attributes = map[string]string{}
 			}

@@ -5,12 +5,11 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,15 +19,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/thingcert/thingcert/emulator/iotpolicy"
-	"github.com/thingcert/thingcert/internal/atomicfile"
 	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/keystore"
 )
 
 // Files of the state folder besides the CAs and the history.
 const (
-	registryFile = "registry.json"
+	registryFile = "registry.json" // earlier versions' registry, migrated into registry.db (store.go)
 	lockFileName = "lock"
 	// AdminSocketFile is the unix socket a running emulator serves admin calls on.
 	AdminSocketFile = "admin.sock"
@@ -49,6 +46,8 @@ type Registry struct {
 	issuing *authority
 	history *history
 	lock    *os.File
+	// store is the state folder's registry.db; nil in memory.
+	store *store
 
 	mu         sync.RWMutex
 	st         *state
@@ -141,7 +140,9 @@ func newAccountRec(a Account, now time.Time) *accountRec {
 
 // Open opens the registry of cfg.StateDir (making the folder, its CAs and an
 // empty registry when missing) and locks the folder, so neither an emulator nor
-// another admin command can change it meanwhile; Close unlocks it. With
+// another admin command can change it meanwhile; Close unlocks it. The
+// registry is registry.db (store.go); a registry.json of an earlier version
+// is migrated into it first. With
 // cfg.StateDir empty the registry lives in memory. cfg.Accounts and
 // cfg.Templates are added where missing.
 func Open(ctx context.Context, cfg Config) (*Registry, error) {
@@ -206,7 +207,7 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 			}
 		}
 	}
-	if err := r.mutate(func(now time.Time) ([]func(), error) { r.sweepLocked(now); return nil, nil }); err != nil {
+	if err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) { r.sweepLocked(tx, now); return nil, nil }); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -220,6 +221,16 @@ func (r *Registry) Close() error {
 	if r.history != nil {
 		err = r.history.close()
 	}
+	// Under the lock: a change still running (a device's late request)
+	// finishes its commit first; one after this sees no store.
+	r.mu.Lock()
+	if r.store != nil {
+		if serr := r.store.close(); err == nil {
+			err = serr
+		}
+		r.store = nil
+	}
+	r.mu.Unlock()
 	if r.lock != nil {
 		_ = syscall.Flock(int(r.lock.Fd()), syscall.LOCK_UN)
 		if cerr := r.lock.Close(); err == nil {
@@ -263,99 +274,6 @@ func (r *Registry) lockDir() error {
 	return nil
 }
 
-func (r *Registry) load() error {
-	path := filepath.Join(r.dir, registryFile)
-	data, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("emulator: reading %s: %w", path, err)
-	}
-	var st state
-	if err := json.Unmarshal(data, &st); err != nil {
-		return fmt.Errorf("emulator: %s is not a registry: %w", path, err)
-	}
-	if st.Version != stateVersion {
-		return fmt.Errorf("emulator: %s has version %d, this emulator reads %d", path, st.Version, stateVersion)
-	}
-	if st.Accounts == nil {
-		st.Accounts = map[string]*accountRec{}
-	}
-	for name, a := range st.Accounts {
-		fresh := newAccountRec(a.Account, a.CreatedAt)
-		// Maps missing from a hand-edited file are made empty.
-		if a.CAs == nil {
-			a.CAs = fresh.CAs
-		}
-		if a.Certs == nil {
-			a.Certs = fresh.Certs
-		}
-		if a.Things == nil {
-			a.Things = fresh.Things
-		}
-		if a.Templates == nil {
-			a.Templates = fresh.Templates
-		}
-		if a.Jobs == nil {
-			a.Jobs = fresh.Jobs
-		}
-		if a.Tokens == nil {
-			a.Tokens = fresh.Tokens
-		}
-		if a.Groups == nil {
-			a.Groups = fresh.Groups
-		}
-		for _, g := range a.Groups {
-			if g.Things == nil {
-				g.Things = map[string]bool{}
-			}
-		}
-		if a.Policies == nil {
-			a.Policies = fresh.Policies
-		}
-		for pname, p := range a.Policies {
-			if p.doc, err = iotpolicy.Parse(p.Document); err != nil {
-				return fmt.Errorf("emulator: %s: account %s policy %s: %w", path, name, pname, err)
-			}
-		}
-		for id, c := range a.CAs {
-			if c.cert, err = parseOneCert([]byte(c.PEM)); err != nil {
-				return fmt.Errorf("emulator: %s: account %s CA %s: %w", path, name, id, err)
-			}
-		}
-		for id, c := range a.Certs {
-			if c.cert, err = parseOneCert([]byte(c.PEM)); err != nil {
-				return fmt.Errorf("emulator: %s: account %s certificate %s: %w", path, name, id, err)
-			}
-		}
-		for _, j := range a.Jobs {
-			if j.Executions == nil {
-				j.Executions = map[string]*execRec{}
-			}
-			if j.Previous == nil {
-				j.Previous = map[string][]*execRec{}
-			}
-		}
-	}
-	r.st = &st
-	return nil
-}
-
-func (r *Registry) saveLocked() error {
-	if r.dir == "" {
-		return nil
-	}
-	data, err := json.MarshalIndent(r.st, "", "  ")
-	if err != nil {
-		return fmt.Errorf("emulator: encoding the registry: %w", err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(r.dir, registryFile), data, 0o600); err != nil {
-		return fmt.Errorf("emulator: saving the registry: %w", err)
-	}
-	return nil
-}
-
 // readAccount runs fn on an account under the registry's read lock: the
 // getters' common prologue (the caller's context, the account looked up).
 func readAccount[T any](ctx context.Context, r *Registry, account string, fn func(a *accountRec) (T, error)) (T, error) {
@@ -372,24 +290,22 @@ func readAccount[T any](ctx context.Context, r *Registry, account string, fn fun
 	return fn(a)
 }
 
-// mutate runs fn under the write lock and saves the state if fn succeeded; fn
-// must check everything before it changes anything. The functions fn returns run
-// after the lock is released: they publish notifications or disconnect clients,
-// which must not happen under the registry lock.
-func (r *Registry) mutate(fn func(now time.Time) ([]func(), error)) error {
-	return r.update(func(now time.Time) ([]func(), bool, error) {
-		after, err := fn(now)
-		return after, true, err
-	})
-}
-
-// update is mutate for calls that may change nothing (a device reading its
-// jobs): the state is saved only when fn says it changed.
-func (r *Registry) update(fn func(now time.Time) (after []func(), changed bool, err error)) error {
+// mutate runs fn under the write lock and saves the records fn marked in c
+// (c.touchThing...) if fn succeeded: only those are written, so fn must mark
+// every record it changes; a call that changed nothing (a device reading its
+// jobs) marks nothing and writes nothing. fn must check everything before it
+// changes anything: when it fails, nothing is saved. The functions fn returns
+// run after the lock is released: they publish notifications or disconnect
+// clients, which must not happen under the registry lock.
+func (r *Registry) mutate(fn func(c *changeSet, now time.Time) ([]func(), error)) error {
 	r.mu.Lock()
-	after, changed, err := fn(r.cfg.now())
-	if err == nil && changed {
-		err = r.saveLocked()
+	var c changeSet
+	after, err := fn(&c, r.cfg.now())
+	if err == nil && r.store != nil && !c.empty() {
+		err = r.store.commit(r.st, &c)
+	}
+	if err == nil && r.cfg.storeCheck != nil {
+		r.cfg.storeCheck(r.checkStoreLocked())
 	}
 	r.mu.Unlock()
 	if err != nil {
@@ -523,7 +439,7 @@ func (r *Registry) AddAccount(ctx context.Context, a Account) (Account, error) {
 	if !isRegion(a.Region) {
 		return Account{}, fmt.Errorf("emulator: region %q: %w: write it as AWS does, e.g. us-east-1 or eu-central-1", a.Region, ErrInvalid)
 	}
-	err := r.mutate(func(now time.Time) ([]func(), error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		if _, ok := r.st.Accounts[a.Name]; ok {
 			return nil, fmt.Errorf("emulator: account %q: %w", a.Name, ErrExists)
 		}
@@ -531,6 +447,7 @@ func (r *Registry) AddAccount(ctx context.Context, a Account) (Account, error) {
 			return nil, fmt.Errorf("emulator: endpoint %s: %w (account %q has it)", a.Endpoint(), ErrExists, other)
 		}
 		r.st.Accounts[a.Name] = newAccountRec(a, now)
+		tx.touchWholeAccount(a.Name)
 		r.reindex()
 		return []func(){r.accountsChanged}, nil
 	})
@@ -640,7 +557,7 @@ func (r *Registry) RegisterCA(ctx context.Context, account string, caPEM []byte,
 	}
 	id := CertificateID(cert.Raw)
 	var out CA
-	err = r.mutate(func(now time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -650,6 +567,7 @@ func (r *Registry) RegisterCA(ctx context.Context, account string, caPEM []byte,
 		}
 		rec := &caRec{PEM: string(encodeCert(cert.Raw)), Status: status, Mode: mode, CreatedAt: now, AutoRegistration: opts.AutoRegistration, Registration: opts.Registration, cert: cert}
 		a.CAs[id] = rec
+		tx.touchCA(account, id)
 		out = rec.export(account, id)
 		return nil, nil
 	})
@@ -674,7 +592,7 @@ func (r *Registry) SetCAStatus(ctx context.Context, account, caID string, status
 	if err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -684,6 +602,7 @@ func (r *Registry) SetCAStatus(ctx context.Context, account, caID string, status
 			return nil, fmt.Errorf("emulator: CA %s in account %s: %w", caID, account, ErrNotFound)
 		}
 		c.Status = status
+		tx.touchCA(account, caID)
 		return nil, nil
 	})
 }
@@ -775,7 +694,7 @@ func (r *Registry) RegisterCertificate(ctx context.Context, account string, cert
 		return Certificate{}, thingNameError(opts.Thing)
 	}
 	var out Certificate
-	err = r.mutate(func(now time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -792,8 +711,9 @@ func (r *Registry) RegisterCertificate(ctx context.Context, account string, cert
 		}
 		rec := &certRec{PEM: string(encodeCert(leaf.Raw)), Status: status, CAID: caID, CreatedAt: now, cert: leaf}
 		a.Certs[id] = rec
+		tx.touchCert(account, id)
 		if opts.Thing != "" {
-			attachLocked(a, opts.Thing, id, now)
+			attachLocked(tx, a, opts.Thing, id, now)
 		}
 		out = r.exportCertLocked(a, id, rec)
 		return nil, nil
@@ -906,17 +826,17 @@ func (r *Registry) IssueCertificate(ctx context.Context, account string, csrPEM 
 		return Certificate{}, thingNameError(opts.Thing)
 	}
 	var out Certificate
-	err = r.mutate(func(now time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
 		}
-		id, rec, err := r.issueLocked(a, csr.PublicKey, csr.Subject, status, opts.Lifetime, now)
+		id, rec, err := r.issueLocked(tx, a, csr.PublicKey, csr.Subject, status, opts.Lifetime, now)
 		if err != nil {
 			return nil, err
 		}
 		if opts.Thing != "" {
-			attachLocked(a, opts.Thing, id, now)
+			attachLocked(tx, a, opts.Thing, id, now)
 		}
 		out = r.exportCertLocked(a, id, rec)
 		return nil, nil
@@ -944,7 +864,7 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 }
 
 // issueLocked signs and registers a certificate for pub in account a.
-func (r *Registry) issueLocked(a *accountRec, pub any, subject pkix.Name, status CertificateStatus, lifetime time.Duration, now time.Time) (string, *certRec, error) {
+func (r *Registry) issueLocked(tx *changeSet, a *accountRec, pub any, subject pkix.Name, status CertificateStatus, lifetime time.Duration, now time.Time) (string, *certRec, error) {
 	if len(subject.Names) == 0 && subject.CommonName == "" {
 		subject.CommonName = "AWS IoT Certificate"
 	}
@@ -960,6 +880,7 @@ func (r *Registry) issueLocked(a *accountRec, pub any, subject pkix.Name, status
 	id := CertificateID(der)
 	rec := &certRec{PEM: string(encodeCert(der)), Status: status, CAID: r.issuing.id, CreatedAt: now, cert: cert}
 	a.Certs[id] = rec
+	tx.touchCert(a.Name, id)
 	return id, rec, nil
 }
 
@@ -981,7 +902,7 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 	case StatusPendingActivation, StatusPendingTransfer, StatusRegisterInactive:
 		return fmt.Errorf("emulator: certificate %s in account %s: %w: status %s cannot be set (AWS IoT uses it internally or has deprecated it); set ACTIVE, INACTIVE or REVOKED", certID, account, ErrInvalid, status)
 	}
-	err = r.mutate(func(time.Time) ([]func(), error) {
+	err = r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -995,6 +916,7 @@ func (r *Registry) SetCertificateStatus(ctx context.Context, account, certID str
 			return nil, fmt.Errorf("emulator: certificate %s in account %s is REVOKED: %w: a revoked certificate's status cannot change; register or issue a new certificate", certID, account, ErrCertificateState)
 		}
 		c.Status = status
+		tx.touchCert(account, certID)
 		if r.events.statusChanged == nil {
 			return nil, nil
 		}
@@ -1061,7 +983,7 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1080,18 +1002,21 @@ func (r *Registry) DeleteCertificate(ctx context.Context, account, certID string
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w: policies %s are attached to it; detach them first", certID, account, ErrConflict, strings.Join(c.Policies, ", "))
 		}
 		delete(a.Certs, certID)
+		tx.touchCert(account, certID)
 		return nil, nil
 	})
 }
 
-func attachLocked(a *accountRec, thing, certID string, now time.Time) {
+func attachLocked(tx *changeSet, a *accountRec, thing, certID string, now time.Time) {
 	if _, ok := a.Things[thing]; !ok {
 		a.Things[thing] = &thingRec{CreatedAt: now}
+		tx.touchThing(a.Name, thing)
 	}
 	c := a.Certs[certID]
 	if !slices.Contains(c.Things, thing) {
 		c.Things = append(c.Things, thing)
 		sort.Strings(c.Things)
+		tx.touchCert(a.Name, certID)
 	}
 }
 
@@ -1104,7 +1029,7 @@ func (r *Registry) CreateThing(ctx context.Context, account, name string, attrib
 		return Thing{}, thingNameError(name)
 	}
 	var out Thing
-	err := r.mutate(func(now time.Time) ([]func(), error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1114,7 +1039,15 @@ func (r *Registry) CreateThing(ctx context.Context, account, name string, attrib
 		}
 		t := &thingRec{Attributes: attributes, CreatedAt: now}
 		a.Things[name] = t
-		out = exportThingLocked(a, name, t)
+		tx.touchThing(account, name)
+		// A new thing has no certificates yet: a certificate names only
+		// existing things (attaching creates or needs the thing, and a thing
+		// with certificates cannot be deleted), so the scan of every
+		// certificate exportThingLocked does, O(fleet), is skipped.
+		out = Thing{Account: account, Name: name, CreatedAt: now}
+		if len(attributes) > 0 {
+			out.Attributes = maps.Clone(attributes)
+		}
 		return nil, nil
 	})
 	return out, err
@@ -1126,7 +1059,7 @@ func (r *Registry) AttachCertificate(ctx context.Context, account, thing, certID
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(now time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1137,7 +1070,7 @@ func (r *Registry) AttachCertificate(ctx context.Context, account, thing, certID
 		if _, ok := a.Certs[certID]; !ok {
 			return nil, fmt.Errorf("emulator: certificate %s in account %s: %w", certID, account, ErrNotFound)
 		}
-		attachLocked(a, thing, certID, now)
+		attachLocked(tx, a, thing, certID, now)
 		return nil, nil
 	})
 }
@@ -1147,7 +1080,7 @@ func (r *Registry) DetachCertificate(ctx context.Context, account, thing, certID
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1157,6 +1090,7 @@ func (r *Registry) DetachCertificate(ctx context.Context, account, thing, certID
 			return nil, fmt.Errorf("emulator: certificate %s attached to thing %q in account %s: %w", certID, thing, account, ErrNotFound)
 		}
 		c.Things = slices.DeleteFunc(c.Things, func(t string) bool { return t == thing })
+		tx.touchCert(account, certID)
 		return nil, nil
 	})
 }
@@ -1221,7 +1155,7 @@ func (r *Registry) CreateTemplate(ctx context.Context, account string, t Templat
 	if _, err := parseTemplate(t.Body); err != nil {
 		return fmt.Errorf("emulator: template %q: %w", t.Name, err)
 	}
-	return r.mutate(func(now time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -1235,6 +1169,7 @@ func (r *Registry) CreateTemplate(ctx context.Context, account string, t Templat
 		c := t
 		c.Body = slices.Clone(t.Body)
 		a.Templates[t.Name] = &c
+		tx.touchTemplate(account, t.Name)
 		return nil, nil
 	})
 }
@@ -1274,21 +1209,23 @@ func (r *Registry) sweep() {
 	}
 	r.mu.RUnlock()
 	if due {
-		if err := r.mutate(func(now time.Time) ([]func(), error) { r.sweepLocked(now); return nil, nil }); err != nil {
+		if err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) { r.sweepLocked(tx, now); return nil, nil }); err != nil {
 			r.log.Warn("emulator: removing expired ownership tokens", "error", err)
 		}
 	}
 }
 
-func (r *Registry) sweepLocked(now time.Time) {
+func (r *Registry) sweepLocked(tx *changeSet, now time.Time) {
 	for _, a := range r.st.Accounts {
 		for tok, t := range a.Tokens {
 			if now.Before(t.ExpiresAt) {
 				continue
 			}
 			delete(a.Tokens, tok)
+			tx.touchToken(a.Name, tok)
 			if c, ok := a.Certs[t.CertID]; ok && c.Status == StatusPendingActivation && len(c.Things) == 0 {
 				delete(a.Certs, t.CertID)
+				tx.touchCert(a.Name, t.CertID)
 				r.log.Info("emulator: certificate deleted: its ownership token expired before RegisterThing", "account", a.Name, "cert_id", t.CertID)
 			}
 		}

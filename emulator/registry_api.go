@@ -18,7 +18,7 @@ func (r *Registry) DeleteThing(ctx context.Context, account, name string) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return r.mutate(func(now time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -34,7 +34,8 @@ func (r *Registry) DeleteThing(ctx context.Context, account, name string) error 
 			}
 		}
 		delete(a.Things, name)
-		return r.thingDeletedLocked(a, name, now), nil
+		tx.touchThing(account, name)
+		return r.thingDeletedLocked(tx, a, name, now), nil
 	})
 }
 
@@ -92,12 +93,12 @@ func (r *Registry) issueForKey(ctx context.Context, account string, pub crypto.P
 		return Certificate{}, err
 	}
 	var out Certificate
-	err := r.mutate(func(now time.Time) ([]func(), error) {
+	err := r.mutate(func(tx *changeSet, now time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
 		}
-		id, rec, err := r.issueLocked(a, pub, pkix.Name{}, status, 0, now)
+		id, rec, err := r.issueLocked(tx, a, pub, pkix.Name{}, status, 0, now)
 		if err != nil {
 			return nil, err
 		}
@@ -133,7 +134,7 @@ func (r *Registry) UpdateCA(ctx context.Context, account, caID string, u CAUpdat
 		}
 		u.Status = &s
 	}
-	return r.mutate(func(time.Time) ([]func(), error) {
+	return r.mutate(func(tx *changeSet, _ time.Time) ([]func(), error) {
 		a, err := r.accountLocked(account)
 		if err != nil {
 			return nil, err
@@ -154,6 +155,7 @@ func (r *Registry) UpdateCA(ctx context.Context, account, caID string, u CAUpdat
 		if u.RemoveRegistration {
 			c.Registration = nil
 		}
+		tx.touchCA(account, caID)
 		return nil, nil
 	})
 }

@@ -34,7 +34,7 @@ func pssLeaf(t *testing.T) *x509.Certificate {
 
 func TestDecideTLS(t *testing.T) {
 	clock := newClock()
-	r, err := Open(ctx, Config{Now: clock.Now, Accounts: []Account{{Name: "A", Prefix: "aaa"}, {Name: "B", Prefix: "bbb"}}})
+	r, err := Open(ctx, storeChecked(t, Config{Now: clock.Now, Accounts: []Account{{Name: "A", Prefix: "aaa"}, {Name: "B", Prefix: "bbb"}}}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func TestTemplateRefusesWhatItDoesNotEmulate(t *testing.T) {
 		})
 	}
 	// The registry refuses them when the template is created.
-	r, err := Open(ctx, Config{Accounts: []Account{{Name: "A", Prefix: "aaaa"}}})
+	r, err := Open(ctx, storeChecked(t, Config{Accounts: []Account{{Name: "A", Prefix: "aaaa"}}}))
 	if err != nil {
 		t.Fatal(err)
 	}
