@@ -474,9 +474,25 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 	if r.Issuer == nil {
 		return fail(NewFatal("requesting a certificate", errors.New("no issuer configured")))
 	}
-	iss, err := r.Issuer.Issue(ctx, block.Bytes)
-	if err != nil {
-		return fail(err)
+	var (
+		iss *Issued
+		err error
+	)
+	if ii, ok := r.Issuer.(IdentityIssuer); ok {
+		var cur Identity
+		cur, err = r.Identity(ctx, *s.Current)
+		if err != nil {
+			return fail(fmt.Errorf("rotation: opening the current identity to prove the device to the issuer: %w", err))
+		}
+		iss, err = ii.IssueWith(ctx, cur, block.Bytes)
+		if err != nil {
+			return fail(err)
+		}
+	} else {
+		iss, err = r.Issuer.Issue(ctx, block.Bytes)
+		if err != nil {
+			return fail(err)
+		}
 	}
 	if iss == nil || len(iss.Chain) == 0 || iss.Chain[0] == nil {
 		return fail(fmt.Errorf("rotation: %w: the issuer returned no certificate", ErrBadCertificate))
