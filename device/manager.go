@@ -54,7 +54,8 @@ type Claim struct {
 }
 
 // ErrClaimOffline: the claim does not connect to AWS IoT (Claim.IssuerOnly).
-var ErrClaimOffline = errors.New("the claim proves the device to the issuer only and does not connect to AWS IoT")
+// It wraps rotation.ErrNoFallback.
+var ErrClaimOffline = fmt.Errorf("the claim proves the device to the issuer only: %w", rotation.ErrNoFallback)
 
 // IssuerFunc makes the Issuer that turns the device's CSRs into certificates,
 // over the connection the Manager keeps (the claim's while provisioning, the
@@ -472,7 +473,7 @@ func (c connector) Switch(ctx context.Context, id rotation.Identity) error {
 		// new certificate failed): offline, and transient, so the runner
 		// retries the new certificate later instead of rolling it back.
 		_ = c.m.Session().Close(ctx)
-		return rotation.NewTransient("going back to the claim", fmt.Errorf("%w: whether the network or the new certificate is at fault cannot be told; connecting with the new certificate is tried again later", ErrClaimOffline), 0)
+		return rotation.NewTransient("going back to the claim", ErrClaimOffline, 0)
 	}
 	if err := c.m.Session().Switch(ctx, id); err != nil {
 		return err

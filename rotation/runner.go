@@ -553,7 +553,9 @@ func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
 		return fail(err)
 	}
 	r.log().Warn("rotation: "+op+" failed; going back to the current identity", "error", err)
-	if berr := r.Connector.Switch(ctx, cur); berr != nil {
+	if berr := r.Connector.Switch(ctx, cur); errors.Is(berr, ErrNoFallback) {
+		return fail(NewTransient(op, fmt.Errorf("%w; with nothing to fall back on (%v), it is tried again later", err, berr), 0))
+	} else if berr != nil {
 		return fail(NewTransient(op, fmt.Errorf("%w; and reconnecting with the current identity failed too (%v): the network is probably down", err, berr), 0))
 	}
 	var e *Error
