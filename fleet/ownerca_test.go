@@ -89,13 +89,15 @@ func (o *ownerCA) newDevice(t *testing.T, thing, storeURI, claimStoreURI string)
 	st.Close()
 	logs := &testpeers.Buffer{}
 	return &ownerDevice{thing: thing, log: logs, opts: device.Options{
-		Endpoint:   iot.Endpoint{Host: o.emu.Endpoint(account), Address: o.emu.Addr()},
-		Roots:      o.emu.RootCAs(),
-		ThingName:  thing,
-		StateDir:   filepath.Join(dir, "state"),
-		Store:      storeURI,
-		Claim:      &device.Claim{Credentials: device.Credentials{KeyURI: claimURI, CertFile: claimFile}, IssuerOnly: true},
-		Issuer:     func(iot.MQTT) rotation.Issuer { return &stepca.Issuer{URL: o.ca.URL, Roots: o.roots, Provisioner: o.ca.Provisioner} },
+		Endpoint:  iot.Endpoint{Host: o.emu.Endpoint(account), Address: o.emu.Addr()},
+		Roots:     o.emu.RootCAs(),
+		ThingName: thing,
+		StateDir:  filepath.Join(dir, "state"),
+		Store:     storeURI,
+		Claim:     &device.Claim{Credentials: device.Credentials{KeyURI: claimURI, CertFile: claimFile}, IssuerOnly: true},
+		Issuer: func(iot.MQTT) rotation.Issuer {
+			return &stepca.Issuer{URL: o.ca.URL, Roots: o.roots, Provisioner: o.ca.Provisioner}
+		},
 		JustInTime: true,
 		Trust:      o.roots,
 		Machine:    rotation.Machine{GracePeriod: time.Hour, Backoff: rotation.Backoff{Min: time.Second, Max: 2 * time.Second}},

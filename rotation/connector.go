@@ -2,8 +2,8 @@ package rotation
 
 import (
 	"context"
-	"errors"
 	"crypto/x509"
+	"errors"
 
 	"github.com/thingcert/thingcert/keystore"
 )
