@@ -48,6 +48,9 @@ type fleet struct {
 	emu    *emulator.Emulator
 	rootCA string
 	dir    string
+	// owner, if set, is the owner's step-ca, registered with JITP: devices
+	// provision from it with a factory claim (stepca_test.go).
+	owner *ownerCA
 }
 
 func startFleet(t *testing.T) *fleet {
@@ -111,6 +114,9 @@ func fileBackend() keyBackend {
 func newCLIDevice(t *testing.T, bin string, f *fleet, serial string, b keyBackend) *cliDevice {
 	t.Helper()
 	dir := t.TempDir()
+	if f.owner != nil {
+		return newOwnerCADevice(t, bin, f, serial, b, dir)
+	}
 	ctx := context.Background()
 	cs, err := filestore.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
 	if err != nil {
@@ -415,6 +421,10 @@ func runKillTests(t *testing.T, bin string, f *fleet, prefix string, b keyBacken
 			})
 		}
 		t.Run(string(rotation.PhaseRolledBack), func(t *testing.T) {
+			if f.owner != nil {
+				f.owner.killRolledBack(t, d)
+				return
+			}
 			before := d.works()
 			keys := len(d.keys())
 			remove, err := f.emu.InjectFault(emulator.Fault{Topic: "$aws/certificates/create-from-csr/json", Times: 1, Rewrite: func(topic string, _ []byte) (string, []byte) {
