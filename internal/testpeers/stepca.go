@@ -286,3 +286,14 @@ func (f *FactoryCA) Claim(t testing.TB, pub any, cn string) []byte {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
+
+// KeyPEM is the factory CA's key, PKCS#8 PEM (a test's factory signs claim
+// certificates with openssl).
+func (f *FactoryCA) KeyPEM(t testing.TB) []byte {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(f.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
