@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/internal/testpeers"
@@ -176,3 +178,50 @@ func TestProvisionRotateStepCAFromTheShell(t *testing.T) {
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// TestAgentProvisionsFromStepCA: the agent (thingcert run) with the step-ca
+// issuer provisions without ever connecting with the factory claim, connects
+// through JITP, and stays connected on its certificate.
+func TestAgentProvisionsFromStepCA(t *testing.T) {
+	bin := buildThingcert(t)
+	f := startOwnerCAFleet(t)
+	d := newCLIDevice(t, bin, f, "6101", fileBackend())
+	cfg, _ := os.ReadFile(d.config)
+	os.WriteFile(d.config, []byte(strings.Replace(string(cfg), "level: warn", "level: info", 1)), 0o644)
+	log := &testpeers.Buffer{}
+	agent := d.command("run", "--config", d.config, "--socket", "none")
+	agent.Stdout, agent.Stderr = log, log
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = agent.Process.Signal(syscall.SIGTERM)
+		_ = agent.Wait()
+		if t.Failed() || testing.Verbose() {
+			t.Logf("agent log:\n%s", log.String())
+		}
+	}()
+	deadline := time.Now().Add(60 * time.Second)
+	for !strings.Contains(log.String(), "accepted after its just-in-time registration") {
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not connect through JITP in 60 s")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s := d.state()
+	if s.Current.Claim || s.LastResult == nil || s.LastResult.Outcome != rotation.Succeeded {
+		t.Fatalf("state after the agent provisioned: %+v", s)
+	}
+	evs, err := f.emu.History(context.Background(), emulator.HistoryQuery{Account: rotAccount})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range evs {
+		if e.CertificateID != "" && e.CertificateID != s.Current.CertificateID {
+			t.Errorf("a connection with another certificate than the device's (the claim?): %+v", e)
+		}
+	}
+	if c, err := f.emu.Certificate(context.Background(), rotAccount, s.Current.CertificateID); err != nil || c.Status != emulator.StatusActive || len(c.Things) != 1 || c.Things[0] != d.thing {
+		t.Fatalf("the certificate in AWS IoT: %+v, %v", c, err)
+	}
+}
