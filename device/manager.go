@@ -60,7 +60,11 @@ var ErrClaimOffline = fmt.Errorf("the claim proves the device to the issuer only
 // IssuerFunc makes the Issuer that turns the device's CSRs into certificates,
 // over the connection the Manager keeps (the claim's while provisioning, the
 // device's own afterwards). fleetprov.Issuer and fleetprov.TopicIssuer are
-// the usual ones.
+// the usual ones. An issuer that proves the device with its own identity
+// rather than over the connection (stepca.Issuer) implements
+// rotation.IdentityIssuer and ignores conn: the runner hands it the claim
+// while provisioning and the current identity afterwards; set
+// Claim.IssuerOnly and JustInTime beside it.
 type IssuerFunc func(conn iot.MQTT) rotation.Issuer
 
 // Options configure a Manager. Endpoint, ThingName, StateDir, Store and Issuer
