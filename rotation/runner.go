@@ -479,20 +479,18 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 		err error
 	)
 	if ii, ok := r.Issuer.(IdentityIssuer); ok {
-		var cur Identity
-		cur, err = r.Identity(ctx, *s.Current)
-		if err != nil {
-			return fail(fmt.Errorf("rotation: opening the current identity to prove the device to the issuer: %w", err))
+		// The issuer proves the device with the identity current now: the
+		// claim while provisioning, the device's own certificate after.
+		cur, oerr := r.Identity(ctx, *s.Current)
+		if oerr != nil {
+			return fail(fmt.Errorf("rotation: opening the current identity to prove the device to the issuer: %w", oerr))
 		}
 		iss, err = ii.IssueWith(ctx, cur, block.Bytes)
-		if err != nil {
-			return fail(err)
-		}
 	} else {
 		iss, err = r.Issuer.Issue(ctx, block.Bytes)
-		if err != nil {
-			return fail(err)
-		}
+	}
+	if err != nil {
+		return fail(err)
 	}
 	if iss == nil || len(iss.Chain) == 0 || iss.Chain[0] == nil {
 		return fail(fmt.Errorf("rotation: %w: the issuer returned no certificate", ErrBadCertificate))
