@@ -3,6 +3,7 @@ package fleet_test
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"encoding/pem"
 	"log/slog"
 	"os"
@@ -258,4 +259,36 @@ func TestOwnerCAStoryTPM(t *testing.T) {
 	// claim, the current key and the new key loaded at once are one too many
 	// (a device with /dev/tpmrm0 keeps its claim in the TPM too).
 	runOwnerCAStory(t, "tpm:blob-dir="+keys+"?device="+tpm.Device(), "file:"+t.TempDir()+"/")
+}
+
+// TestOwnerCAWithoutJustInTime: a device not told that AWS IoT registers its
+// certificates just in time takes the closed first connection for a
+// refusal: its renewal rolls back (and a provisioning, with nothing to fall
+// back on, is only retried later). What JustInTime is for.
+func TestOwnerCAWithoutJustInTime(t *testing.T) {
+	o := startOwnerCA(t)
+	d := o.newDevice(t, "owner-ca-dev-2", "file:"+t.TempDir()+"/", "file:"+t.TempDir()+"/")
+	d.opts.JustInTime = false
+	d.opts.MinConnectInterval = -1
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	m, err := device.New(ctx, d.opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close(context.Background())
+	if _, err := m.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.Provision(ctx)
+	if err != nil || s.Current.Claim {
+		t.Fatalf("provision: %v\n%s", err, d.log.String())
+	}
+	if !strings.Contains(d.log.String(), "nothing to fall back on") {
+		t.Errorf("the provisioning's closed first connection was not retried for want of a fallback:\n%s", d.log.String())
+	}
+	_, err = m.Rotate(ctx, rotation.Trigger{Kind: rotation.TriggerOperator})
+	if !errors.Is(err, rotation.ErrRolledBack) {
+		t.Fatalf("rotate without JustInTime: %v, want a rollback", err)
+	}
 }
