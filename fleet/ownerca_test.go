@@ -3,8 +3,8 @@ package fleet_test
 import (
 	"context"
 	"crypto/x509"
-	"errors"
 	"encoding/pem"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
