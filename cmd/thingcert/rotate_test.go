@@ -548,7 +548,13 @@ func TestKillAtEveryTransitionTPM(t *testing.T) {
 	tpm := testpeers.StartSWTPM(t)
 	bin := buildThingcert(t)
 	f := startFleet(t)
-	runKillTests(t, bin, f, "3", keyBackend{
+	runKillTests(t, bin, f, "3", tpmBackend(t, tpm))
+}
+
+// tpmBackend keeps each device's keys in swtpm, their files in the device's
+// folder.
+func tpmBackend(t *testing.T, tpm *testpeers.SWTPM) keyBackend {
+	return keyBackend{
 		storeURI: func(dir string) string {
 			// The TPM store keeps key files in a folder it expects to exist.
 			if err := os.Mkdir(filepath.Join(dir, "keys"), 0o700); err != nil {
@@ -562,7 +568,7 @@ func TestKillAtEveryTransitionTPM(t *testing.T) {
 			m, _ := filepath.Glob(filepath.Join(dir, "keys", "*.tpmkey"))
 			return m
 		},
-	})
+	}
 }
 
 // TestRecoverRevokedDevice: the cloud revokes the device's certificate. Without

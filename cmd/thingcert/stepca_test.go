@@ -151,6 +151,17 @@ func TestKillAtEveryTransitionStepCA(t *testing.T) {
 	runKillTests(t, bin, f, "5", fileBackend())
 }
 
+// TestKillAtEveryTransitionStepCATPM is the same with the device's keys in
+// swtpm: the rekey's mutual TLS signs with the current key in the TPM, in a
+// process started after the kill.
+func TestKillAtEveryTransitionStepCATPM(t *testing.T) {
+	testpeers.Need(t, "swtpm", "swtpm_ioctl")
+	tpm := testpeers.StartSWTPM(t)
+	bin := buildThingcert(t)
+	f := startOwnerCAFleet(t)
+	runKillTests(t, bin, f, "7", tpmBackend(t, tpm))
+}
+
 // TestProvisionRotateStepCAFromTheShell: provision and rotate --force with
 // the step-ca issuer as a user types them; each says what happened, and the
 // first connection of each certificate, closed by JITP, is tried again.
