@@ -86,13 +86,14 @@ func (s *setup) checkIssued(t *testing.T, iss *rotation.Issued, k keystore.Key) 
 
 // TestSignByX5CThenRekey: the first certificate by a token the claim signed,
 // the next by a rekey over mutual TLS with the first, against a real step-ca,
-// for an ECDSA and an RSA claim key (ES256, RS256 tokens).
+// with ECDSA keys and with RSA keys (ES256 and RS256 tokens; mutual TLS
+// signed with ECDSA and with RSA-PSS).
 func TestSignByX5CThenRekey(t *testing.T) {
 	for _, alg := range []keystore.Algorithm{keystore.ECDSAP256, keystore.RSA2048} {
 		t.Run(string(alg), func(t *testing.T) {
 			s := newSetup(t, alg)
 			ctx := context.Background()
-			k1, csr1 := s.csr(t, "device-1", keystore.ECDSAP256)
+			k1, csr1 := s.csr(t, "device-1", alg) // RSA: the rekey's mutual TLS signs with RSA-PSS
 			iss, err := s.issuer.IssueWith(ctx, s.claim, csr1)
 			if err != nil {
 				t.Fatalf("sign: %v\nstep-ca log:\n%s", err, s.ca.Log())
