@@ -179,7 +179,6 @@ func StartStepCA(t testing.TB, o StepCAOptions) *StepCA {
 	caJSON := write("ca.json", data)
 	s.cmd = exec.Command(bin, caJSON, "--password-file", pwFile)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("starting step-ca: %v", err)
 	}
