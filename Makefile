@@ -7,6 +7,11 @@ SHELL := /bin/bash
 GO ?= go
 PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
 PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze systemd-sysusers aws dpkg-deb file chromium
+# Peers that are Go programs, built outside the project's go.mod into
+# PEERS_GOBIN (internal/testpeers looks there): step-ca, the owner's CA server.
+PEERS_GOBIN ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/thingcert-peers/bin
+STEPCA_VERSION := v0.30.2
+export THINGCERT_PEERS_BIN := $(PEERS_GOBIN)
 TEST_TIMEOUT ?= 15m
 # make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
 # narrows the packages); crashers land in the package's testdata/fuzz.
@@ -36,6 +41,9 @@ peers:
 	    echo "run as root: apt-get update && apt-get install -y $(PEERS_PKGS)"; exit 1; \
 	  fi; \
 	fi
+	@# step-ca without cgo: a cgo build wants libpcsclite for its YubiKey support.
+	@[ -x "$(PEERS_GOBIN)/step-ca" ] || { echo "installing step-ca $(STEPCA_VERSION) into $(PEERS_GOBIN)"; \
+	  cd / && CGO_ENABLED=0 GOBIN="$(PEERS_GOBIN)" GOFLAGS=-mod=mod $(GO) install github.com/smallstep/certificates/cmd/step-ca@$(STEPCA_VERSION); }
 
 build:
 	$(GO) build -o thingcert ./cmd/thingcert

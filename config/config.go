@@ -8,10 +8,12 @@ package config
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -118,6 +120,7 @@ type Claim struct {
 const (
 	IssuerFleetProvisioning = "fleet-provisioning"
 	IssuerTopics            = "topics"
+	IssuerStepCA            = "step-ca"
 )
 
 // Provisioning says how certificates are issued.
@@ -135,6 +138,18 @@ type Provisioning struct {
 	Topics Topics `yaml:"topics"`
 	// Timeout, optional, bounds one request's wait for an answer; default 30s.
 	Timeout Duration `yaml:"timeout"`
+	// CAURL is the owner's step-ca (https://ca.example.com:9000). Required
+	// for the step-ca issuer.
+	CAURL string `yaml:"ca_url"`
+	// Root is the step-ca root certificate's PEM file, the only CA the CA
+	// server's TLS certificate may chain to. Required for step-ca.
+	Root string `yaml:"root"`
+	// RootFingerprint, optional, pins Root: the SHA-256 of its DER in hex
+	// (step certificate fingerprint root_ca.crt).
+	RootFingerprint string `yaml:"root_fingerprint"`
+	// Provisioner is the name of step-ca's X5C provisioner that trusts the
+	// claim certificate's CA. Required for step-ca with a claim.
+	Provisioner string `yaml:"provisioner"`
 }
 
 // Topics are an owner CA's request/response topics. "{thing}" in them is
@@ -529,6 +544,7 @@ func (c *Config) applyDefaults(base string) {
 	abs(&c.Cert)
 	abs(&c.StateDir)
 	abs(&c.Rotation.Trust)
+	abs(&c.Provisioning.Root)
 	if c.Claim != nil {
 		abs(&c.Claim.Cert)
 	}
@@ -641,8 +657,41 @@ func (c *Config) Validate() error {
 				bad("provisioning.topics."+k, "%q: a topic to publish to or a single reply topic cannot hold wildcards", v)
 			}
 		}
+	case IssuerStepCA:
+		if u, err := url.Parse(p.CAURL); p.CAURL == "" {
+			bad("provisioning.ca_url", "missing; give the step-ca URL (https://ca.example.com:9000)")
+		} else if err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "" && u.Path != "/" {
+			bad("provisioning.ca_url", "%q: want https://HOST[:PORT], the CA's address without a path", p.CAURL)
+		}
+		if p.Root == "" {
+			bad("provisioning.root", "missing; give the step-ca root certificate's PEM file (step ca root root_ca.crt)")
+		}
+		if fp := strings.ReplaceAll(p.RootFingerprint, ":", ""); fp != "" {
+			if _, err := hex.DecodeString(fp); err != nil || len(fp) != 64 {
+				bad("provisioning.root_fingerprint", "%q: want the root's SHA-256 in hex (step certificate fingerprint root_ca.crt)", p.RootFingerprint)
+			}
+		}
+		if p.Provisioner == "" && c.Claim != nil {
+			bad("provisioning.provisioner", "missing; give the name of the X5C provisioner that trusts the claim certificate's CA")
+		}
+		if c.Claim == nil && c.Key == "" {
+			bad("claim", "missing; the step-ca issuer makes the first certificate with the factory claim (claim.key, claim.cert), or give key and cert")
+		}
+		if p.Template != "" || len(p.Parameters) > 0 {
+			bad("provisioning.template", "only used with issuer: fleet-provisioning; with step-ca, AWS IoT provisions the thing by the CA's JITP template")
+		}
+		if p.Topics != (Topics{}) {
+			bad("provisioning.topics", "only used with issuer: topics")
+		}
 	default:
-		bad("provisioning.issuer", "%q: want fleet-provisioning or topics", p.Issuer)
+		bad("provisioning.issuer", "%q: want fleet-provisioning, topics or step-ca", p.Issuer)
+	}
+	if p.Issuer != IssuerStepCA {
+		for k, v := range map[string]string{"ca_url": p.CAURL, "root": p.Root, "root_fingerprint": p.RootFingerprint, "provisioner": p.Provisioner} {
+			if v != "" {
+				bad("provisioning."+k, "only used with issuer: step-ca")
+			}
+		}
 	}
 	if p.Timeout < 0 {
 		bad("provisioning.timeout", "must not be off")

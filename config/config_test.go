@@ -1,6 +1,15 @@
 package config
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -103,7 +112,19 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 		{"key without cert", minimal + "key: file:/k/a.pem\n", []string{"cert: missing: key is set"}},
 		{"claim without template", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\n", []string{"provisioning.template: missing"}},
 		{"topics issuer without request", minimal + "provisioning:\n  issuer: topics\n", []string{"provisioning.topics.request: missing"}},
-		{"unknown issuer", minimal + "provisioning:\n  issuer: acme\n", []string{`provisioning.issuer: "acme"`}},
+		{"unknown issuer", minimal + "provisioning:\n  issuer: acme\n", []string{`provisioning.issuer: "acme"`, "step-ca"}},
+		{"step-ca without its settings", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\nprovisioning:\n  issuer: step-ca\n",
+			[]string{"provisioning.ca_url: missing", "provisioning.root: missing", "provisioning.provisioner: missing"}},
+		{"step-ca URL not https", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: http://ca:9000\n  root: r.crt\n  provisioner: factory\n",
+			[]string{`provisioning.ca_url: "http://ca:9000": want https://HOST[:PORT]`}},
+		{"step-ca bad fingerprint", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n  root_fingerprint: abc\n  provisioner: factory\n",
+			[]string{"provisioning.root_fingerprint", "SHA-256 in hex"}},
+		{"step-ca with a template", minimal + "claim:\n  key: file:/k/c.pem\n  cert: c.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n  provisioner: factory\n  template: T\n",
+			[]string{"provisioning.template: only used with issuer: fleet-provisioning", "JITP"}},
+		{"step-ca without claim or key", minimal + "provisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n",
+			[]string{"claim: missing", "claim.key"}},
+		{"step-ca settings with another issuer", minimal + "provisioning:\n  ca_url: https://ca:9000\n",
+			[]string{"provisioning.ca_url: only used with issuer: step-ca"}},
 		{"every rule off", minimal + "rotation:\n  lifetime_ratio: off\n  max_age: off\n  emergency_window: off\n", []string{"rotation:", "never be renewed"}},
 		{"retry max below min", minimal + "rotation:\n  retry_min: 1h\n  retry_max: 1m\n", []string{"rotation.retry_min/retry_max", "below retry min"}},
 		{"metrics on the network", minimal + "metrics:\n  listen: 0.0.0.0:9464\n", []string{"metrics.listen", "loopback"}},
@@ -164,5 +185,55 @@ func TestAccounts(t *testing.T) {
 	if len(o.Accounts) != 2 || o.Accounts[0].Host != "pre-ats.iot.eu-west-1.amazonaws.com" || o.Accounts[0].Port != DefaultPort ||
 		o.Accounts[1].Port != 443 || o.Accounts[1].Address != "127.0.0.1:9443" {
 		t.Fatalf("accounts: %+v", o.Accounts)
+	}
+}
+
+// TestStepCADeviceOptions: the step-ca issuer makes a claim that never
+// connects to AWS IoT, expects just-in-time registration, and checks new
+// certificates against the CA's root; a root file that is missing or does
+// not match its fingerprint is an error naming provisioning.root.
+func TestStepCADeviceOptions(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err := os.WriteFile(filepath.Join(dir, "root_ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "claim.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	yaml := func(fp string) string {
+		return minimal + "claim:\n  key: file:" + dir + "/claim.pem\n  cert: claim.crt\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca.example.com:9000\n  root: root_ca.crt\n  root_fingerprint: " + fp + "\n  provisioner: factory\n"
+	}
+	path := filepath.Join(dir, "thingcert.yaml")
+	os.WriteFile(path, []byte(yaml(hex.EncodeToString(sum[:]))), 0o644)
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := c.DeviceOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.Claim == nil || !o.Claim.IssuerOnly || o.ClaimConnects() || !o.JustInTime || o.Trust == nil || o.Issuer == nil {
+		t.Fatalf("options: claim %+v, just in time %v, trust %v", o.Claim, o.JustInTime, o.Trust)
+	}
+	if _, ok := o.Issuer(nil).(rotation.IdentityIssuer); !ok {
+		t.Fatalf("issuer %T does not prove the device with its identity", o.Issuer(nil))
+	}
+	os.WriteFile(path, []byte(yaml(strings.Repeat("ab", 32))), 0o644)
+	c, err = Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeviceOptions(); err == nil || !strings.Contains(err.Error(), "provisioning.root") || !strings.Contains(err.Error(), "fingerprint") {
+		t.Fatalf("a root that does not match its fingerprint: %v", err)
+	}
+	os.Remove(filepath.Join(dir, "root_ca.crt"))
+	if _, err := c.DeviceOptions(); err == nil || !strings.Contains(err.Error(), "provisioning.root") {
+		t.Fatalf("a missing root: %v", err)
 	}
 }

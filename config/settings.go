@@ -8,6 +8,7 @@ import (
 	"github.com/thingcert/thingcert/device"
 	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/iot/fleetprov"
+	"github.com/thingcert/thingcert/iot/stepca"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -49,6 +50,22 @@ func (c *Config) DeviceOptions() (device.Options, error) {
 	}
 	p, thing, timeout := c.Provisioning, c.ThingName, c.RequestTimeout()
 	switch p.Issuer {
+	case IssuerStepCA:
+		roots, err := stepca.LoadRoot(p.Root, p.RootFingerprint)
+		if err != nil {
+			return o, fmt.Errorf("config %s: provisioning.root: %w", c.Path, err)
+		}
+		iss := &stepca.Issuer{URL: p.CAURL, Roots: roots, Provisioner: p.Provisioner, Timeout: timeout}
+		o.Issuer = func(iot.MQTT) rotation.Issuer { return iss }
+		// The claim is step-ca's, unknown to AWS IoT, which registers each
+		// certificate on its first connection (JITP).
+		if o.Claim != nil {
+			o.Claim.IssuerOnly = true
+		}
+		o.JustInTime = true
+		if o.Trust == nil {
+			o.Trust = roots // a new certificate must chain to the CA's root
+		}
 	case IssuerTopics:
 		o.Issuer = func(conn iot.MQTT) rotation.Issuer {
 			return &fleetprov.TopicIssuer{Conn: conn, ThingName: thing, Request: p.Topics.Request, Response: p.Topics.Response, Timeout: timeout}

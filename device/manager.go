@@ -44,12 +44,28 @@ type Claim struct {
 	// ClientID is the client ID the claim connects with; empty is the
 	// device's own.
 	ClientID string
+	// IssuerOnly says the claim proves the device to the issuer alone and
+	// never connects to AWS IoT: a factory certificate that an owner's CA
+	// trusts (step-ca's X5C provisioner), unknown to AWS IoT. The device
+	// then stays offline until its first certificate is issued, and a
+	// provisioning whose new certificate cannot connect is retried rather
+	// than rolled back, since there is no identity to fall back on that
+	// would tell a network failure from a refused certificate.
+	IssuerOnly bool
 }
+
+// ErrClaimOffline: the claim does not connect to AWS IoT (Claim.IssuerOnly).
+// It wraps rotation.ErrNoFallback.
+var ErrClaimOffline = fmt.Errorf("the claim proves the device to the issuer only: %w", rotation.ErrNoFallback)
 
 // IssuerFunc makes the Issuer that turns the device's CSRs into certificates,
 // over the connection the Manager keeps (the claim's while provisioning, the
 // device's own afterwards). fleetprov.Issuer and fleetprov.TopicIssuer are
-// the usual ones.
+// the usual ones. An issuer that proves the device with its own identity
+// rather than over the connection (stepca.Issuer) implements
+// rotation.IdentityIssuer and ignores conn: the runner hands it the claim
+// while provisioning and the current identity afterwards; set
+// Claim.IssuerOnly and JustInTime beside it.
 type IssuerFunc func(conn iot.MQTT) rotation.Issuer
 
 // Options configure a Manager. Endpoint, ThingName, StateDir, Store and Issuer
@@ -102,6 +118,12 @@ type Options struct {
 	// NoJobs stops the Manager from acting on rotation jobs
 	// ({"operation": "rotate-certificate"}); the zero value acts on them.
 	NoJobs bool
+	// JustInTime says the device's certificates are registered by AWS IoT on
+	// their first connection (just-in-time registration or provisioning
+	// with the owner's CA), which AWS IoT then closes: a connection with a
+	// new certificate that is refused is tried again, a few times, before
+	// it counts as a failure. The zero value counts the first refusal.
+	JustInTime bool
 	// MinConnectInterval spaces two CONNECTs with one client ID; zero is 1 s
 	// (AWS IoT's limit), negative none (an emulator with the limit off).
 	MinConnectInterval time.Duration
@@ -170,6 +192,10 @@ func (o *Options) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ClaimConnects reports whether the claim connects to AWS IoT (to provision
+// over MQTT), as opposed to proving the device to the issuer only.
+func (o Options) ClaimConnects() bool { return o.Claim != nil && !o.Claim.IssuerOnly }
 
 func (o *Options) clientID() string {
 	if o.ClientID != "" {
@@ -250,6 +276,7 @@ func (m *Manager) newSession(o *Options) *Session {
 			Backoff:       o.ConnectBackoff,
 		},
 		MinConnectInterval: o.MinConnectInterval,
+		JustInTime:         o.JustInTime,
 	}
 	if o.Claim != nil {
 		s.ClaimClientID = o.Claim.ClientID
@@ -388,6 +415,10 @@ func (m *Manager) Connect(ctx context.Context) (*rotation.State, error) {
 	if err != nil {
 		return nil, err
 	}
+	if st.Current.Claim && m.Options().claimIssuerOnly() {
+		m.log.Info("device: not provisioned yet; the claim is for the issuer only, so nothing connects until the first certificate is issued")
+		return st, nil
+	}
 	r := m.Runner()
 	id, err := r.Identity(ctx, *st.Current)
 	if err != nil {
@@ -464,6 +495,13 @@ type connector struct {
 }
 
 func (c connector) Switch(ctx context.Context, id rotation.Identity) error {
+	if id.Record.Claim && c.m.Options().claimIssuerOnly() {
+		// Going back to a claim that cannot connect (a provisioning whose
+		// new certificate failed): offline, and transient, so the runner
+		// retries the new certificate later instead of rolling it back.
+		_ = c.m.Session().Close(ctx)
+		return rotation.NewTransient("going back to the claim", ErrClaimOffline, 0)
+	}
 	if err := c.m.Session().Switch(ctx, id); err != nil {
 		c.m.mu.Lock()
 		prepared := c.m.prepared != "" && c.m.prepared == id.Record.CertificateID
@@ -513,3 +551,5 @@ func shortID(id string) string {
 	}
 	return id
 }
+
+func (o Options) claimIssuerOnly() bool { return o.Claim != nil && o.Claim.IssuerOnly }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -33,6 +34,10 @@ type Session struct {
 	// succession (the new identity, or the old one again). Zero means 1 s;
 	// negative, no spacing (an emulator with the limit off).
 	MinConnectInterval time.Duration
+	// JustInTime: a new certificate's first connection may be refused while
+	// AWS IoT registers it (JITR/JITP); Switch to the device's own identity
+	// tries again after such a refusal (see Options.JustInTime).
+	JustInTime bool
 
 	switchMu    sync.Mutex // one Switch at a time
 	lastConnect time.Time  // under switchMu
@@ -64,6 +69,44 @@ func (s *Session) Client() *iot.Client {
 // between the claim and the device's own a new client with the other client
 // ID replaces it.
 func (s *Session) Switch(ctx context.Context, id rotation.Identity) error {
+	err := s.switchOnce(ctx, id)
+	if !s.JustInTime || id.Record.Claim {
+		return err
+	}
+	for attempt := 1; err != nil && attempt <= jitRetries && closedForRegistration(err) && ctx.Err() == nil; attempt++ {
+		s.logger().Info("device: AWS IoT closed the connection of certificate "+shortID(id.Record.CertificateID)+
+			": a certificate of a CA with auto-registration is registered on its first connection (just-in-time registration or provisioning); connecting again",
+			"attempt", attempt+1, "of", jitRetries+1, "error", err)
+		if werr := sleep(ctx, time.Duration(attempt)*time.Second); werr != nil {
+			return err
+		}
+		if err = s.switchOnce(ctx, id); err == nil {
+			s.logger().Info("device: certificate " + shortID(id.Record.CertificateID) + " accepted after its just-in-time registration")
+		}
+	}
+	return err
+}
+
+// jitRetries is how many times a refused first connection is tried again:
+// AWS IoT's template runs within a second or two; a JITR program of the
+// owner's may take longer, which the rotation's own retries cover.
+const jitRetries = 3
+
+// closedForRegistration reports whether err is how AWS IoT ends the first
+// connection of a certificate it has just registered: the handshake or the
+// first read refused, or the connection closed before CONNACK.
+func closedForRegistration(err error) bool {
+	return errors.Is(err, iot.ErrClientCertRefused) || errors.Is(err, iot.ErrClosedAfterConnect) || errors.Is(err, iot.ErrTLS)
+}
+
+func (s *Session) logger() *slog.Logger {
+	if s.Config.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Config.Logger
+}
+
+func (s *Session) switchOnce(ctx context.Context, id rotation.Identity) error {
 	aid, err := iot.NewIdentity(id.Key, id.Chain)
 	if err != nil {
 		return rotation.NewFatal("switching identity", err)

@@ -4,6 +4,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsiot "github.com/aws/aws-sdk-go-v2/service/iot"
+	awstypes "github.com/aws/aws-sdk-go-v2/service/iot/types"
 )
 
 // jitpTemplate is the JITP template of AWS's documentation, in short: the
@@ -146,4 +150,49 @@ func TestAutoRegistrationNeedsSNI(t *testing.T) {
 	if _, err := e.Certificate(ctx, "A", d.id); err == nil {
 		t.Error("registered without SNI")
 	}
+}
+
+// TestJITRActivatedThroughTheControlPlane: a CA registered through the
+// control plane (SigV4, aws-sdk-go-v2) with auto-registration and no
+// template; its device's certificate stays PENDING_ACTIVATION, refused,
+// until the owner's program activates it and attaches a policy through the
+// same API (UpdateCertificate, AttachPolicy).
+func TestJITRActivatedThroughTheControlPlane(t *testing.T) {
+	e := startAPIEmu(t, Config{ClientConnectInterval: -1}, "A")
+	c := newAPIClient(t, e.Emulator, "A")
+	ca := newTestCA(t, "owner CA (JITR)")
+	code, err := c.GetRegistrationCode(ctx, &awsiot.GetRegistrationCodeInput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, err := c.RegisterCACertificate(ctx, &awsiot.RegisterCACertificateInput{CaCertificate: aws.String(string(ca.pem)),
+		VerificationCertificate: aws.String(verificationCert(t, ca, aws.ToString(code.RegistrationCode))),
+		SetAsActive:             true, AllowAutoRegistration: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := issue(t, ca, "gw-jitr-api", certOpts{})
+	_, err = dial(t, e, d, "gw-jitr-api", dialOpts{account: "A"})
+	expectRefused(t, e, d, err, RuleAutoRegistered, e.Endpoint("A"))
+	desc, err := c.DescribeCertificate(ctx, &awsiot.DescribeCertificateInput{CertificateId: aws.String(d.id)})
+	if err != nil || desc.CertificateDescription.Status != awstypes.CertificateStatusPendingActivation ||
+		aws.ToString(desc.CertificateDescription.CaCertificateId) != aws.ToString(reg.CertificateId) {
+		t.Fatalf("DescribeCertificate after JITR: %+v, %v", desc, err)
+	}
+	e.clock.Advance(2 * time.Second)
+	_, err = dial(t, e, d, "gw-jitr-api", dialOpts{account: "A"})
+	expectRefused(t, e, d, err, RuleStatus, e.Endpoint("A"))
+
+	if _, err := c.UpdateCertificate(ctx, &awsiot.UpdateCertificateInput{CertificateId: aws.String(d.id), NewStatus: awstypes.CertificateStatusActive}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreatePolicy(ctx, &awsiot.CreatePolicyInput{PolicyName: aws.String("jitr-device"),
+		PolicyDocument: aws.String(`{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iot:Connect", "Resource": "*"}]}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AttachPolicy(ctx, &awsiot.AttachPolicyInput{PolicyName: aws.String("jitr-device"), Target: desc.CertificateDescription.CertificateArn}); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Second)
+	mustDial(t, e, d, "gw-jitr-api", dialOpts{account: "A"}).Disconnect(0)
 }

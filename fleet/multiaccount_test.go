@@ -31,14 +31,14 @@ import (
 	"github.com/thingcert/thingcert/rotation"
 )
 
-// ownerCA is an owner's CA that is registered with no AWS account: its
+// unregisteredCA is an owner's CA that is registered with no AWS account: its
 // certificates reach AWS IoT only through RegisterCertificateWithoutCA.
-type ownerCA struct {
+type unregisteredCA struct {
 	key  *ecdsa.PrivateKey
 	cert *x509.Certificate
 }
 
-func newOwnerCA(t *testing.T, name string) *ownerCA {
+func newUnregisteredCA(t *testing.T, name string) *unregisteredCA {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -52,16 +52,16 @@ func newOwnerCA(t *testing.T, name string) *ownerCA {
 		t.Fatal(err)
 	}
 	c, _ := x509.ParseCertificate(der)
-	return &ownerCA{key: k, cert: c}
+	return &unregisteredCA{key: k, cert: c}
 }
 
-func (ca *ownerCA) pool() *x509.CertPool {
+func (ca *unregisteredCA) pool() *x509.CertPool {
 	p := x509.NewCertPool()
 	p.AddCert(ca.cert)
 	return p
 }
 
-func (ca *ownerCA) sign(pub any, subject pkix.Name) (*x509.Certificate, error) {
+func (ca *unregisteredCA) sign(pub any, subject pkix.Name) (*x509.Certificate, error) {
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: subject,
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(7 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
@@ -74,7 +74,7 @@ func (ca *ownerCA) sign(pub any, subject pkix.Name) (*x509.Certificate, error) {
 
 // caIssuer signs a device's CSRs with an owner's CA, in process: the issuer
 // of a device whose certificates come from a CA AWS does not know.
-type caIssuer struct{ ca *ownerCA }
+type caIssuer struct{ ca *unregisteredCA }
 
 func (i caIssuer) Issue(_ context.Context, csrDER []byte) (*rotation.Issued, error) {
 	csr, err := x509.ParseCertificateRequest(csrDER)
@@ -118,7 +118,7 @@ type multiDevice struct {
 }
 
 func startMultiDevice(t *testing.T, ctx context.Context, emu *emulator.Emulator, apis map[string]*awsiot.Client, accts []string,
-	thing string, ca *ownerCA, issuer rotation.Issuer, alg keystore.Algorithm, dir string) *multiDevice {
+	thing string, ca *unregisteredCA, issuer rotation.Issuer, alg keystore.Algorithm, dir string) *multiDevice {
 	t.Helper()
 	storeURI := "file:" + filepath.Join(dir, thing, "keys") + "/"
 	st, err := keystore.Open(ctx, storeURI, keystore.Options{})
@@ -267,7 +267,7 @@ func TestMultiAccountRotation(t *testing.T) {
 		mustAPI(t)(api.CreatePolicy(ctx, &awsiot.CreatePolicyInput{PolicyName: aws.String("device"), PolicyDocument: aws.String(allowAll)}))
 	}
 	dir := t.TempDir()
-	owner, rogue := newOwnerCA(t, "Owner Device CA"), newOwnerCA(t, "Not The Owner")
+	owner, rogue := newUnregisteredCA(t, "Owner Device CA"), newUnregisteredCA(t, "Not The Owner")
 	accts := []string{prod, pre}
 	// RSA-2048: its certificate needs two statusDetails values.
 	dev := startMultiDevice(t, ctx, emu, apis, accts, "gw-1", owner, caIssuer{owner}, keystore.RSA2048, dir)

@@ -15,7 +15,7 @@ import (
 )
 
 func TestCheckReported(t *testing.T) {
-	owner, other := newOwnerCA(t, "owner"), newOwnerCA(t, "other")
+	owner, other := newUnregisteredCA(t, "owner"), newUnregisteredCA(t, "other")
 	key := func() any {
 		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		return k.Public()

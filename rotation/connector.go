@@ -3,9 +3,17 @@ package rotation
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 
 	"github.com/thingcert/thingcert/keystore"
 )
+
+// ErrNoFallback: the current identity cannot connect to the cloud at all (a
+// claim that proves the device to its issuer only), so going back to it
+// cannot tell a network failure from a refused new identity. A Connector
+// returns it, wrapped, from Switch to such an identity; the runner then
+// retries the new identity later instead of rolling it back.
+var ErrNoFallback = errors.New("the current identity does not connect to the cloud")
 
 // Identity is an identity ready to present: its key opened in its store and
 // its certificate chain, leaf first.

@@ -18,6 +18,18 @@ type Issuer interface {
 	Issue(ctx context.Context, csrDER []byte) (*Issued, error)
 }
 
+// IdentityIssuer is an Issuer that proves who the device is with one of its
+// own identities rather than over the cloud connection: a CA server such as
+// step-ca, which takes the claim certificate's signature (an X5C token) for
+// the first certificate and a mutual-TLS request with the current
+// certificate for a renewal. The runner calls IssueWith, with the identity
+// current when the rotation submits (the claim while provisioning), instead
+// of Issue when the issuer has this method.
+type IdentityIssuer interface {
+	Issuer
+	IssueWith(ctx context.Context, current Identity, csrDER []byte) (*Issued, error)
+}
+
 // Issued is what an Issuer returns.
 type Issued struct {
 	// Chain is the new certificate, leaf first, then any intermediates.

@@ -474,7 +474,21 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 	if r.Issuer == nil {
 		return fail(NewFatal("requesting a certificate", errors.New("no issuer configured")))
 	}
-	iss, err := r.Issuer.Issue(ctx, block.Bytes)
+	var (
+		iss *Issued
+		err error
+	)
+	if ii, ok := r.Issuer.(IdentityIssuer); ok {
+		// The issuer proves the device with the identity current now: the
+		// claim while provisioning, the device's own certificate after.
+		cur, oerr := r.Identity(ctx, *s.Current)
+		if oerr != nil {
+			return fail(fmt.Errorf("rotation: opening the current identity to prove the device to the issuer: %w", oerr))
+		}
+		iss, err = ii.IssueWith(ctx, cur, block.Bytes)
+	} else {
+		iss, err = r.Issuer.Issue(ctx, block.Bytes)
+	}
 	if err != nil {
 		return fail(err)
 	}
@@ -542,7 +556,9 @@ func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
 		return fail(err)
 	}
 	r.log().Warn("rotation: "+op+" failed; going back to the current identity", "error", err)
-	if berr := r.Connector.Switch(ctx, cur); berr != nil {
+	if berr := r.Connector.Switch(ctx, cur); errors.Is(berr, ErrNoFallback) {
+		return fail(NewTransient(op, fmt.Errorf("%w; with nothing to fall back on (%v), it is tried again later", err, berr), 0))
+	} else if berr != nil {
 		return fail(NewTransient(op, fmt.Errorf("%w; and reconnecting with the current identity failed too (%v): the network is probably down", err, berr), 0))
 	}
 	var e *Error

@@ -85,6 +85,10 @@ func (d *localDevice) state(ctx context.Context) (*rotation.State, error) {
 // client ID's second CONNECT within a second, which a command run right after
 // another (provision, then rotate) can meet.
 func (d *localDevice) connectCurrent(ctx context.Context, s *rotation.State) error {
+	if s.Current.Claim && !d.mgr.Options().ClaimConnects() {
+		d.log.Info("the claim is for the CA only (provisioning.issuer: step-ca); nothing connects until the first certificate is issued")
+		return nil
+	}
 	id, err := d.runner.Identity(ctx, *s.Current)
 	if err != nil {
 		return fmt.Errorf("opening the current identity (certificate %s, key %s): %w", shortID(s.Current.CertificateID), keystore.RedactURI(s.Current.KeyURI), err)

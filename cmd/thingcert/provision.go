@@ -29,7 +29,7 @@ func newProvisionCmd(env *cliEnv) *cobra.Command {
 	var f rotationFlags
 	c := &cobra.Command{
 		Use:   "provision --config FILE",
-		Short: "Provision the device's own identity by claim (fleet provisioning)",
+		Short: "Provision the device's own identity by claim (fleet provisioning, or the owner's step-ca)",
 		Long: `Replace the claim identity by the device's own: connect with the claim key and
 certificate (claim.key, claim.cert), make a new key in the device's store
 (store), send its CSR to AWS IoT (CreateCertificateFromCsr), register the thing
@@ -40,7 +40,13 @@ device's identity is revoked).
 Every step is saved in the state folder (state_dir) before it is taken: killed or
 powered off at any point, the next run resumes where it stopped, and the device
 is left with the claim or its new identity, never neither. Run on a device that
-is provisioned already, it says so and changes nothing.`,
+is provisioned already, it says so and changes nothing.
+
+With provisioning.issuer: step-ca the claim is a factory certificate that the
+owner's step-ca trusts: it signs a one-time token for the first certificate
+and never connects to AWS IoT, which registers the new certificate by
+just-in-time provisioning on its first connection (closed; the next one is
+accepted, as the log says).`,
 		Example: `  thingcert provision --config /etc/thingcert/thingcert.yaml`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {

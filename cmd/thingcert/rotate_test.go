@@ -48,6 +48,9 @@ type fleet struct {
 	emu    *emulator.Emulator
 	rootCA string
 	dir    string
+	// owner, if set, is the owner's step-ca, registered with JITP: devices
+	// provision from it with a factory claim (stepca_test.go).
+	owner *ownerCA
 }
 
 func startFleet(t *testing.T) *fleet {
@@ -111,6 +114,9 @@ func fileBackend() keyBackend {
 func newCLIDevice(t *testing.T, bin string, f *fleet, serial string, b keyBackend) *cliDevice {
 	t.Helper()
 	dir := t.TempDir()
+	if f.owner != nil {
+		return newOwnerCADevice(t, bin, f, serial, b, dir)
+	}
 	ctx := context.Background()
 	cs, err := filestore.Open(ctx, "file:"+filepath.Join(dir, "claim")+"/", keystore.Options{})
 	if err != nil {
@@ -415,6 +421,10 @@ func runKillTests(t *testing.T, bin string, f *fleet, prefix string, b keyBacken
 			})
 		}
 		t.Run(string(rotation.PhaseRolledBack), func(t *testing.T) {
+			if f.owner != nil {
+				f.owner.killRolledBack(t, d)
+				return
+			}
 			before := d.works()
 			keys := len(d.keys())
 			remove, err := f.emu.InjectFault(emulator.Fault{Topic: "$aws/certificates/create-from-csr/json", Times: 1, Rewrite: func(topic string, _ []byte) (string, []byte) {
@@ -538,7 +548,13 @@ func TestKillAtEveryTransitionTPM(t *testing.T) {
 	tpm := testpeers.StartSWTPM(t)
 	bin := buildThingcert(t)
 	f := startFleet(t)
-	runKillTests(t, bin, f, "3", keyBackend{
+	runKillTests(t, bin, f, "3", tpmBackend(t, tpm))
+}
+
+// tpmBackend keeps each device's keys in swtpm, their files in the device's
+// folder.
+func tpmBackend(t *testing.T, tpm *testpeers.SWTPM) keyBackend {
+	return keyBackend{
 		storeURI: func(dir string) string {
 			// The TPM store keeps key files in a folder it expects to exist.
 			if err := os.Mkdir(filepath.Join(dir, "keys"), 0o700); err != nil {
@@ -552,7 +568,7 @@ func TestKillAtEveryTransitionTPM(t *testing.T) {
 			m, _ := filepath.Glob(filepath.Join(dir, "keys", "*.tpmkey"))
 			return m
 		},
-	})
+	}
 }
 
 // TestRecoverRevokedDevice: the cloud revokes the device's certificate. Without

@@ -41,7 +41,7 @@ func deps(t *testing.T, goos, pkg string) []string {
 func TestConnectExampleLinksNoDaemon(t *testing.T) {
 	forbidden := []string{"prometheus", "go-systemd", "yaml", "crypto11", "miekg/pkcs11", "go-tpm", "mochi-mqtt", "aws-sdk-go",
 		module + "/agent", module + "/config", module + "/emulator", module + "/keystore/tpmstore", module + "/keystore/pkcs11store"}
-	for _, pkg := range []string{"./examples/connect", "./iot", "./iot/fleetprov", "./iot/jobs"} {
+	for _, pkg := range []string{"./examples/connect", "./iot", "./iot/fleetprov", "./iot/jobs", "./iot/stepca"} {
 		list := deps(t, "", pkg)
 		for _, d := range list {
 			for _, f := range forbidden {

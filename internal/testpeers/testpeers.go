@@ -1,5 +1,5 @@
 // Package testpeers finds and starts the real programs thingcert is tested
-// against: openssl, SoftHSM2, swtpm, tpm2-tools and mosquitto.
+// against: openssl, SoftHSM2, swtpm, tpm2-tools, mosquitto and step-ca.
 //
 // When THINGCERT_REQUIRE_PEERS=1 (set by `make test` and CI) a missing peer fails
 // the test, so a broken install cannot pass as a green run of skipped tests.
