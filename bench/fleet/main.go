@@ -66,7 +66,7 @@ func main() {
 	workers := flag.Int("workers", 16, "retire workers")
 	bin := flag.String("thingcert", "", "thingcert binary for the emulator (default: built from ./cmd/thingcert)")
 	stagger := flag.Bool("stagger", true, "start devices at the RegisterThing quota rather than all at once")
-	child := flag.Bool("child", false, "run the emulator as a child process with a state folder (its own RSS and CPU; it saves its whole registry on every change) instead of in memory in this process")
+	child := flag.Bool("child", false, "run the emulator as a child process with a state folder (its own RSS and CPU, its own file descriptors) instead of in memory in this process")
 	flag.Parse()
 	if err := run(*n, *scale, *rate, *workers, *bin, *stagger, *child); err != nil {
 		fmt.Fprintln(os.Stderr, "bench/fleet:", err)
