@@ -1,11 +1,12 @@
 # `make test` installs the test peers when they are missing (as root, with
 # apt-get) and runs every test against them. Peer-needing tests fail, not skip,
-# under it: a green run means SoftHSM2, swtpm, tpm2-tools, mosquitto, openssl,
+# under it: a green run means SoftHSM2 (and OpenSSL's pkcs11 engine, which
+# bench/connect/run.sh gives mosquitto_pub), swtpm, tpm2-tools, mosquitto, openssl,
 # systemd-analyze (which checks the shipped unit), dpkg and file (which check
 # the release packages, installed on this machine: CI runs as root) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
+PEERS_PKGS := softhsm2 libengine-pkcs11-openssl opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
 PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze systemd-sysusers aws dpkg-deb file chromium
 TEST_TIMEOUT ?= 15m
 # make fuzz runs every fuzz target for FUZZTIME, one after another (FUZZPKGS
@@ -28,6 +29,7 @@ vet:
 peers:
 	@missing=""; for b in $(PEERS_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	command -v openssl >/dev/null && [ -e "$$(openssl version -m | sed 's/.*"\(.*\)"/\1/')/tpm2.so" ] || missing="$$missing tpm2-openssl"; \
+	command -v openssl >/dev/null && [ -e "$$(openssl version -e | sed 's/.*"\(.*\)"/\1/')/pkcs11.so" ] || missing="$$missing libengine-pkcs11-openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "test peers missing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then \
