@@ -131,8 +131,9 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "thingcert")
-	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/thingcert/thingcert/cmd/thingcert").CombinedOutput()
+	bin := filepath.Join(dir, "thingcert") // and thingcert-emulator beside it, which runs `thingcert emulator`
+	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir+string(filepath.Separator),
+		"github.com/thingcert/thingcert/cmd/thingcert", "github.com/thingcert/thingcert/cmd/thingcert-emulator").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("building thingcert: %v: %s", err, out)
 	}
