@@ -172,7 +172,10 @@ func startEmulator(b *testing.B, p *pki) *broker {
 		b.Fatal(err)
 	}
 	port := testpeers.FreePort(b)
-	cmd := exec.Command(bin, "emulator", "serve", "--state", state, "--listen", "127.0.0.1:"+strconv.Itoa(port))
+	// thingcert-emulator itself, not `thingcert emulator` (which runs it): its
+	// PID is the broker whose memory and CPU are measured.
+	emuBin := filepath.Join(filepath.Dir(bin), "thingcert-emulator")
+	cmd := exec.Command(emuBin, "emulator", "serve", "--state", state, "--listen", "127.0.0.1:"+strconv.Itoa(port))
 	logFile, err := os.Create(filepath.Join(state, "serve.log"))
 	if err != nil {
 		b.Fatal(err)
