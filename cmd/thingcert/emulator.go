@@ -62,27 +62,36 @@ func findEmulator() (string, error) {
 	return "", errNoEmulator
 }
 
-// runEmulatorBinary runs thingcert-emulator with args on this process's
-// input and env's outputs, passes an interrupt or termination on to it, and
-// ends with its exit code. Under `go run ./cmd/thingcert demo` (the source
-// tree, no installed thingcert-emulator) it runs the emulator's package the
-// same way, with `go run`.
+// runEmulatorBinary runs thingcert-emulator with args. From the command
+// line it replaces this process (execve): the emulator then has thingcert's
+// PID, input, outputs, signals and exit code, so a service manager or a
+// script that stops `thingcert emulator serve` by its PID stops the
+// emulator, not a parent that would leave it running. In-process callers
+// (tests, whose outputs are buffers) get a child process instead. Under
+// `go run ./cmd/thingcert demo` (the source tree, no installed
+// thingcert-emulator) it runs the emulator's package the same way, with
+// `go run`.
 func runEmulatorBinary(ctx context.Context, env *cliEnv, args []string) error {
-	var cmd *exec.Cmd
+	var argv []string
 	if bin, err := findEmulator(); err == nil {
-		cmd = exec.Command(bin, args...)
+		argv = append([]string{bin}, args...)
 	} else if goTool, gerr := exec.LookPath("go"); gerr == nil && builtByGoRun() {
-		cmd = exec.Command(goTool, append([]string{"run", "github.com/thingcert/thingcert/cmd/" + emulatorBinary}, args...)...)
+		argv = append([]string{goTool, "run", "github.com/thingcert/thingcert/cmd/" + emulatorBinary}, args...)
 	} else {
 		return fmt.Errorf("%w beside %s or on PATH: `thingcert %s` runs it; install it with thingcert (go install github.com/thingcert/thingcert/cmd/%s@latest, or build ./cmd/%s into the folder that holds thingcert)",
 			err, selfDir(), args[0], emulatorBinary, emulatorBinary)
 	}
+	if env.stdout == os.Stdout && env.stderr == os.Stderr {
+		err := syscall.Exec(argv[0], argv, os.Environ())
+		return fmt.Errorf("running %s: %w", argv[0], err) // only if the exec failed
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, env.stdout, env.stderr
-	// ctx ends on SIGINT or SIGTERM (main): pass it on and let the emulator
-	// or the demo stop cleanly, as they do when run directly.
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
+	// ctx ends on SIGINT or SIGTERM: pass it on and let the emulator or the
+	// demo stop cleanly, as they do when run directly.
 	stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(syscall.SIGTERM) })
 	err := cmd.Wait()
 	stop()
