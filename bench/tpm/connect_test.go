@@ -2,8 +2,8 @@ package tpm_bench
 
 import (
 	"context"
-	"encoding/binary"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
 	"sync/atomic"
