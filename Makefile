@@ -39,8 +39,10 @@ peers:
 	  fi; \
 	fi
 
+# thingcert and, beside it, thingcert-emulator (which `thingcert emulator`
+# and `thingcert demo` run).
 build:
-	$(GO) build -o thingcert ./cmd/thingcert
+	$(GO) build -o ./ ./cmd/thingcert ./cmd/thingcert-emulator
 
 # Release artifacts for every architecture into dist/ (docs/release.md).
 # DIST_ARCH=amd64 builds one.
