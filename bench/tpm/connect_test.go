@@ -46,12 +46,24 @@ func (t *timer) Send(cmd []byte) ([]byte, error) {
 // by its URI (its blob loaded under the SRK), a mutual-TLS connect to the
 // emulator whose handshake the TPM signs, one QoS 1 publish and its PUBACK,
 // disconnect, close the store (the loaded key flushed) — and reports the TPM
-// commands per connect and the time spent waiting for the TPM.
+// commands per connect and the time spent waiting for the TPM. Two cases:
+// the key made under the owner hierarchy's storage root key, which each
+// process creates again (transient-srk), and under a storage root key
+// persisted at 0x81000001 beforehand, as tpm2_evictcontrol or an OS
+// provisions it (persistent-srk).
 //
 //	go test -run '^$' -bench Connect -count 3 ./bench/tpm/
 func BenchmarkConnect(b *testing.B) {
+	b.Run("transient-srk", func(b *testing.B) { benchConnect(b, false) })
+	b.Run("persistent-srk", func(b *testing.B) { benchConnect(b, true) })
+}
+
+func benchConnect(b *testing.B, persistentSRK bool) {
 	ctx := context.Background()
 	sw := testpeers.StartSWTPM(b)
+	if persistentSRK {
+		persistSRK(b, sw.Device())
+	}
 	storeURI := "tpm:blob-dir=" + b.TempDir() + "?device=" + sw.Device()
 
 	emu, err := emulator.Start(ctx, emulator.Config{Accounts: []emulator.Account{{Name: "bench"}}})
@@ -174,4 +186,29 @@ func BenchmarkConnect(b *testing.B) {
 	b.ReportMetric(float64(cmds)/n, "tpm-cmds/connect")
 	b.ReportMetric(float64(wait)/n/1e6, "tpm-ms/connect")
 	b.ReportMetric(float64(wait)/float64(total), "tpm-share")
+}
+
+// persistSRK makes the TCG ECC P-256 storage root key and persists it at
+// 0x81000001, where thingcert looks for one before making keys.
+func persistSRK(b *testing.B, device string) {
+	b.Helper()
+	ctx := context.Background()
+	t, err := tpmstore.OpenTransport(ctx, device)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer t.Close()
+	owner := tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)}
+	srk, err := tpm2.CreatePrimary{PrimaryHandle: owner, InPublic: tpm2.New2B(tpm2.ECCSRKTemplate)}.Execute(t)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tpm2.FlushContext{FlushHandle: srk.ObjectHandle}.Execute(t)
+	if _, err := (tpm2.EvictControl{
+		Auth:             owner,
+		ObjectHandle:     &tpm2.NamedHandle{Handle: srk.ObjectHandle, Name: srk.Name},
+		PersistentHandle: 0x81000001,
+	}).Execute(t); err != nil {
+		b.Fatal(err)
+	}
 }
