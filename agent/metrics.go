@@ -20,9 +20,10 @@ import (
 
 // Metrics are the daemon's figures for fleets that scrape their devices:
 // certificate expiry and age, the next renewal, rotations, the connection and
-// signing errors. They live in their own registry (never Prometheus's global
-// one), so two daemons in one process, or tests, do not mix. All methods are
-// safe for concurrent use, and do nothing on a nil *Metrics.
+// signing errors, served in Prometheus's text format. They live in their own
+// registry (nothing process-wide), so two daemons in one process, or tests,
+// do not mix. All methods are safe for concurrent use, and do nothing on a
+// nil *Metrics.
 type Metrics struct {
 	reg *promtext.Registry
 	now func() time.Time
