@@ -24,7 +24,6 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -63,7 +62,6 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 type cliEnv struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
-	now            func() time.Time
 }
 
 // usageError marks a mistake in the command line (exit 2, as is usual).
