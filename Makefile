@@ -1,11 +1,12 @@
 # `make test` installs the test peers when they are missing (as root, with
 # apt-get) and runs every test against them. Peer-needing tests fail, not skip,
-# under it: a green run means SoftHSM2, swtpm, tpm2-tools, mosquitto, openssl,
+# under it: a green run means SoftHSM2 (and OpenSSL's pkcs11 engine, which
+# bench/connect/run.sh gives mosquitto_pub), swtpm, tpm2-tools, mosquitto, openssl,
 # systemd-analyze (which checks the shipped unit), dpkg and file (which check
 # the release packages, installed on this machine: CI runs as root) were used.
 SHELL := /bin/bash
 GO ?= go
-PEERS_PKGS := softhsm2 opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
+PEERS_PKGS := softhsm2 libengine-pkcs11-openssl opensc swtpm swtpm-tools tpm2-tools tpm2-openssl mosquitto mosquitto-clients openssl systemd awscli dpkg file chromium
 PEERS_BINS := softhsm2-util pkcs11-tool swtpm swtpm_ioctl tpm2_readpublic mosquitto mosquitto_pub mosquitto_sub mosquitto_rr openssl systemd-analyze systemd-sysusers aws dpkg-deb file chromium
 # Peers that are Go programs, built outside the project's go.mod into
 # PEERS_GOBIN (internal/testpeers looks there): step-ca, the owner's CA server.
@@ -33,6 +34,7 @@ vet:
 peers:
 	@missing=""; for b in $(PEERS_BINS); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
 	command -v openssl >/dev/null && [ -e "$$(openssl version -m | sed 's/.*"\(.*\)"/\1/')/tpm2.so" ] || missing="$$missing tpm2-openssl"; \
+	command -v openssl >/dev/null && [ -e "$$(openssl version -e | sed 's/.*"\(.*\)"/\1/')/pkcs11.so" ] || missing="$$missing libengine-pkcs11-openssl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "test peers missing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then \
@@ -45,8 +47,10 @@ peers:
 	@[ -x "$(PEERS_GOBIN)/step-ca" ] || { echo "installing step-ca $(STEPCA_VERSION) into $(PEERS_GOBIN)"; \
 	  cd / && CGO_ENABLED=0 GOBIN="$(PEERS_GOBIN)" GOFLAGS=-mod=mod $(GO) install github.com/smallstep/certificates/cmd/step-ca@$(STEPCA_VERSION); }
 
+# thingcert and, beside it, thingcert-emulator (which `thingcert emulator`
+# and `thingcert demo` run).
 build:
-	$(GO) build -o thingcert ./cmd/thingcert
+	$(GO) build -o ./ ./cmd/thingcert ./cmd/thingcert-emulator
 
 # Release artifacts for every architecture into dist/ (docs/release.md).
 # DIST_ARCH=amd64 builds one.

@@ -14,77 +14,69 @@ import (
 
 	"github.com/thingcert/thingcert/iot"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-
+	"github.com/thingcert/thingcert/internal/promtext"
 	"github.com/thingcert/thingcert/keystore"
 )
 
 // Metrics are the daemon's figures for fleets that scrape their devices:
 // certificate expiry and age, the next renewal, rotations, the connection and
-// signing errors. They live in their own registry (never Prometheus's global
-// one), so two daemons in one process, or tests, do not mix. All methods are
-// safe for concurrent use, and do nothing on a nil *Metrics.
+// signing errors, served in Prometheus's text format. They live in their own
+// registry (nothing process-wide), so two daemons in one process, or tests,
+// do not mix. All methods are safe for concurrent use, and do nothing on a
+// nil *Metrics.
 type Metrics struct {
-	reg *prometheus.Registry
+	reg *promtext.Registry
 	now func() time.Time
 
 	mu                  sync.Mutex
 	notBefore, notAfter time.Time
 
-	certNotBefore    prometheus.Gauge
-	certNotAfter     prometheus.Gauge
-	certInfo         *prometheus.GaugeVec
-	nextRenewal      prometheus.Gauge
-	renewalEmergency prometheus.Gauge
-	rotating         prometheus.Gauge
-	rotationStarts   *prometheus.CounterVec
-	rotationResults  *prometheus.CounterVec
-	stepFailures     *prometheus.CounterVec
-	connState        *prometheus.GaugeVec
-	connFailures     *prometheus.CounterVec
-	connLosses       prometheus.Counter
-	signErrors       prometheus.Counter
+	certNotBefore    promtext.Value
+	certNotAfter     promtext.Value
+	certInfo         promtext.Vec
+	nextRenewal      promtext.Value
+	renewalEmergency promtext.Value
+	rotating         promtext.Value
+	rotationStarts   promtext.Vec
+	rotationResults  promtext.Vec
+	stepFailures     promtext.Vec
+	connState        promtext.Vec
+	connFailures     promtext.Vec
+	connLosses       promtext.Value
+	signErrors       promtext.Value
 }
 
 // Connection states as the thingcert_connection_state metric names them.
 var metricStates = []iot.ConnState{iot.StateDisconnected, iot.StateConnecting, iot.StateConnected, iot.StateWaiting}
 
-// NewMetrics makes the metrics, in a registry of their own that also holds
-// the Go runtime and process collectors (resident memory, file descriptors).
-// now is the clock for the certificate's age; nil is time.Now.
+// NewMetrics makes the metrics, in a registry of their own that also writes
+// the Go runtime's and the process's figures (resident memory, file
+// descriptors). now is the clock for the certificate's age; nil is time.Now.
 func NewMetrics(now func() time.Time) *Metrics {
 	if now == nil {
 		now = time.Now
 	}
-	m := &Metrics{reg: prometheus.NewRegistry(), now: now}
-	g := func(name, help string) prometheus.Gauge {
-		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "thingcert", Name: name, Help: help})
-	}
-	m.certNotBefore = g("certificate_not_before_timestamp_seconds", "Start of the current device certificate's validity (Unix time).")
-	m.certNotAfter = g("certificate_not_after_timestamp_seconds", "Expiry of the current device certificate (Unix time).")
-	m.certInfo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_info",
-		Help: "The current device certificate (value 1): its AWS IoT certificate ID and the key's backend."}, []string{"certificate_id", "backend"})
-	m.nextRenewal = g("renewal_next_timestamp_seconds", "When the renewal policy starts the next rotation (Unix time).")
-	m.renewalEmergency = g("renewal_emergency", "1 when the certificate is inside its emergency window or expired.")
-	m.rotating = g("rotation_in_progress", "1 while a rotation is in progress.")
-	m.rotationStarts = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_attempts_total",
-		Help: "Rotations started (or resumed after a restart), by trigger."}, []string{"trigger"})
-	m.rotationResults = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_results_total",
-		Help: "Rotations ended, by trigger and outcome (succeeded, rolled-back)."}, []string{"trigger", "outcome"})
-	m.stepFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "rotation_step_failures_total",
-		Help: "Failed attempts at a rotation step (retried or rolled back), by phase."}, []string{"phase"})
-	m.connState = prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "thingcert", Name: "connection_state",
-		Help: "1 for the MQTT connection's current state, 0 for the others."}, []string{"state"})
-	m.connFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "thingcert", Name: "connection_failures_total",
-		Help: "Failed connection attempts and lost connections, by kind (the agent's diagnosis)."}, []string{"kind"})
-	m.connLosses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "thingcert", Name: "connection_losses_total",
-		Help: "Established connections that ended without the daemon asking."})
-	m.signErrors = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "thingcert", Name: "signing_errors_total",
-		Help: "Signatures the device key failed to make (TLS handshakes, CSRs)."})
-	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_age_seconds",
-		Help: "Age of the current device certificate (now minus not-before)."}, func() float64 {
+	r := promtext.NewRegistry()
+	m := &Metrics{reg: r, now: now}
+	const ns = "thingcert_"
+	m.certNotBefore = r.Gauge(ns+"certificate_not_before_timestamp_seconds", "Start of the current device certificate's validity (Unix time).")
+	m.certNotAfter = r.Gauge(ns+"certificate_not_after_timestamp_seconds", "Expiry of the current device certificate (Unix time).")
+	m.certInfo = r.GaugeVec(ns+"certificate_info",
+		"The current device certificate (value 1): its AWS IoT certificate ID and the key's backend.", "certificate_id", "backend")
+	m.nextRenewal = r.Gauge(ns+"renewal_next_timestamp_seconds", "When the renewal policy starts the next rotation (Unix time).")
+	m.renewalEmergency = r.Gauge(ns+"renewal_emergency", "1 when the certificate is inside its emergency window or expired.")
+	m.rotating = r.Gauge(ns+"rotation_in_progress", "1 while a rotation is in progress.")
+	m.rotationStarts = r.CounterVec(ns+"rotation_attempts_total", "Rotations started (or resumed after a restart), by trigger.", "trigger")
+	m.rotationResults = r.CounterVec(ns+"rotation_results_total",
+		"Rotations ended, by trigger and outcome (succeeded, rolled-back).", "trigger", "outcome")
+	m.stepFailures = r.CounterVec(ns+"rotation_step_failures_total",
+		"Failed attempts at a rotation step (retried or rolled back), by phase.", "phase")
+	m.connState = r.GaugeVec(ns+"connection_state", "1 for the MQTT connection's current state, 0 for the others.", "state")
+	m.connFailures = r.CounterVec(ns+"connection_failures_total",
+		"Failed connection attempts and lost connections, by kind (the agent's diagnosis).", "kind")
+	m.connLosses = r.Counter(ns+"connection_losses_total", "Established connections that ended without the daemon asking.")
+	m.signErrors = r.Counter(ns+"signing_errors_total", "Signatures the device key failed to make (TLS handshakes, CSRs).")
+	r.GaugeFunc(ns+"certificate_age_seconds", "Age of the current device certificate (now minus not-before).", func() float64 {
 		m.mu.Lock()
 		defer m.mu.Unlock()
 		if m.notBefore.IsZero() {
@@ -92,32 +84,26 @@ func NewMetrics(now func() time.Time) *Metrics {
 		}
 		return m.now().Sub(m.notBefore).Seconds()
 	})
-	left := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "thingcert", Name: "certificate_expires_in_seconds",
-		Help: "Time left until the current device certificate expires (negative once expired)."}, func() float64 {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		if m.notAfter.IsZero() {
-			return 0
-		}
-		return m.notAfter.Sub(m.now()).Seconds()
-	})
-	m.reg.MustRegister(m.certNotBefore, m.certNotAfter, m.certInfo, age, left, m.nextRenewal, m.renewalEmergency,
-		m.rotating, m.rotationStarts, m.rotationResults, m.stepFailures, m.connState, m.connFailures, m.connLosses, m.signErrors,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{Namespace: "thingcert"}))
+	r.GaugeFunc(ns+"certificate_expires_in_seconds",
+		"Time left until the current device certificate expires (negative once expired).", func() float64 {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			if m.notAfter.IsZero() {
+				return 0
+			}
+			return m.notAfter.Sub(m.now()).Seconds()
+		})
+	r.Collect(promtext.GoMetrics)
+	r.Collect(promtext.ProcessMetrics(ns))
 	for _, s := range metricStates {
-		m.connState.WithLabelValues(s.String()).Set(0)
+		m.connState.With(s.String()).Set(0)
 	}
-	m.connState.WithLabelValues(iot.StateDisconnected.String()).Set(1)
+	m.connState.With(iot.StateDisconnected.String()).Set(1)
 	return m
 }
 
-// Registry is the metrics' own registry, for tests or to serve them elsewhere.
-func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
-
 // Handler serves the metrics in Prometheus's text format.
-func (m *Metrics) Handler() http.Handler {
-	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
-}
+func (m *Metrics) Handler() http.Handler { return m.reg.Handler() }
 
 // SetCertificate records the current certificate.
 func (m *Metrics) SetCertificate(certID, backend string, notBefore, notAfter time.Time) {
@@ -131,7 +117,7 @@ func (m *Metrics) SetCertificate(certID, backend string, notBefore, notAfter tim
 	m.certNotAfter.Set(unixSeconds(notAfter))
 	m.certInfo.Reset()
 	if certID != "" {
-		m.certInfo.WithLabelValues(certID, backend).Set(1)
+		m.certInfo.With(certID, backend).Set(1)
 	}
 }
 
@@ -150,7 +136,7 @@ func (m *Metrics) RotationStarted(trigger string) {
 		return
 	}
 	m.rotating.Set(1)
-	m.rotationStarts.WithLabelValues(trigger).Inc()
+	m.rotationStarts.With(trigger).Inc()
 }
 
 // RotationStepFailed counts a failed attempt at phase's action.
@@ -158,7 +144,7 @@ func (m *Metrics) RotationStepFailed(phase string) {
 	if m == nil {
 		return
 	}
-	m.stepFailures.WithLabelValues(phase).Inc()
+	m.stepFailures.With(phase).Inc()
 }
 
 // RotationEnded counts a rotation's outcome; an empty outcome means it
@@ -169,7 +155,7 @@ func (m *Metrics) RotationEnded(trigger, outcome string) {
 	}
 	m.rotating.Set(0)
 	if outcome != "" {
-		m.rotationResults.WithLabelValues(trigger, outcome).Inc()
+		m.rotationResults.With(trigger, outcome).Inc()
 	}
 }
 
@@ -180,13 +166,13 @@ func (m *Metrics) ConnectionChanged(ch iot.StateChange, lost bool) {
 		return
 	}
 	for _, s := range metricStates {
-		m.connState.WithLabelValues(s.String()).Set(boolFloat(s == ch.State))
+		m.connState.With(s.String()).Set(boolFloat(s == ch.State))
 	}
 	if lost {
 		m.connLosses.Inc()
 	}
 	if ch.Err != nil {
-		m.connFailures.WithLabelValues(FailureKind(ch.Err)).Inc()
+		m.connFailures.With(FailureKind(ch.Err)).Inc()
 	}
 }
 
@@ -305,3 +291,6 @@ func (k countingKey) Protection(ctx context.Context) (keystore.Protection, error
 	}
 	return keystore.Protection{}, keystore.ErrUnsupported
 }
+
+// Registry is the metrics' own registry, for tests or to serve them elsewhere.
+func (m *Metrics) Registry() *promtext.Registry { return m.reg }

@@ -145,8 +145,9 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "thingcert")
-	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/thingcert/thingcert/cmd/thingcert").CombinedOutput()
+	bin := filepath.Join(dir, "thingcert") // and thingcert-emulator beside it, which runs `thingcert emulator`
+	out, err := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", dir+string(filepath.Separator),
+		"github.com/thingcert/thingcert/cmd/thingcert", "github.com/thingcert/thingcert/cmd/thingcert-emulator").CombinedOutput()
 	if err != nil {
 		return "", fmt.Errorf("building thingcert: %v: %s", err, out)
 	}
@@ -186,9 +187,12 @@ func startEmulator(b *testing.B, p *pki) *broker {
 	}
 	port := testpeers.FreePort(b)
 	listen := "127.0.0.1:" + strconv.Itoa(port)
-	// Every device is in one account: AWS's 500 CONNECTs/s account quota
-	// would refuse the ramp, so it is off.
-	cmd := exec.Command(bin, "emulator", "serve", "--state", state, "--listen", listen, "--account-connect-rate", "-1")
+	// thingcert-emulator itself, not `thingcert emulator` (which runs it): its
+	// PID is the broker whose memory and CPU are measured. Every device is in
+	// one account: AWS's 500 CONNECTs/s account quota would refuse the ramp,
+	// so it is off.
+	emuBin := filepath.Join(filepath.Dir(bin), "thingcert-emulator")
+	cmd := exec.Command(emuBin, "emulator", "serve", "--state", state, "--listen", listen, "--account-connect-rate", "-1")
 	if profileDir != "" {
 		cmd = exec.Command(os.Args[0], "-test.run", "^$")
 		cmd.Env = append(os.Environ(), childEnv+"=1", "THINGCERT_BENCH_STATE="+state, "THINGCERT_BENCH_LISTEN="+listen)

@@ -1,6 +1,6 @@
 // Command fleet is the fleet herd benchmark: N simulated devices (the real
 // device.Manager, file keys, one process) against one emulator (a child
-// process, `thingcert emulator serve`, so its memory and CPU are its own)
+// process, thingcert-emulator (`thingcert emulator serve`), so its memory and CPU are its own)
 // with AWS's default quotas or a multiple of them; the fleet package's
 // rotate and retire over all of them. It reports the wall time against the
 // limit the quotas set (RegisterThing binds: N / rate seconds), the peak
@@ -64,7 +64,7 @@ func main() {
 	scale := flag.Float64("quota-scale", 1, "multiply AWS's CreateCertificateFromCsr, RegisterThing and CONNECT quotas by this")
 	rate := flag.Int("rate", 0, "rollout rate per minute (0: RegisterThing's quota, at most AWS's 1000)")
 	workers := flag.Int("workers", 16, "retire workers")
-	bin := flag.String("thingcert", "", "thingcert binary for the emulator (default: built from ./cmd/thingcert)")
+	bin := flag.String("emulator", "", "thingcert-emulator binary for -child (default: built from ./cmd/thingcert-emulator)")
 	stagger := flag.Bool("stagger", true, "start devices at the RegisterThing quota rather than all at once")
 	child := flag.Bool("child", false, "run the emulator as a child process with a state folder (its own RSS and CPU, its own file descriptors) instead of in memory in this process")
 	flag.Parse()
@@ -213,11 +213,14 @@ func (p *emuProc) stop() {
 	_ = p.cmd.Wait()
 }
 
+// buildThingcert builds thingcert-emulator: the -child emulator is that
+// program itself (not `thingcert emulator`, which runs it), so that its PID's
+// memory and CPU are the emulator's.
 func buildThingcert(dir string) (string, error) {
-	bin := filepath.Join(dir, "thingcert")
+	bin := filepath.Join(dir, "thingcert-emulator")
 	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goTool, "build", "-o", bin, "./cmd/thingcert").CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/thingcert (run from the module root): %v\n%s", err, out)
+	if out, err := exec.Command(goTool, "build", "-o", bin, "./cmd/thingcert-emulator").CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/thingcert-emulator (run from the module root): %v\n%s", err, out)
 	}
 	return bin, nil
 }

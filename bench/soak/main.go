@@ -7,7 +7,7 @@
 // at the end prints the first and last samples. Not part of CI: it takes as
 // long as -duration (30 minutes for the figures in bench/README.md).
 //
-//	go build -o /tmp/thingcert ./cmd/thingcert
+//	go build -o /tmp/ ./cmd/thingcert ./cmd/thingcert-emulator   # thingcert runs thingcert-emulator for `emulator serve`
 //	go run ./bench/soak -thingcert /tmp/thingcert -duration 30m -csv /tmp/soak.csv
 package main
 

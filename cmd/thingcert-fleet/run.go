@@ -13,12 +13,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/thingcert/thingcert/fleet"
+	"github.com/thingcert/thingcert/internal/promtext"
 	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/rotation"
 )
@@ -112,38 +111,29 @@ func withAccounts(cmd *cobra.Command, g *globals, c fleetConfig, o *fleet.CycleO
 
 // daemonMetrics are the daemon's Prometheus gauges and counters.
 type daemonMetrics struct {
-	reg                               *prometheus.Registry
-	things, certs, due, rotating      prometheus.Gauge
-	findings                          *prometheus.GaugeVec
-	executions                        *prometheus.GaugeVec
-	retired, waves, cycleErrors, runs prometheus.Counter
-	lastCycle                         prometheus.Gauge
+	reg                               *promtext.Registry
+	things, certs, due, rotating      promtext.Value
+	findings                          promtext.Vec
+	executions                        promtext.Vec
+	retired, waves, cycleErrors, runs promtext.Value
+	lastCycle                         promtext.Value
 }
 
 func newDaemonMetrics() *daemonMetrics {
-	m := &daemonMetrics{reg: prometheus.NewRegistry()}
-	g := func(name, help string) prometheus.Gauge {
-		x := prometheus.NewGauge(prometheus.GaugeOpts{Name: "thingcert_fleet_" + name, Help: help})
-		m.reg.MustRegister(x)
-		return x
-	}
-	c := func(name, help string) prometheus.Counter {
-		x := prometheus.NewCounter(prometheus.CounterOpts{Name: "thingcert_fleet_" + name, Help: help})
-		m.reg.MustRegister(x)
-		return x
-	}
-	m.things = g("things", "Things in the fleet at the last cycle.")
-	m.certs = g("certificates", "Certificates attached to the fleet's things at the last cycle.")
-	m.due = g("due_things", "Things whose certificate the policy says to rotate, not yet rotating.")
-	m.rotating = g("rotating_things", "Things with a QUEUED or IN_PROGRESS rotation execution.")
-	m.lastCycle = g("last_cycle_timestamp_seconds", "When the last cycle finished without error.")
-	m.findings = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "thingcert_fleet_findings", Help: "Audit findings at the last cycle, by check."}, []string{"check"})
-	m.executions = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "thingcert_fleet_job_executions", Help: "Rotation job executions, by status, at the last cycle."}, []string{"status"})
-	m.reg.MustRegister(m.findings, m.executions)
-	m.retired = c("retired_certificates_total", "Old certificates deactivated or deleted.")
-	m.waves = c("waves_total", "Rotation jobs created.")
-	m.cycleErrors = c("cycle_errors_total", "Cycles that ended in an error.")
-	m.runs = c("cycles_total", "Cycles run.")
+	r := promtext.NewRegistry()
+	m := &daemonMetrics{reg: r}
+	const ns = "thingcert_fleet_"
+	m.things = r.Gauge(ns+"things", "Things in the fleet at the last cycle.")
+	m.certs = r.Gauge(ns+"certificates", "Certificates attached to the fleet's things at the last cycle.")
+	m.due = r.Gauge(ns+"due_things", "Things whose certificate the policy says to rotate, not yet rotating.")
+	m.rotating = r.Gauge(ns+"rotating_things", "Things with a QUEUED or IN_PROGRESS rotation execution.")
+	m.lastCycle = r.Gauge(ns+"last_cycle_timestamp_seconds", "When the last cycle finished without error.")
+	m.findings = r.GaugeVec(ns+"findings", "Audit findings at the last cycle, by check.", "check")
+	m.executions = r.GaugeVec(ns+"job_executions", "Rotation job executions, by status, at the last cycle.", "status")
+	m.retired = r.Counter(ns+"retired_certificates_total", "Old certificates deactivated or deleted.")
+	m.waves = r.Counter(ns+"waves_total", "Rotation jobs created.")
+	m.cycleErrors = r.Counter(ns+"cycle_errors_total", "Cycles that ended in an error.")
+	m.runs = r.Counter(ns+"cycles_total", "Cycles run.")
 	return m
 }
 
@@ -154,12 +144,12 @@ func (m *daemonMetrics) observe(r *fleet.CycleReport) {
 	m.rotating.Set(float64(r.Rotating))
 	m.findings.Reset()
 	for k, v := range r.Findings {
-		m.findings.WithLabelValues(k).Set(float64(v))
+		m.findings.With(k).Set(float64(v))
 	}
 	m.executions.Reset()
 	for _, j := range r.Jobs {
 		for k, v := range j.Counts {
-			m.executions.WithLabelValues(k).Add(float64(v))
+			m.executions.With(k).Add(float64(v))
 		}
 		m.retired.Add(float64(j.Retired))
 	}
@@ -203,7 +193,7 @@ does not have, so it restarts anywhere, and two copies at once find the same job
 				if err != nil {
 					return fmt.Errorf("metrics_listen %s: %w", cfg.MetricsListen, err)
 				}
-				srv := &http.Server{Handler: promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+				srv := &http.Server{Handler: m.reg.Handler(), ReadHeaderTimeout: 10 * time.Second}
 				go func() { _ = srv.Serve(ln) }()
 				defer srv.Close()
 				log.Info("metrics", "url", "http://"+ln.Addr().String()+"/metrics")

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"runtime"
 	"strings"
 	"time"
@@ -187,8 +189,11 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep iot.Endpoin
 	if f.json {
 		return writeJSON(env.stdout, rep)
 	}
-	printConnect(env, ep, rep)
-	return nil
+	// One write: the report is one block, not a dozen small writes.
+	var out bytes.Buffer
+	printConnect(&out, ep, rep)
+	_, err = env.stdout.Write(out.Bytes())
+	return err
 }
 
 // reportFailure prints, with --json, the failure as JSON on stdout for
@@ -212,8 +217,7 @@ func reportFailure(env *cliEnv, f connectFlags, rep connectReport, err error) er
 	return err
 }
 
-func printConnect(env *cliEnv, ep iot.Endpoint, rep connectReport) {
-	w := env.stdout
+func printConnect(w io.Writer, ep iot.Endpoint, rep connectReport) {
 	t := rep.TLS
 	fmt.Fprintf(w, "connected to %s as client ID %q\n", ep, rep.ClientID)
 	fmt.Fprintf(w, "  TLS           %s, %s\n", t.Version, t.CipherSuite)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"regexp"
@@ -75,10 +76,17 @@ func TestDemoTPM(t *testing.T) {
 	}
 }
 
+// TestDemoRefusesUnknownKeyStore: through thingcert, which runs
+// thingcert-emulator, a usage error keeps its message and its exit code.
 func TestDemoRefusesUnknownKeyStore(t *testing.T) {
-	_, stderr, code := run(t, "demo", "--key-store", "vault")
-	if code != 2 || !strings.Contains(stderr, "want file, tpm or pkcs11") {
-		t.Errorf("demo --key-store vault: exit %d, %q", code, stderr)
+	cmd := exec.Command(thingcertBinary(t), "demo", "--key-store", "vault")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(stderr.String(), "want file, tpm or pkcs11") ||
+		strings.Count(stderr.String(), "thingcert: ") != 1 {
+		t.Errorf("demo --key-store vault: %v, %q", err, stderr.String())
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/internal/doctor"
+	"github.com/thingcert/thingcert/internal/statusview"
 	"github.com/thingcert/thingcert/internal/testpeers"
 	"github.com/thingcert/thingcert/internal/testpki"
 	"github.com/thingcert/thingcert/iot"
@@ -430,7 +431,7 @@ func TestDoctorAndStatusWithBrokenConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("thingcert status with a broken config: %v", err)
 	}
-	var s Status
+	var s statusview.Status
 	if err := json.Unmarshal(out, &s); err != nil {
 		t.Fatal(err)
 	}

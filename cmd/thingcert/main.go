@@ -16,8 +16,12 @@ func main() {
 	err := newRootCmd(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		// One line a person can act on; cobra's own usage dump is off.
-		fmt.Fprintln(os.Stderr, "thingcert: "+forShell(err))
+		// One line a person can act on; cobra's own usage dump is off. An
+		// exit status without a message (thingcert-emulator's) has been
+		// explained already.
+		if msg := forShell(err); msg != "" {
+			fmt.Fprintln(os.Stderr, "thingcert: "+msg)
+		}
 		os.Exit(exitCode(err))
 	}
 }

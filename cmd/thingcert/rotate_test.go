@@ -35,11 +35,12 @@ func buildThingcert(t *testing.T) string {
 	if _, err := os.Stat(goTool); err != nil {
 		testpeers.Missing(t, "no go command next to this test's toolchain: "+err.Error())
 	}
-	bin := filepath.Join(t.TempDir(), "thingcert")
-	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/thingcert: %v\n%s", err, out)
+	dir := t.TempDir()
+	// thingcert-emulator beside it runs `thingcert emulator`.
+	if out, err := exec.Command(goTool, "build", "-o", dir+string(filepath.Separator), ".", "../thingcert-emulator").CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/thingcert ./cmd/thingcert-emulator: %v\n%s", err, out)
 	}
-	return bin
+	return filepath.Join(dir, "thingcert")
 }
 
 // fleet is an in-process emulator with a provisioning template, and the

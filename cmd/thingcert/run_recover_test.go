@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/thingcert/thingcert/internal/statusview"
 	"github.com/thingcert/thingcert/iot"
 
 	"github.com/thingcert/thingcert/emulator"
@@ -33,7 +34,7 @@ func (d *daemonDevice) allowRecovery() {
 // refused one retires, and device programs publish again.
 func (d *daemonDevice) recoveredFrom(old string) string {
 	d.t.Helper()
-	var s *Status
+	var s *statusview.Status
 	eventually(d.t, "the daemon to provision again and connect", func() bool {
 		s = d.status()
 		c := s.Agent.Connection
@@ -46,7 +47,7 @@ func (d *daemonDevice) recoveredFrom(old string) string {
 	if rc := s.Agent.Recovered; rc == nil || rc.CertificateID != old || !strings.Contains(rc.Reason, "client certificate refused") {
 		d.t.Errorf("status does not record the recovery from %s: %+v", old, rc)
 	}
-	if !slices.ContainsFunc(s.Retiring, func(r RetiringStatus) bool { return r.CertificateID == old }) {
+	if !slices.ContainsFunc(s.Retiring, func(r statusview.RetiringStatus) bool { return r.CertificateID == old }) {
 		d.t.Errorf("the refused identity %s does not retire: %+v", old, s.Retiring)
 	}
 	if len(s.Problems) != 0 {
@@ -159,7 +160,7 @@ func TestRunRefusedIdentityWithoutRecover(t *testing.T) {
 // status (JSON and text) says what to do.
 func (d *daemonDevice) refusedUnrecovered(old string) {
 	d.t.Helper()
-	var s *Status
+	var s *statusview.Status
 	eventually(d.t, "status to show the refusal", func() bool {
 		s = d.status()
 		c := s.Agent.Connection

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/internal/statusview"
 	"github.com/thingcert/thingcert/iot"
 
 	"github.com/thingcert/thingcert/emulator"
@@ -51,8 +52,10 @@ func thingcertBinary(t *testing.T) string {
 			return
 		}
 		daemonBin = filepath.Join(daemonBinDir, "thingcert")
-		if out, err := exec.Command(goTool, "build", "-o", daemonBin, ".").CombinedOutput(); err != nil {
-			daemonBinErr = fmt.Errorf("go build ./cmd/thingcert: %v\n%s", err, out)
+		// thingcert-emulator beside it, as a release lays them out: it runs
+		// `thingcert emulator` and `thingcert demo`.
+		if out, err := exec.Command(goTool, "build", "-o", daemonBinDir+string(filepath.Separator), ".", "../thingcert-emulator").CombinedOutput(); err != nil {
+			daemonBinErr = fmt.Errorf("go build ./cmd/thingcert ./cmd/thingcert-emulator: %v\n%s", err, out)
 		}
 	})
 	if daemonBinErr != nil {
@@ -252,12 +255,12 @@ func (p *daemonProc) exit() int {
 }
 
 // status runs `thingcert status --json` as its own process.
-func (d *daemonDevice) status() *Status {
+func (d *daemonDevice) status() *statusview.Status {
 	d.t.Helper()
 	return d.statusWith(d.config)
 }
 
-func (d *daemonDevice) statusWith(config string) *Status {
+func (d *daemonDevice) statusWith(config string) *statusview.Status {
 	d.t.Helper()
 	out, err := exec.Command(thingcertBinary(d.t), "status", "--config", config, "--json").Output()
 	if err != nil {
@@ -267,7 +270,7 @@ func (d *daemonDevice) statusWith(config string) *Status {
 		}
 		d.t.Fatalf("thingcert status: %v\n%s", err, stderr)
 	}
-	var s Status
+	var s statusview.Status
 	if err := json.Unmarshal(out, &s); err != nil {
 		d.t.Fatalf("thingcert status --json: %v\n%s", err, out)
 	}

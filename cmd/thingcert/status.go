@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/statusview"
 )
 
 func newStatusCmd(env *cliEnv) *cobra.Command {
@@ -39,16 +40,16 @@ and the config's error beside it, as a problem. The state folder is then
 			}
 			now := env.clock()()
 			cfg, cfgErr := config.Load(cfgPath)
-			var st *Status
+			var st *statusview.Status
 			var err error
 			if cfgErr != nil {
 				dir, how := stateDir(state, cfgPath, nil)
-				st, err = ReadStatusBroken(cfgPath, cfgErr, dir, how, now)
+				st, err = statusview.ReadStatusBroken(cfgPath, cfgErr, dir, how, now)
 			} else {
 				if state != "" {
 					cfg.StateDir = state
 				}
-				st, err = ReadStatus(cfg, now)
+				st, err = statusview.ReadStatus(cfg, now)
 			}
 			if err != nil {
 				return err

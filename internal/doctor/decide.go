@@ -14,7 +14,9 @@ import (
 
 // The decisions: pure functions from what a probe saw to a Result.
 
-var lineRE = regexp.MustCompile(`line (\d+)`)
+// lineRE finds a YAML error's line number. It is compiled when used, not at
+// start-up: every thingcert command links this package.
+func lineRE() *regexp.Regexp { return regexp.MustCompile(`line (\d+)`) }
 
 // ConfigResult judges config.Load's error for path (nil: it loaded).
 func ConfigResult(path string, err error, summary string) Result {
@@ -35,7 +37,7 @@ func ConfigResult(path string, err error, summary string) Result {
 // editFix opens path at the line msg names, if it names one.
 func editFix(path, msg string) string {
 	edit := "${EDITOR:-vi} " + shellQuote(path)
-	if m := lineRE.FindStringSubmatch(msg); m != nil {
+	if m := lineRE().FindStringSubmatch(msg); m != nil {
 		edit = "${EDITOR:-vi} +" + m[1] + " " + shellQuote(path)
 	}
 	return edit + "  (then: systemctl reload thingcert)"

@@ -444,7 +444,7 @@ func (r *run) checkKey(ctx context.Context) {
 	s, k, err := keystore.OpenKey(cctx, r.id.keyURI, keystore.Options{})
 	if err != nil {
 		fix := "thingcert key show --key '" + shown + "'"
-		if m := chmodRE.FindString(err.Error()); m != "" && errors.Is(err, keystore.ErrInsecure) {
+		if m := chmodRE().FindString(err.Error()); m != "" && errors.Is(err, keystore.ErrInsecure) {
 			fix = m
 		} else if errors.Is(err, keystore.ErrNotFound) {
 			fix = "thingcert status  (the key is gone: provision again with the claim, claim.recover, or install a new key and certificate)"
@@ -471,8 +471,10 @@ func (r *run) checkKey(ctx context.Context) {
 	r.rep.add(ok("key", "%s (%s identity) signs; the signature verifies with its public key", shown, r.id.kind))
 }
 
-// chmodRE finds the command a store's ErrInsecure error gives.
-var chmodRE = regexp.MustCompile(`chmod [0-7]{3,4} [^\s` + "`" + `;]+`)
+// chmodRE finds the command a store's ErrInsecure error gives. It is
+// compiled when used, not at start-up: every thingcert command links this
+// package.
+func chmodRE() *regexp.Regexp { return regexp.MustCompile(`chmod [0-7]{3,4} [^\s` + "`" + `;]+`) }
 
 func verify(pub crypto.PublicKey, digest, sig []byte) error {
 	switch p := pub.(type) {

@@ -107,3 +107,25 @@ func TestDeviceBinaryLinksNoAWSSDK(t *testing.T) {
 		t.Error("cmd/thingcert-fleet does not link aws-sdk-go-v2/service/iot: the check above proves nothing")
 	}
 }
+
+// TestThingcertLinksNoEmulator: the device binary does not link the
+// emulator, its broker or a metrics library whose packages initialise
+// themselves in every run of every subcommand (thingcert-emulator runs
+// `thingcert emulator` and `thingcert demo`; bench/startup measures it).
+func TestThingcertLinksNoEmulator(t *testing.T) {
+	for _, d := range deps(t, "", "./cmd/thingcert") {
+		for _, f := range []string{module + "/emulator", "mochi-mqtt", "rs/xid", "prometheus", "protobuf", "aws-sdk-go"} {
+			if strings.Contains(d, f) {
+				t.Errorf("cmd/thingcert links %s", d)
+			}
+		}
+	}
+	// The check can fail: the emulator's binary does link the broker.
+	found := false
+	for _, d := range deps(t, "", "./cmd/thingcert-emulator") {
+		found = found || strings.Contains(d, "mochi-mqtt")
+	}
+	if !found {
+		t.Error("cmd/thingcert-emulator does not link mochi-mqtt: the check above proves nothing")
+	}
+}

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/thingcert/thingcert/keystore"
+	_ "github.com/thingcert/thingcert/keystore/filestore"
+
 	"github.com/thingcert/thingcert/internal/testpeers"
 
 	"github.com/thingcert/thingcert/emulator"
@@ -100,15 +103,31 @@ func TestEmulatorCommandsOfflineAndOnline(t *testing.T) {
 	if out := mustCLI(t, "emulator", "job", "--state", state, "--account", "dev", "--thing", "dev-1", "--job-id", "j1"); !strings.Contains(out, "QUEUED") {
 		t.Fatalf("job: %q", out)
 	}
-	// A key and CSR made by thingcert, a certificate issued by the emulator.
+	// A file key and its CSR (thingcert's own key store), a certificate
+	// issued by the emulator.
 	keys := filepath.Join(dir, "keys")
 	if err := os.Mkdir(keys, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	keyURI := "file:" + filepath.Join(keys, "dev-2.pem")
-	pub := mustCLI(t, "key", "generate", "--key", keyURI)
+	store, err := keystore.Open(context.Background(), "file:"+keys+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	key, err := store.Generate(context.Background(), "file:"+filepath.Join(keys, "dev-2.pem"), keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spkiKey, _ := x509.MarshalPKIXPublicKey(key.Public())
+	pub := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: spkiKey}))
+	csr, err := keystore.CreateCSR(key, "CN=dev-2", keystore.CSROptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	csrPath := filepath.Join(dir, "dev-2.csr")
-	mustCLI(t, "csr", "--key", keyURI, "--subject", "CN=dev-2", "--out", csrPath)
+	if err := os.WriteFile(csrPath, keystore.EncodeCSR(csr), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	issued := mustCLI(t, "emulator", "issue", "--state", state, "--account", "dev", "--csr", csrPath, "--thing", "dev-2", "--lifetime", "1h")
 	b, _ := pem.Decode([]byte(issued))
 	if b == nil {

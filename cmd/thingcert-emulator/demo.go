@@ -19,6 +19,7 @@ import (
 
 	"github.com/thingcert/thingcert/agentclient"
 	"github.com/thingcert/thingcert/internal/humanize"
+	"github.com/thingcert/thingcert/internal/statusview"
 	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/iot/jobs"
 
@@ -334,7 +335,7 @@ func (d *demo) run(ctx context.Context) error {
 	}
 	d.tl.step("unaffected", "the device still publishes (QoS 1 acknowledged): it no longer uses the old certificate")
 
-	st, err := ReadStatus(cfg, time.Now())
+	st, err := statusview.ReadStatus(cfg, time.Now())
 	if err != nil {
 		return err
 	}

@@ -1,4 +1,6 @@
-package main
+// Package statusview is the health of a device's identity as `thingcert status`
+// shows it, read from the configuration, the state folder and the clock.
+package statusview
 
 import (
 	"errors"
@@ -464,3 +466,5 @@ func backendOf(uri string) string {
 	}
 	return u.Scheme
 }
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
