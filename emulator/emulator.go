@@ -353,7 +353,26 @@ func (e *Emulator) send(cl *mqtt.Client, m message) {
 // topic. Thing names are per account, so a broker-wide publish could reach a
 // thing of the same name in another account.
 func (e *Emulator) notify(account, topic string, payload []byte) {
-	for _, cl := range e.server.Clients.GetAll() {
+	// The broker's topic index names the few clients whose filters match;
+	// walking every connection instead made a fleet-wide job's notifications
+	// cost connections × things. subscribed still decides, with the rules
+	// the index does not know ($ topics and wildcards, the account's
+	// namespace).
+	subs := e.server.Topics.Subscribers(toBroker(account, topic))
+	ids := make(map[string]struct{}, len(subs.Subscriptions))
+	for id := range subs.Subscriptions {
+		ids[id] = struct{}{}
+	}
+	for _, group := range subs.Shared {
+		for id := range group {
+			ids[id] = struct{}{}
+		}
+	}
+	for id := range ids {
+		cl, ok := e.server.Clients.Get(id)
+		if !ok {
+			continue
+		}
 		sess := sessionOf(cl)
 		if sess == nil || cl.Closed() {
 			continue
