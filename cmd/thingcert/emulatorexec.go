@@ -68,15 +68,16 @@ func findEmulator() (string, error) {
 // script that stops `thingcert emulator serve` by its PID stops the
 // emulator, not a parent that would leave it running. In-process callers
 // (tests, whose outputs are buffers) get a child process instead. Under
-// `go run ./cmd/thingcert demo` (the source tree, no installed
-// thingcert-emulator) it runs the emulator's package the same way, with
-// `go run`.
+// `go run ./cmd/thingcert demo` it runs the source tree's emulator package
+// the same way, with `go run`.
 func runEmulatorBinary(ctx context.Context, env *cliEnv, args []string) error {
 	var argv []string
-	if bin, err := findEmulator(); err == nil {
-		argv = append([]string{bin}, args...)
-	} else if goTool, gerr := exec.LookPath("go"); gerr == nil && builtByGoRun() {
+	// Under `go run` the source tree's emulator goes first: one installed
+	// on PATH may be of another version than the thingcert being run.
+	if goTool, gerr := exec.LookPath("go"); gerr == nil && builtByGoRun() {
 		argv = append([]string{goTool, "run", "github.com/thingcert/thingcert/cmd/" + emulatorBinary}, args...)
+	} else if bin, err := findEmulator(); err == nil {
+		argv = append([]string{bin}, args...)
 	} else {
 		return fmt.Errorf("%w beside %s or on PATH: `thingcert %s` runs it; install it with thingcert (go install github.com/thingcert/thingcert/cmd/%s@latest, or build ./cmd/%s into the folder that holds thingcert)",
 			err, selfDir(), args[0], emulatorBinary, emulatorBinary)
