@@ -56,9 +56,12 @@ type Runner struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Log receives one line per transition; nil discards.
 	Log *slog.Logger
-	// AfterSave, if set, is called after each state is persisted and before
-	// the next action (status, metrics; tests use it to stop a process at a
-	// chosen phase). An error stops the runner, as a cancelled context would.
+	// AfterSave, if set, is called after each transition is recorded and
+	// before the next action (status, metrics; tests use it to stop a process
+	// at a chosen phase). Recorded means as Needs says: a transition whose
+	// next action is local is kept in memory only, so a process stopped there
+	// restarts from the state written before it. An error stops the runner,
+	// as a cancelled context would.
 	AfterSave func(ctx context.Context, s *State) error
 }
 
@@ -159,7 +162,7 @@ func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 	describe(&rec, chain[0])
 	s = &State{Version: StateVersion, Phase: PhaseIdle, Current: &rec}
 	r.Machine.log(s, "", PhaseIdle, Event{Kind: "adopt"}, r.now(), "identity "+short(rec.CertificateID)+" with key "+keystore.RedactURI(rec.KeyURI))
-	if err := r.save(ctx, s); err != nil {
+	if err := r.save(ctx, s, Durable); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -220,7 +223,9 @@ func (r *Runner) Recover(ctx context.Context, claim IdentityRecord, why string) 
 	if err != nil {
 		return s, err
 	}
-	if err := r.save(ctx, n); err != nil {
+	// Durable: the refused identity's key is in Previous from here on, to be
+	// deleted after the grace period (see Needs on why that matters).
+	if err := r.save(ctx, n, Durable); err != nil {
 		return s, err
 	}
 	return n, nil
@@ -255,18 +260,20 @@ func (r *Runner) rotate(ctx context.Context, s *State, t Trigger) (*State, error
 		return s, fmt.Errorf("rotation: naming the new key: %w", err)
 	}
 	n, err := r.Machine.Next(s, Event{Kind: EventStart, Trigger: t, KeyURI: uri}, now)
+	durable := false
 	switch {
 	case errors.Is(err, ErrInProgress):
 		r.log().Info("rotation: resuming the rotation in progress", "phase", s.Phase)
 	case err != nil:
 		return s, err
 	default:
-		if err := r.save(ctx, n); err != nil {
+		d := Needs(ActionFor(n, now))
+		if err := r.save(ctx, n, d); err != nil {
 			return s, err
 		}
-		s = n
+		s, durable = n, d == Durable
 	}
-	s, err = r.run(ctx, s)
+	s, err = r.run(ctx, s, durable)
 	if err != nil {
 		return s, err
 	}
@@ -296,7 +303,7 @@ func (r *Runner) Resume(ctx context.Context) (*State, error) {
 		return nil, err
 	}
 	was := s.InProgress()
-	s, err = r.run(ctx, s)
+	s, err = r.run(ctx, s, false)
 	if err == nil && was {
 		err = rolledBack(s)
 	}
@@ -311,8 +318,13 @@ func (r *Runner) lock() (func(), error) {
 	return func() { c.Close() }, nil
 }
 
-// run acts until nothing is left to do, waiting for retries.
-func (r *Runner) run(ctx context.Context, s *State) (*State, error) {
+// run acts until nothing is left to do, waiting for retries. Each new state
+// is recorded as Needs says for the action that follows it; durable says
+// whether s is known to be durable (a state read from the folder may have
+// been only written). Before an action that needs a durable state, s is made
+// durable if it is not: so every such action follows a durable save of the
+// state it acts on, whether that state was made in this run or read.
+func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error) {
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
@@ -326,20 +338,28 @@ func (r *Runner) run(ctx context.Context, s *State) (*State, error) {
 			}
 			continue
 		}
+		if Needs(act) == Durable && !durable {
+			if err := r.State.save(s, Durable); err != nil {
+				return s, err
+			}
+			durable = true
+		}
 		ev := r.act(ctx, s, act)
 		if ev.Kind == EventFailed {
 			if c, _ := Classify(ev.Err); c == Stopped || ctx.Err() != nil {
 				return s, r.paused(s, ev.Err)
 			}
 		}
-		n, err := r.Machine.Next(s, ev, r.now())
+		now = r.now()
+		n, err := r.Machine.Next(s, ev, now)
 		if err != nil {
 			return s, err
 		}
-		if err := r.save(ctx, n); err != nil {
+		d := Needs(ActionFor(n, now))
+		if err := r.save(ctx, n, d); err != nil {
 			return s, err
 		}
-		s = n
+		s, durable = n, d == Durable
 		if ev.Kind == EventReported || ev.Kind == EventCleanedUp {
 			if err := r.State.Tidy(s); err != nil {
 				r.log().Warn("rotation: tidying the state folder", "error", err)
@@ -359,13 +379,15 @@ func (r *Runner) paused(s *State, err error) error {
 	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there at the next rotation or start", s.Phase, last, err)
 }
 
-func (r *Runner) save(ctx context.Context, s *State) error {
-	if err := r.State.Save(s); err != nil {
+// save records a new state as d says, logs the transition and calls
+// AfterSave (for every transition, whether or not it was written).
+func (r *Runner) save(ctx context.Context, s *State, d Durability) error {
+	if err := r.State.save(s, d); err != nil {
 		return err
 	}
 	if len(s.Journal) > 0 {
 		e := s.Journal[len(s.Journal)-1]
-		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note)
+		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note, "recorded", d.String())
 	}
 	if r.AfterSave != nil {
 		return r.AfterSave(ctx, s)

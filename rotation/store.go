@@ -108,12 +108,18 @@ func decodeState(data []byte, where string) (*State, error) {
 
 // Save writes the state atomically and durably: when Save returns, a power
 // cut leaves this state or a later one.
-func (s StateStore) Save(st *State) error {
+func (s StateStore) Save(st *State) error { return s.save(st, Durable) }
+
+// save records st as d says (see Durability): nothing for InMemory.
+func (s StateStore) save(st *State, d Durability) error {
+	if d == InMemory {
+		return nil
+	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
 		return fmt.Errorf("rotation: encoding state: %w", err)
 	}
-	if err := writeAtomic(s.fs(), s.Path(), append(data, '\n'), 0o600); err != nil {
+	if err := replaceFile(s.fs(), s.Path(), append(data, '\n'), 0o600, d == Durable); err != nil {
 		return fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
 	}
 	return nil
