@@ -160,6 +160,10 @@ func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 		return nil, err
 	}
 	describe(&rec, chain[0])
+	// The first state: its folders' entries must be durable (see Lock).
+	if err := r.State.Init(); err != nil {
+		return nil, err
+	}
 	s = &State{Version: StateVersion, Phase: PhaseIdle, Current: &rec}
 	r.Machine.log(s, "", PhaseIdle, Event{Kind: "adopt"}, r.now(), "identity "+short(rec.CertificateID)+" with key "+keystore.RedactURI(rec.KeyURI))
 	if err := r.save(ctx, s, Durable); err != nil {
@@ -609,7 +613,10 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 			return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: fmt.Errorf("rotation: deleting old key %s: %w", keystore.RedactURI(p.KeyURI), err)}
 		}
 		if r.ownFile(p.CertFile) {
-			if err := r.State.RemoveFile(p.CertFile); err != nil {
+			// Not synced: a removal a power cut undoes leaves a certificate file
+			// (public) that no state names, which the next Tidy removes; or one
+			// the state still names, which the next retirement removes again.
+			if err := r.State.removeFile(p.CertFile, false); err != nil {
 				return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: err}
 			}
 		}

@@ -142,8 +142,15 @@ func (s StateStore) Init() error {
 // Lock keeps other thingcert processes out of the folder while a rotation
 // runs; Close releases it.
 func (s StateStore) Lock() (io.Closer, error) {
-	if err := s.Init(); err != nil {
-		return nil, err
+	// The folders are made, and their entries synced, once: a rotation does
+	// not pay two folder syncs for them every time. A process that died
+	// between making them and syncing them is covered by the Init the first
+	// save of a state does (Runner.Adopt): no state is ever written in a
+	// folder whose own entry is not durable.
+	if _, err := s.fs().ReadDir(filepath.Join(s.Dir, CertsDir)); err != nil {
+		if err := s.Init(); err != nil {
+			return nil, err
+		}
 	}
 	c, err := s.fs().Lock(filepath.Join(s.Dir, lockFile))
 	if err != nil {
@@ -195,9 +202,15 @@ func ParseChainPEM(data []byte, where string) ([]*x509.Certificate, error) {
 
 // RemoveFile deletes a file in the state folder durably; a missing file is
 // not an error.
-func (s StateStore) RemoveFile(path string) error {
+func (s StateStore) RemoveFile(path string) error { return s.removeFile(path, true) }
+
+// removeFile is RemoveFile, with the folder's sync left out if sync is false.
+func (s StateStore) removeFile(path string, sync bool) error {
 	if err := s.fs().Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("rotation: removing %s: %w", path, err)
+	}
+	if !sync {
+		return nil
 	}
 	return s.fs().SyncDir(filepath.Dir(path))
 }
