@@ -1,6 +1,7 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -11,6 +12,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/thingcert/thingcert/keystore"
@@ -63,6 +65,15 @@ type Runner struct {
 	// restarts from the state written before it. An error stops the runner,
 	// as a cancelled context would.
 	AfterSave func(ctx context.Context, s *State) error
+
+	// last is the state file as this runner last wrote or read it, so that
+	// reading it back (each Rotate and Resume starts by reading it, under the
+	// folder's lock) does not decode the journal again when nobody changed it.
+	last struct {
+		sync.Mutex
+		data  []byte
+		state *State
+	}
 }
 
 // ErrRolledBack: the rotation failed and the device kept its identity.
@@ -114,7 +125,39 @@ func (r *Runner) algorithm() keystore.Algorithm {
 }
 
 // Load reads the persisted state (ErrNoState if there is none).
-func (r *Runner) Load() (*State, error) { return r.State.Load() }
+func (r *Runner) Load() (*State, error) { return r.load() }
+
+// load is StateStore.Load, without decoding again a file this runner last
+// wrote or read: the bytes are compared, so a change by anyone is seen.
+func (r *Runner) load() (*State, error) {
+	data, err := r.State.read()
+	if err != nil {
+		return nil, err
+	}
+	r.last.Lock()
+	defer r.last.Unlock()
+	if r.last.state != nil && bytes.Equal(data, r.last.data) {
+		return r.last.state.Clone(), nil
+	}
+	s, err := decodeState(data, r.State.Path())
+	if err != nil {
+		return nil, err
+	}
+	r.last.data, r.last.state = data, s.Clone()
+	return s, nil
+}
+
+// saveState records s as d says and remembers what was written.
+func (r *Runner) saveState(s *State, d Durability) error {
+	data, err := r.State.saveData(s, d)
+	if err != nil || data == nil {
+		return err
+	}
+	r.last.Lock()
+	r.last.data, r.last.state = data, s.Clone()
+	r.last.Unlock()
+	return nil
+}
 
 // Due is the renewal decision for the current identity, and whether a
 // rotation should start now. A claim identity is always due: it is replaced
@@ -148,7 +191,7 @@ func (r *Runner) Adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 }
 
 func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) {
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err == nil {
 		return s, nil
 	}
@@ -213,7 +256,7 @@ func (r *Runner) Recover(ctx context.Context, claim IdentityRecord, why string) 
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil || s.InProgress() || s.Current.Claim {
 		return s, err // nothing to undo: Provision resumes or starts
 	}
@@ -244,7 +287,7 @@ func (r *Runner) Rotate(ctx context.Context, t Trigger) (*State, error) {
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil {
 		return nil, err
 	}
@@ -302,7 +345,7 @@ func (r *Runner) Resume(ctx context.Context) (*State, error) {
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil {
 		return nil, err
 	}
@@ -343,7 +386,7 @@ func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error
 			continue
 		}
 		if Needs(act) == Durable && !durable {
-			if err := r.State.save(s, Durable); err != nil {
+			if err := r.saveState(s, Durable); err != nil {
 				return s, err
 			}
 			durable = true
@@ -386,7 +429,7 @@ func (r *Runner) paused(s *State, err error) error {
 // save records a new state as d says, logs the transition and calls
 // AfterSave (for every transition, whether or not it was written).
 func (r *Runner) save(ctx context.Context, s *State, d Durability) error {
-	if err := r.State.save(s, d); err != nil {
+	if err := r.saveState(s, d); err != nil {
 		return err
 	}
 	if len(s.Journal) > 0 {

@@ -54,6 +54,15 @@ func (s StateStore) Path() string { return filepath.Join(s.Dir, StateFile) }
 // an error naming the file, since guessing at a device's identity is worse
 // than stopping.
 func (s StateStore) Load() (*State, error) {
+	data, err := s.read()
+	if err != nil {
+		return nil, err
+	}
+	return decodeState(data, s.Path())
+}
+
+// read is the state file's content.
+func (s StateStore) read() ([]byte, error) {
 	data, err := s.fs().ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("rotation: %s: %w", s.Path(), ErrNoState)
@@ -61,7 +70,7 @@ func (s StateStore) Load() (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotation: reading state %s: %w", s.Path(), err)
 	}
-	return decodeState(data, s.Path())
+	return data, nil
 }
 
 func decodeState(data []byte, where string) (*State, error) {
@@ -112,17 +121,23 @@ func (s StateStore) Save(st *State) error { return s.save(st, Durable) }
 
 // save records st as d says (see Durability): nothing for InMemory.
 func (s StateStore) save(st *State, d Durability) error {
+	_, err := s.saveData(st, d)
+	return err
+}
+
+// saveData is save, returning what was written (nil for InMemory).
+func (s StateStore) saveData(st *State, d Durability) ([]byte, error) {
 	if d == InMemory {
-		return nil
+		return nil, nil
 	}
-	data, err := json.MarshalIndent(st, "", "  ")
+	data, err := encodeState(st)
 	if err != nil {
-		return fmt.Errorf("rotation: encoding state: %w", err)
+		return nil, fmt.Errorf("rotation: encoding state: %w", err)
 	}
-	if err := replaceFile(s.fs(), s.Path(), append(data, '\n'), 0o600, d == Durable); err != nil {
-		return fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
+	if err := replaceFile(s.fs(), s.Path(), data, 0o600, d == Durable); err != nil {
+		return nil, fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
 	}
-	return nil
+	return data, nil
 }
 
 // Init creates the state folder (0700) and its certs/ folder, durably.
