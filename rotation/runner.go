@@ -3,6 +3,7 @@ package rotation
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
@@ -372,6 +373,7 @@ func (r *Runner) lock() (func(), error) {
 // durable if it is not: so every such action follows a durable save of the
 // state it acts on, whether that state was made in this run or read.
 func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error) {
+	c := &runCache{}
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
@@ -391,7 +393,7 @@ func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error
 			}
 			durable = true
 		}
-		ev := r.act(ctx, s, act)
+		ev := r.act(ctx, s, act, c)
 		if ev.Kind == EventFailed {
 			if c, _ := Classify(ev.Err); c == Stopped || ctx.Err() != nil {
 				return s, r.paused(s, ev.Err)
@@ -442,17 +444,48 @@ func (r *Runner) save(ctx context.Context, s *State, d Durability) error {
 	return nil
 }
 
+// runCache holds, for one run, the new key as made (for the CSR) and the
+// issued chain as received (for the checks and the switch), so the steps
+// after do not read and parse them again (for a file key, each opening also
+// computes the public key; for a token or TPM it is a round trip). A
+// restarted run reads them from the store and the folder.
+type runCache struct {
+	key   keystore.Key
+	chain []*x509.Certificate
+	path  string
+}
+
+func (c *runCache) pendingKey(ctx context.Context, r *Runner, uri string) (keystore.Key, error) {
+	if c.key != nil && c.key.URI() == uri {
+		return c.key, nil
+	}
+	k, err := r.Store.Open(ctx, uri)
+	if err == nil {
+		c.key = k
+	}
+	return k, err
+}
+
+func (c *runCache) readChain(r *Runner, path string) ([]*x509.Certificate, error) {
+	if c.chain != nil && c.path == path {
+		return c.chain, nil
+	}
+	return r.State.ReadChain(path)
+}
+
 // act does one action and says what came of it.
-func (r *Runner) act(ctx context.Context, s *State, act Action) Event {
+func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	switch act {
 	case ActGenerateKey:
-		if err := r.ensureKey(ctx, s.Pending.KeyURI); err != nil {
+		k, err := r.ensureKey(ctx, s.Pending.KeyURI)
+		if err != nil {
 			return fail(err)
 		}
+		c.key = k
 		return Event{Kind: EventKeyReady}
 	case ActMakeCSR:
-		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
+		k, err := c.pendingKey(ctx, r, s.Pending.KeyURI)
 		if errors.Is(err, keystore.ErrNotFound) {
 			return fail(NewFatal("opening the new key", err))
 		}
@@ -465,25 +498,25 @@ func (r *Runner) act(ctx context.Context, s *State, act Action) Event {
 		}
 		return Event{Kind: EventCSRMade, CSR: string(keystore.EncodeCSR(der))}
 	case ActSubmit:
-		return r.submit(ctx, s)
+		return r.submit(ctx, s, c)
 	case ActVerify:
-		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
-		if errors.Is(err, keystore.ErrNotFound) {
-			return fail(NewFatal("opening the new key", err))
-		}
+		// The new key's public key is the CSR's: the key signed it, and the
+		// signature was checked when it was made. (A key lost since then is
+		// found when the switch opens it, and rolls back the same way.)
+		pub, err := csrPublicKey(s.CSR)
 		if err != nil {
-			return fail(err)
+			return fail(NewFatal("reading the saved CSR", err))
 		}
-		chain, err := r.State.ReadChain(s.Pending.CertFile)
+		chain, err := c.readChain(r, s.Pending.CertFile)
 		if err != nil {
 			return fail(NewFatal("reading the issued certificate", err))
 		}
-		if err := Verify(chain, VerifyOptions{PublicKey: k.Public(), Roots: r.Roots, CertificateID: s.Pending.CertificateID, Now: r.now()}); err != nil {
+		if err := Verify(chain, VerifyOptions{PublicKey: pub, Roots: r.Roots, CertificateID: s.Pending.CertificateID, Now: r.now()}); err != nil {
 			return fail(err)
 		}
 		return Event{Kind: EventVerified}
 	case ActSwitch:
-		return r.switchIdentity(ctx, s)
+		return r.switchIdentity(ctx, s, c)
 	case ActReport:
 		if r.Reporter != nil && s.Trigger != nil && s.LastResult != nil {
 			err := r.Reporter.Report(ctx, Report{Trigger: *s.Trigger, Outcome: Succeeded,
@@ -515,26 +548,38 @@ func (r *Runner) subject(s *State) string {
 // it already: its name is new to this rotation, so a key there can only be
 // ours. One that cannot be opened (half made by a store that is not atomic)
 // is deleted and made again.
-func (r *Runner) ensureKey(ctx context.Context, uri string) error {
+func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error) {
 	k, err := r.Store.Open(ctx, uri)
 	if err == nil {
 		if k.Algorithm() == r.algorithm() {
 			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
-			return nil
+			return k, nil
 		}
 		err = fmt.Errorf("its algorithm is %s, not %s", k.Algorithm(), r.algorithm())
 	}
 	if !errors.Is(err, keystore.ErrNotFound) {
 		r.log().Warn("rotation: replacing an unusable pending key", "key", keystore.RedactURI(uri), "error", err)
 		if derr := r.Store.Delete(ctx, uri); derr != nil && !errors.Is(derr, keystore.ErrNotFound) {
-			return fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
+			return nil, fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
 		}
 	}
-	_, err = r.Store.Generate(ctx, uri, r.algorithm())
-	return err
+	return r.Store.Generate(ctx, uri, r.algorithm())
 }
 
-func (r *Runner) submit(ctx context.Context, s *State) Event {
+// csrPublicKey is the public key of a PEM CSR.
+func csrPublicKey(csrPEM string) (crypto.PublicKey, error) {
+	block, _ := pem.Decode([]byte(csrPEM))
+	if block == nil {
+		return nil, errors.New("not PEM")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	return csr.PublicKey, nil
+}
+
+func (r *Runner) submit(ctx context.Context, s *State, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	block, _ := pem.Decode([]byte(s.CSR))
 	if block == nil {
@@ -558,9 +603,25 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 	if err != nil {
 		return fail(err)
 	}
+	c.chain, c.path = iss.Chain, path
 	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
 	describe(rec, iss.Chain[0])
 	return Event{Kind: EventIssued, Cert: rec}
+}
+
+// pendingIdentity is Identity for the new identity, with the chain from the
+// run's cache. The key is opened as every key the connection uses is
+// (OpenKey, which may wrap it), not taken from the cache.
+func (r *Runner) pendingIdentity(ctx context.Context, rec IdentityRecord, c *runCache) (Identity, error) {
+	k, err := r.openKey(ctx, rec.KeyURI)
+	if err != nil {
+		return Identity{}, err
+	}
+	chain, err := c.readChain(r, rec.CertFile)
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Record: rec, Key: k, Chain: chain}, nil
 }
 
 // Identity opens an identity's key and certificate.
@@ -580,18 +641,14 @@ func (r *Runner) Identity(ctx context.Context, rec IdentityRecord) (Identity, er
 // confirm it. If that fails the connection goes back to the current identity:
 // if it connects, the new identity is at fault and the rotation rolls back;
 // if it does not either, the network is, and the move is retried later.
-func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
+func (r *Runner) switchIdentity(ctx context.Context, s *State, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	if r.Connector == nil {
 		return fail(NewFatal("switching identity", errors.New("no connection to switch")))
 	}
-	next, err := r.Identity(ctx, *s.Pending)
+	next, err := r.pendingIdentity(ctx, *s.Pending, c)
 	if err != nil {
 		return fail(NewFatal("opening the new identity", err))
-	}
-	cur, err := r.Identity(ctx, *s.Current)
-	if err != nil {
-		return fail(fmt.Errorf("rotation: opening the current identity to fall back on: %w", err))
 	}
 	err = r.Connector.Switch(ctx, next)
 	op := "connecting with the new identity"
@@ -606,6 +663,11 @@ func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
 		return fail(err)
 	}
 	r.log().Warn("rotation: "+op+" failed; going back to the current identity", "error", err)
+	// The current identity is opened only now: it is needed only to go back.
+	cur, cerr := r.Identity(ctx, *s.Current)
+	if cerr != nil {
+		return fail(fmt.Errorf("rotation: %s failed (%w), and the current identity to go back to does not open: %v", op, err, cerr))
+	}
 	if berr := r.Connector.Switch(ctx, cur); berr != nil {
 		return fail(NewTransient(op, fmt.Errorf("%w; and reconnecting with the current identity failed too (%v): the network is probably down", err, berr), 0))
 	}
