@@ -107,8 +107,9 @@ func setup(b testing.TB) *benchDevice {
 // BenchmarkRotation: reference is one plain connect (TCP, TLS 1.3 with the
 // device's file key, CONNECT, CONNACK, DISCONNECT); thingcert is one whole
 // rotation (new key, CSR, CreateCertificateFromCsr, RegisterThing, checks,
-// reconnect with the new identity, confirmation on it, every state saved with
-// fsync, the old key deleted).
+// reconnect with the new identity, confirmation on it, the state made durable
+// before each of those effects (rotation.Needs) and written at the end, the old
+// key deleted).
 func BenchmarkRotation(b *testing.B) {
 	d := setup(b)
 	ctx := context.Background()
