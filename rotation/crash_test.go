@@ -41,6 +41,11 @@ func TestStopAfterEveryPhase(t *testing.T) {
 			if _, err := d.runner.Rotate(context.Background(), Trigger{Kind: TriggerJob, JobID: "j1"}); !errors.Is(err, errStop) {
 				t.Fatalf("Rotate: %v", err)
 			}
+			// A run that stops writes where it stands, also a state it kept in
+			// memory (Needs): status and the next start see it.
+			if got := d.mustLoad(t).Phase; got != p {
+				t.Errorf("the state file after the stop is in phase %s, want %s", got, p)
+			}
 			d.restart(t)
 			s, err := d.runner.Resume(context.Background())
 			if err != nil {

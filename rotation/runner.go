@@ -373,42 +373,62 @@ func (r *Runner) lock() (func(), error) {
 // durable if it is not: so every such action follows a durable save of the
 // state it acts on, whether that state was made in this run or read.
 func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error) {
+	s, written, err := r.steps(ctx, s, durable)
+	if err != nil && !written {
+		// A run that stops (a cancelled context, a failed step, AfterSave)
+		// ends here, and where a run ends the state is written: so status
+		// and the next start see where it stopped. Failing that, the next
+		// start repeats the step, which Needs allows.
+		if werr := r.saveState(s, Written); werr != nil {
+			r.log().Warn("rotation: writing the state where the run stopped", "phase", s.Phase, "error", werr)
+		}
+	}
+	return s, err
+}
+
+// steps is run's loop; written says whether the state returned is in the
+// state file (a state read from it is).
+func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, written bool, _ error) {
+	written = true
 	c := &runCache{}
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
 		switch act {
 		case ActNone:
-			return s, nil
+			return s, written, nil
 		case ActWait:
 			r.log().Info("rotation: waiting to retry", "phase", s.Phase, "attempt", s.Attempt, "until", s.NextRetry.UTC().Format(time.RFC3339), "error", s.LastError)
 			if err := r.sleep(ctx, s.NextRetry.Sub(now)); err != nil {
-				return s, r.paused(s, err)
+				return s, written, r.paused(s, err)
 			}
 			continue
 		}
 		if Needs(act) == Durable && !durable {
 			if err := r.saveState(s, Durable); err != nil {
-				return s, err
+				return s, false, err
 			}
-			durable = true
+			durable, written = true, true
 		}
 		ev := r.act(ctx, s, act, c)
 		if ev.Kind == EventFailed {
 			if c, _ := Classify(ev.Err); c == Stopped || ctx.Err() != nil {
-				return s, r.paused(s, ev.Err)
+				return s, written, r.paused(s, ev.Err)
 			}
 		}
 		now = r.now()
 		n, err := r.Machine.Next(s, ev, now)
 		if err != nil {
-			return s, err
+			return s, written, err
 		}
 		d := Needs(ActionFor(n, now))
-		if err := r.save(ctx, n, d); err != nil {
-			return s, err
+		if err := r.saveState(n, d); err != nil {
+			return s, written, err
 		}
-		s, durable = n, d == Durable
+		s, durable, written = n, d == Durable, d != InMemory
+		if err := r.announce(ctx, s, d); err != nil {
+			return s, written, err
+		}
 		if ev.Kind == EventReported || ev.Kind == EventCleanedUp {
 			if err := r.State.Tidy(s); err != nil {
 				r.log().Warn("rotation: tidying the state folder", "error", err)
@@ -428,12 +448,17 @@ func (r *Runner) paused(s *State, err error) error {
 	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there at the next rotation or start", s.Phase, last, err)
 }
 
-// save records a new state as d says, logs the transition and calls
-// AfterSave (for every transition, whether or not it was written).
+// save records a new state as d says, and announces it.
 func (r *Runner) save(ctx context.Context, s *State, d Durability) error {
 	if err := r.saveState(s, d); err != nil {
 		return err
 	}
+	return r.announce(ctx, s, d)
+}
+
+// announce logs a recorded transition and calls AfterSave (for every
+// transition, whether or not it was written).
+func (r *Runner) announce(ctx context.Context, s *State, d Durability) error {
 	if len(s.Journal) > 0 {
 		e := s.Journal[len(s.Journal)-1]
 		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note, "recorded", d.String())
