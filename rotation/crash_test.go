@@ -41,6 +41,11 @@ func TestStopAfterEveryPhase(t *testing.T) {
 			if _, err := d.runner.Rotate(context.Background(), Trigger{Kind: TriggerJob, JobID: "j1"}); !errors.Is(err, errStop) {
 				t.Fatalf("Rotate: %v", err)
 			}
+			// A run that stops writes where it stands, also a state it kept in
+			// memory (Needs): status and the next start see it.
+			if got := d.mustLoad(t).Phase; got != p {
+				t.Errorf("the state file after the stop is in phase %s, want %s", got, p)
+			}
 			d.restart(t)
 			s, err := d.runner.Resume(context.Background())
 			if err != nil {
@@ -138,6 +143,8 @@ func powerCutRun(t *testing.T, n int, wrap func(*crashfs.FS) fileSystem) (done b
 	const dir = "/var/lib/thingcert"
 	d := newDevice(t, wrap(cfs), dir)
 	cfs.SyncAll() // the device was set up and shut down cleanly
+	old := d.mustLoad(t).Current
+	d.cloud.retireOld = true // a device that comes back on its old certificate after the report is locked out
 	d.clock.Add(250 * day)
 	cfs.CutPowerAfter(n)
 	_, err := d.runner.Rotate(ctx, Trigger{Kind: TriggerTime})
@@ -167,10 +174,54 @@ func powerCutRun(t *testing.T, n int, wrap func(*crashfs.FS) fileSystem) (done b
 	if err := d.cloud.check(id); err != nil {
 		return false, err
 	}
+	if err := recoveredAsTheRuleSays(ctx, d, old, s); err != nil {
+		return false, err
+	}
 	if _, err := d.runner.Rotate(ctx, Trigger{Kind: TriggerOperator}); err != nil {
 		return false, fmt.Errorf("the next rotation: %w", err)
 	}
 	return false, nil
+}
+
+// recoveredAsTheRuleSays checks, after a power cut and the resumed
+// rotation, what each durable write is for (see Needs): no key left that no
+// state names (the key's name was durable before it was made); one CSR sent,
+// however often (it was durable before it was sent); no certificate used that
+// the device then forgot (the checked certificate was durable before the
+// switch); and success reported only for the certificate the device uses
+// (the commit was durable before the report).
+func recoveredAsTheRuleSays(ctx context.Context, d *device, old *IdentityRecord, s *State) error {
+	keys, err := d.store.List(ctx)
+	if err != nil {
+		return err
+	}
+	named := []string{s.Current.KeyURI}
+	for _, p := range s.Previous {
+		named = append(named, p.KeyURI)
+	}
+	for _, k := range keys {
+		if !slices.Contains(named, k) {
+			return fmt.Errorf("key %s is in the store but no state names it", k)
+		}
+	}
+	d.cloud.mu.Lock()
+	defer d.cloud.mu.Unlock()
+	for _, c := range d.cloud.csrs {
+		if c != d.cloud.csrs[0] {
+			return fmt.Errorf("%d different CSRs sent for one rotation", len(d.cloud.csrs))
+		}
+	}
+	for _, id := range d.cloud.connects {
+		if id != old.CertificateID && id != s.Current.CertificateID {
+			return fmt.Errorf("the device connected with certificate %s, which it no longer knows", short(id))
+		}
+	}
+	for _, r := range d.cloud.reports {
+		if r.Outcome == Succeeded && r.NewCertificateID != s.Current.CertificateID {
+			return fmt.Errorf("the cloud was told of certificate %s but the device uses %s", short(r.NewCertificateID), short(s.Current.CertificateID))
+		}
+	}
+	return nil
 }
 
 // TestPowerCutAtEveryWrite cuts the power after every single file operation

@@ -91,7 +91,16 @@ func (osFS) Lock(path string) (io.Closer, error) {
 // writeAtomic replaces path with data so that a crash or power cut leaves the
 // old content or the new: temporary file, write, fsync, rename, fsync of the
 // folder.
-func writeAtomic(fsys fileSystem, path string, data []byte, perm fs.FileMode) (err error) {
+func writeAtomic(fsys fileSystem, path string, data []byte, perm fs.FileMode) error {
+	return replaceFile(fsys, path, data, perm, true)
+}
+
+// replaceFile is writeAtomic, with the folder's fsync left out when
+// syncFolder is false: the rename may then be lost in a power cut (the old
+// content comes back), but the content is synced before the rename, so the
+// name never points at a torn or empty file, even if something else syncs the
+// folder later.
+func replaceFile(fsys fileSystem, path string, data []byte, perm fs.FileMode, syncFolder bool) (err error) {
 	dir := filepath.Dir(path)
 	f, err := fsys.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -118,6 +127,9 @@ func writeAtomic(fsys fileSystem, path string, data []byte, perm fs.FileMode) (e
 	}
 	if err = fsys.Rename(tmp, path); err != nil {
 		return err
+	}
+	if !syncFolder {
+		return nil
 	}
 	return fsys.SyncDir(dir)
 }

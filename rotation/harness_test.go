@@ -121,10 +121,12 @@ type fakeCloud struct {
 	connected   string            // certificate ID of the live connection
 	connects    []string
 	issued      int
+	csrs        []string // every CSR received (DER as a string), in order
 	reports     []Report
 	issueHook   func(csr *x509.CertificateRequest) (*Issued, error) // overrides issuing when it returns non-nil
 	issueFails  []error                                             // errors returned by the next Issue calls, in order
 	refuseNew   bool                                                // refuse connections of certificates issued here
+	retireOld   bool                                                // deactivate the old certificate on a SUCCEEDED report, as the fleet side does
 	networkDown bool
 	confirmErr  error
 	reportErrs  []error
@@ -154,6 +156,7 @@ func (c *fakeCloud) Issue(ctx context.Context, der []byte) (*Issued, error) {
 	}
 	c.mu.Lock()
 	c.issued++
+	c.csrs = append(c.csrs, string(der))
 	var injected error
 	if len(c.issueFails) > 0 {
 		injected, c.issueFails = c.issueFails[0], c.issueFails[1:]
@@ -245,6 +248,9 @@ func (c *fakeCloud) Report(ctx context.Context, r Report) error {
 		return err
 	}
 	c.reports = append(c.reports, r)
+	if c.retireOld && r.Outcome == Succeeded && r.OldCertificateID != "" {
+		c.status[r.OldCertificateID] = "INACTIVE"
+	}
 	return nil
 }
 

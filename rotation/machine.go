@@ -464,3 +464,65 @@ func trimSpace(s string) string {
 	}
 	return s
 }
+
+// Durability is how a new state is recorded before the runner goes on.
+type Durability int
+
+// The ways of recording a state, cheapest first.
+const (
+	// InMemory: not written. The next action is local (signing a CSR,
+	// checking a certificate) or one whose repetition is harmless (deleting a
+	// replaced key), so a process that dies here restarts from the last
+	// written state and does the same work again.
+	InMemory Durability = iota
+	// Written: state.json is replaced (the new content synced first, so a
+	// power cut never leaves a torn file) but the folder is not synced, so a
+	// power cut may bring back the state saved before it. For a run that ends
+	// or waits here: other processes (status, a restart after a kill) read it,
+	// and losing it only repeats work (see Needs).
+	Written
+	// Durable: synced, then renamed, then the folder synced: a power cut
+	// leaves this state or a later one.
+	Durable
+)
+
+func (d Durability) String() string {
+	switch d {
+	case InMemory:
+		return "in memory"
+	case Written:
+		return "written"
+	}
+	return "durable"
+}
+
+// Needs is how the state must be recorded before act is done. The rule: a
+// state must be durable before an action whose effect outside the process a
+// restart from the previous durable state would get wrong —
+//
+//   - generating the key (a store keeps it; without the durable name a power
+//     cut would leave a key nobody owns),
+//   - sending the CSR (the same request is sent again after a restart, never
+//     one signed anew),
+//   - using the new certificate (the switch; after a power cut the device
+//     knows which certificate it tried, rather than asking for another one),
+//   - telling the cloud the rotation succeeded (the cloud then deactivates
+//     the old certificate: the device must never come back on it), and
+//   - cleaning up after a rollback (deleting the new key, reporting FAILED).
+//
+// Every other action is local (a CSR signed, a certificate checked) or
+// harmless to repeat from the previous durable state (deleting a replaced key:
+// it is in Previous only once a durable Committed or a durable recovery put it
+// there, and deleting a missing key is success). Ending or waiting needs the
+// state written, not durable: a power cut brings back the previous durable
+// state, whose action is then done again — a report the cloud already has, a
+// cleanup already done, a deletion already done, a retry counted once less.
+func Needs(act Action) Durability {
+	switch act {
+	case ActGenerateKey, ActSubmit, ActSwitch, ActReport, ActCleanup:
+		return Durable
+	case ActMakeCSR, ActVerify, ActRetire:
+		return InMemory
+	}
+	return Written
+}

@@ -1,7 +1,9 @@
 package rotation
 
 import (
+	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
@@ -11,6 +13,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/thingcert/thingcert/keystore"
@@ -56,10 +59,22 @@ type Runner struct {
 	Sleep func(ctx context.Context, d time.Duration) error
 	// Log receives one line per transition; nil discards.
 	Log *slog.Logger
-	// AfterSave, if set, is called after each state is persisted and before
-	// the next action (status, metrics; tests use it to stop a process at a
-	// chosen phase). An error stops the runner, as a cancelled context would.
+	// AfterSave, if set, is called after each transition is recorded and
+	// before the next action (status, metrics; tests use it to stop a process
+	// at a chosen phase). Recorded means as Needs says: a transition whose
+	// next action is local is kept in memory only, so a process stopped there
+	// restarts from the state written before it. An error stops the runner,
+	// as a cancelled context would.
 	AfterSave func(ctx context.Context, s *State) error
+
+	// last is the state file as this runner last wrote or read it, so that
+	// reading it back (each Rotate and Resume starts by reading it, under the
+	// folder's lock) does not decode the journal again when nobody changed it.
+	last struct {
+		sync.Mutex
+		data  []byte
+		state *State
+	}
 }
 
 // ErrRolledBack: the rotation failed and the device kept its identity.
@@ -111,7 +126,39 @@ func (r *Runner) algorithm() keystore.Algorithm {
 }
 
 // Load reads the persisted state (ErrNoState if there is none).
-func (r *Runner) Load() (*State, error) { return r.State.Load() }
+func (r *Runner) Load() (*State, error) { return r.load() }
+
+// load is StateStore.Load, without decoding again a file this runner last
+// wrote or read: the bytes are compared, so a change by anyone is seen.
+func (r *Runner) load() (*State, error) {
+	data, err := r.State.read()
+	if err != nil {
+		return nil, err
+	}
+	r.last.Lock()
+	defer r.last.Unlock()
+	if r.last.state != nil && bytes.Equal(data, r.last.data) {
+		return r.last.state.Clone(), nil
+	}
+	s, err := decodeState(data, r.State.Path())
+	if err != nil {
+		return nil, err
+	}
+	r.last.data, r.last.state = data, s.Clone()
+	return s, nil
+}
+
+// saveState records s as d says and remembers what was written.
+func (r *Runner) saveState(s *State, d Durability) error {
+	data, err := r.State.saveData(s, d)
+	if err != nil || data == nil {
+		return err
+	}
+	r.last.Lock()
+	r.last.data, r.last.state = data, s.Clone()
+	r.last.Unlock()
+	return nil
+}
 
 // Due is the renewal decision for the current identity, and whether a
 // rotation should start now. A claim identity is always due: it is replaced
@@ -145,7 +192,7 @@ func (r *Runner) Adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 }
 
 func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) {
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err == nil {
 		return s, nil
 	}
@@ -157,9 +204,13 @@ func (r *Runner) adopt(ctx context.Context, rec IdentityRecord) (*State, error) 
 		return nil, err
 	}
 	describe(&rec, chain[0])
+	// The first state: its folders' entries must be durable (see Lock).
+	if err := r.State.Init(); err != nil {
+		return nil, err
+	}
 	s = &State{Version: StateVersion, Phase: PhaseIdle, Current: &rec}
 	r.Machine.log(s, "", PhaseIdle, Event{Kind: "adopt"}, r.now(), "identity "+short(rec.CertificateID)+" with key "+keystore.RedactURI(rec.KeyURI))
-	if err := r.save(ctx, s); err != nil {
+	if err := r.save(ctx, s, Durable); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -206,7 +257,7 @@ func (r *Runner) Recover(ctx context.Context, claim IdentityRecord, why string) 
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil || s.InProgress() || s.Current.Claim {
 		return s, err // nothing to undo: Provision resumes or starts
 	}
@@ -220,7 +271,9 @@ func (r *Runner) Recover(ctx context.Context, claim IdentityRecord, why string) 
 	if err != nil {
 		return s, err
 	}
-	if err := r.save(ctx, n); err != nil {
+	// Durable: the refused identity's key is in Previous from here on, to be
+	// deleted after the grace period (see Needs on why that matters).
+	if err := r.save(ctx, n, Durable); err != nil {
 		return s, err
 	}
 	return n, nil
@@ -235,7 +288,7 @@ func (r *Runner) Rotate(ctx context.Context, t Trigger) (*State, error) {
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil {
 		return nil, err
 	}
@@ -255,18 +308,20 @@ func (r *Runner) rotate(ctx context.Context, s *State, t Trigger) (*State, error
 		return s, fmt.Errorf("rotation: naming the new key: %w", err)
 	}
 	n, err := r.Machine.Next(s, Event{Kind: EventStart, Trigger: t, KeyURI: uri}, now)
+	durable := false
 	switch {
 	case errors.Is(err, ErrInProgress):
 		r.log().Info("rotation: resuming the rotation in progress", "phase", s.Phase)
 	case err != nil:
 		return s, err
 	default:
-		if err := r.save(ctx, n); err != nil {
+		d := Needs(ActionFor(n, now))
+		if err := r.save(ctx, n, d); err != nil {
 			return s, err
 		}
-		s = n
+		s, durable = n, d == Durable
 	}
-	s, err = r.run(ctx, s)
+	s, err = r.run(ctx, s, durable)
 	if err != nil {
 		return s, err
 	}
@@ -291,12 +346,12 @@ func (r *Runner) Resume(ctx context.Context) (*State, error) {
 		return nil, err
 	}
 	defer unlock()
-	s, err := r.State.Load()
+	s, err := r.load()
 	if err != nil {
 		return nil, err
 	}
 	was := s.InProgress()
-	s, err = r.run(ctx, s)
+	s, err = r.run(ctx, s, false)
 	if err == nil && was {
 		err = rolledBack(s)
 	}
@@ -311,35 +366,69 @@ func (r *Runner) lock() (func(), error) {
 	return func() { c.Close() }, nil
 }
 
-// run acts until nothing is left to do, waiting for retries.
-func (r *Runner) run(ctx context.Context, s *State) (*State, error) {
+// run acts until nothing is left to do, waiting for retries. Each new state
+// is recorded as Needs says for the action that follows it; durable says
+// whether s is known to be durable (a state read from the folder may have
+// been only written). Before an action that needs a durable state, s is made
+// durable if it is not: so every such action follows a durable save of the
+// state it acts on, whether that state was made in this run or read.
+func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error) {
+	s, written, err := r.steps(ctx, s, durable)
+	if err != nil && !written {
+		// A run that stops (a cancelled context, a failed step, AfterSave)
+		// ends here, and where a run ends the state is written: so status
+		// and the next start see where it stopped. Failing that, the next
+		// start repeats the step, which Needs allows.
+		if werr := r.saveState(s, Written); werr != nil {
+			r.log().Warn("rotation: writing the state where the run stopped", "phase", s.Phase, "error", werr)
+		}
+	}
+	return s, err
+}
+
+// steps is run's loop; written says whether the state returned is in the
+// state file (a state read from it is).
+func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, written bool, _ error) {
+	written = true
+	c := &runCache{}
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
 		switch act {
 		case ActNone:
-			return s, nil
+			return s, written, nil
 		case ActWait:
 			r.log().Info("rotation: waiting to retry", "phase", s.Phase, "attempt", s.Attempt, "until", s.NextRetry.UTC().Format(time.RFC3339), "error", s.LastError)
 			if err := r.sleep(ctx, s.NextRetry.Sub(now)); err != nil {
-				return s, r.paused(s, err)
+				return s, written, r.paused(s, err)
 			}
 			continue
 		}
-		ev := r.act(ctx, s, act)
+		if Needs(act) == Durable && !durable {
+			if err := r.saveState(s, Durable); err != nil {
+				return s, false, err
+			}
+			durable, written = true, true
+		}
+		ev := r.act(ctx, s, act, c)
 		if ev.Kind == EventFailed {
 			if c, _ := Classify(ev.Err); c == Stopped || ctx.Err() != nil {
-				return s, r.paused(s, ev.Err)
+				return s, written, r.paused(s, ev.Err)
 			}
 		}
-		n, err := r.Machine.Next(s, ev, r.now())
+		now = r.now()
+		n, err := r.Machine.Next(s, ev, now)
 		if err != nil {
-			return s, err
+			return s, written, err
 		}
-		if err := r.save(ctx, n); err != nil {
-			return s, err
+		d := Needs(ActionFor(n, now))
+		if err := r.saveState(n, d); err != nil {
+			return s, written, err
 		}
-		s = n
+		s, durable, written = n, d == Durable, d != InMemory
+		if err := r.announce(ctx, s, d); err != nil {
+			return s, written, err
+		}
 		if ev.Kind == EventReported || ev.Kind == EventCleanedUp {
 			if err := r.State.Tidy(s); err != nil {
 				r.log().Warn("rotation: tidying the state folder", "error", err)
@@ -359,13 +448,20 @@ func (r *Runner) paused(s *State, err error) error {
 	return fmt.Errorf("rotation: stopped in phase %s%s (%w); it resumes there at the next rotation or start", s.Phase, last, err)
 }
 
-func (r *Runner) save(ctx context.Context, s *State) error {
-	if err := r.State.Save(s); err != nil {
+// save records a new state as d says, and announces it.
+func (r *Runner) save(ctx context.Context, s *State, d Durability) error {
+	if err := r.saveState(s, d); err != nil {
 		return err
 	}
+	return r.announce(ctx, s, d)
+}
+
+// announce logs a recorded transition and calls AfterSave (for every
+// transition, whether or not it was written).
+func (r *Runner) announce(ctx context.Context, s *State, d Durability) error {
 	if len(s.Journal) > 0 {
 		e := s.Journal[len(s.Journal)-1]
-		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note)
+		r.log().Info("rotation: "+string(e.From)+" → "+string(e.To), "event", e.Event, "note", e.Note, "recorded", d.String())
 	}
 	if r.AfterSave != nil {
 		return r.AfterSave(ctx, s)
@@ -373,17 +469,48 @@ func (r *Runner) save(ctx context.Context, s *State) error {
 	return nil
 }
 
+// runCache holds, for one run, the new key as made (for the CSR) and the
+// issued chain as received (for the checks and the switch), so the steps
+// after do not read and parse them again (for a file key, each opening also
+// computes the public key; for a token or TPM it is a round trip). A
+// restarted run reads them from the store and the folder.
+type runCache struct {
+	key   keystore.Key
+	chain []*x509.Certificate
+	path  string
+}
+
+func (c *runCache) pendingKey(ctx context.Context, r *Runner, uri string) (keystore.Key, error) {
+	if c.key != nil && c.key.URI() == uri {
+		return c.key, nil
+	}
+	k, err := r.Store.Open(ctx, uri)
+	if err == nil {
+		c.key = k
+	}
+	return k, err
+}
+
+func (c *runCache) readChain(r *Runner, path string) ([]*x509.Certificate, error) {
+	if c.chain != nil && c.path == path {
+		return c.chain, nil
+	}
+	return r.State.ReadChain(path)
+}
+
 // act does one action and says what came of it.
-func (r *Runner) act(ctx context.Context, s *State, act Action) Event {
+func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	switch act {
 	case ActGenerateKey:
-		if err := r.ensureKey(ctx, s.Pending.KeyURI); err != nil {
+		k, err := r.ensureKey(ctx, s.Pending.KeyURI)
+		if err != nil {
 			return fail(err)
 		}
+		c.key = k
 		return Event{Kind: EventKeyReady}
 	case ActMakeCSR:
-		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
+		k, err := c.pendingKey(ctx, r, s.Pending.KeyURI)
 		if errors.Is(err, keystore.ErrNotFound) {
 			return fail(NewFatal("opening the new key", err))
 		}
@@ -396,25 +523,25 @@ func (r *Runner) act(ctx context.Context, s *State, act Action) Event {
 		}
 		return Event{Kind: EventCSRMade, CSR: string(keystore.EncodeCSR(der))}
 	case ActSubmit:
-		return r.submit(ctx, s)
+		return r.submit(ctx, s, c)
 	case ActVerify:
-		k, err := r.Store.Open(ctx, s.Pending.KeyURI)
-		if errors.Is(err, keystore.ErrNotFound) {
-			return fail(NewFatal("opening the new key", err))
-		}
+		// The new key's public key is the CSR's: the key signed it, and the
+		// signature was checked when it was made. (A key lost since then is
+		// found when the switch opens it, and rolls back the same way.)
+		pub, err := csrPublicKey(s.CSR)
 		if err != nil {
-			return fail(err)
+			return fail(NewFatal("reading the saved CSR", err))
 		}
-		chain, err := r.State.ReadChain(s.Pending.CertFile)
+		chain, err := c.readChain(r, s.Pending.CertFile)
 		if err != nil {
 			return fail(NewFatal("reading the issued certificate", err))
 		}
-		if err := Verify(chain, VerifyOptions{PublicKey: k.Public(), Roots: r.Roots, CertificateID: s.Pending.CertificateID, Now: r.now()}); err != nil {
+		if err := Verify(chain, VerifyOptions{PublicKey: pub, Roots: r.Roots, CertificateID: s.Pending.CertificateID, Now: r.now()}); err != nil {
 			return fail(err)
 		}
 		return Event{Kind: EventVerified}
 	case ActSwitch:
-		return r.switchIdentity(ctx, s)
+		return r.switchIdentity(ctx, s, c)
 	case ActReport:
 		if r.Reporter != nil && s.Trigger != nil && s.LastResult != nil {
 			err := r.Reporter.Report(ctx, Report{Trigger: *s.Trigger, Outcome: Succeeded,
@@ -446,26 +573,38 @@ func (r *Runner) subject(s *State) string {
 // it already: its name is new to this rotation, so a key there can only be
 // ours. One that cannot be opened (half made by a store that is not atomic)
 // is deleted and made again.
-func (r *Runner) ensureKey(ctx context.Context, uri string) error {
+func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error) {
 	k, err := r.Store.Open(ctx, uri)
 	if err == nil {
 		if k.Algorithm() == r.algorithm() {
 			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
-			return nil
+			return k, nil
 		}
 		err = fmt.Errorf("its algorithm is %s, not %s", k.Algorithm(), r.algorithm())
 	}
 	if !errors.Is(err, keystore.ErrNotFound) {
 		r.log().Warn("rotation: replacing an unusable pending key", "key", keystore.RedactURI(uri), "error", err)
 		if derr := r.Store.Delete(ctx, uri); derr != nil && !errors.Is(derr, keystore.ErrNotFound) {
-			return fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
+			return nil, fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
 		}
 	}
-	_, err = r.Store.Generate(ctx, uri, r.algorithm())
-	return err
+	return r.Store.Generate(ctx, uri, r.algorithm())
 }
 
-func (r *Runner) submit(ctx context.Context, s *State) Event {
+// csrPublicKey is the public key of a PEM CSR.
+func csrPublicKey(csrPEM string) (crypto.PublicKey, error) {
+	block, _ := pem.Decode([]byte(csrPEM))
+	if block == nil {
+		return nil, errors.New("not PEM")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	return csr.PublicKey, nil
+}
+
+func (r *Runner) submit(ctx context.Context, s *State, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	block, _ := pem.Decode([]byte(s.CSR))
 	if block == nil {
@@ -503,9 +642,25 @@ func (r *Runner) submit(ctx context.Context, s *State) Event {
 	if err != nil {
 		return fail(err)
 	}
+	c.chain, c.path = iss.Chain, path
 	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
 	describe(rec, iss.Chain[0])
 	return Event{Kind: EventIssued, Cert: rec}
+}
+
+// pendingIdentity is Identity for the new identity, with the chain from the
+// run's cache. The key is opened as every key the connection uses is
+// (OpenKey, which may wrap it), not taken from the cache.
+func (r *Runner) pendingIdentity(ctx context.Context, rec IdentityRecord, c *runCache) (Identity, error) {
+	k, err := r.openKey(ctx, rec.KeyURI)
+	if err != nil {
+		return Identity{}, err
+	}
+	chain, err := c.readChain(r, rec.CertFile)
+	if err != nil {
+		return Identity{}, err
+	}
+	return Identity{Record: rec, Key: k, Chain: chain}, nil
 }
 
 // Identity opens an identity's key and certificate.
@@ -525,18 +680,14 @@ func (r *Runner) Identity(ctx context.Context, rec IdentityRecord) (Identity, er
 // confirm it. If that fails the connection goes back to the current identity:
 // if it connects, the new identity is at fault and the rotation rolls back;
 // if it does not either, the network is, and the move is retried later.
-func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
+func (r *Runner) switchIdentity(ctx context.Context, s *State, c *runCache) Event {
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	if r.Connector == nil {
 		return fail(NewFatal("switching identity", errors.New("no connection to switch")))
 	}
-	next, err := r.Identity(ctx, *s.Pending)
+	next, err := r.pendingIdentity(ctx, *s.Pending, c)
 	if err != nil {
 		return fail(NewFatal("opening the new identity", err))
-	}
-	cur, err := r.Identity(ctx, *s.Current)
-	if err != nil {
-		return fail(fmt.Errorf("rotation: opening the current identity to fall back on: %w", err))
 	}
 	if p, ok := r.Connector.(Preparer); ok {
 		if err := p.Prepare(ctx, *s.Trigger, next); err != nil {
@@ -556,6 +707,11 @@ func (r *Runner) switchIdentity(ctx context.Context, s *State) Event {
 		return fail(err)
 	}
 	r.log().Warn("rotation: "+op+" failed; going back to the current identity", "error", err)
+	// The current identity is opened only now: it is needed only to go back.
+	cur, cerr := r.Identity(ctx, *s.Current)
+	if cerr != nil {
+		return fail(fmt.Errorf("rotation: %s failed (%w), and the current identity to go back to does not open: %v", op, err, cerr))
+	}
 	if berr := r.Connector.Switch(ctx, cur); errors.Is(berr, ErrNoFallback) {
 		return fail(NewTransient(op, fmt.Errorf("%w; with nothing to fall back on (%v), it is tried again later", err, berr), 0))
 	} else if berr != nil {
@@ -608,7 +764,10 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 			return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: fmt.Errorf("rotation: deleting old key %s: %w", keystore.RedactURI(p.KeyURI), err)}
 		}
 		if r.ownFile(p.CertFile) {
-			if err := r.State.RemoveFile(p.CertFile); err != nil {
+			// Not synced: a removal a power cut undoes leaves a certificate file
+			// (public) that no state names, which the next Tidy removes; or one
+			// the state still names, which the next retirement removes again.
+			if err := r.State.removeFile(p.CertFile, false); err != nil {
 				return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: err}
 			}
 		}

@@ -75,9 +75,12 @@ func FuzzDecodeStateAndNext(f *testing.F) {
 				}
 				continue
 			}
-			enc, err := json.Marshal(n)
+			enc, err := encodeState(n)
 			if err != nil {
 				t.Fatalf("state after %s does not encode: %v", ev.Kind, err)
+			}
+			if err := sameAsMarshal(enc, n); err != nil {
+				t.Fatal(err)
 			}
 			if _, err := decodeState(enc, "/var/lib/thingcert/state.json"); err != nil {
 				t.Fatalf("Next(%s) made a state decodeState refuses: %v\nfrom %s\nto %s", ev.Kind, err, before, enc)

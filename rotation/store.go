@@ -54,6 +54,15 @@ func (s StateStore) Path() string { return filepath.Join(s.Dir, StateFile) }
 // an error naming the file, since guessing at a device's identity is worse
 // than stopping.
 func (s StateStore) Load() (*State, error) {
+	data, err := s.read()
+	if err != nil {
+		return nil, err
+	}
+	return decodeState(data, s.Path())
+}
+
+// read is the state file's content.
+func (s StateStore) read() ([]byte, error) {
 	data, err := s.fs().ReadFile(s.Path())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("rotation: %s: %w", s.Path(), ErrNoState)
@@ -61,7 +70,7 @@ func (s StateStore) Load() (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotation: reading state %s: %w", s.Path(), err)
 	}
-	return decodeState(data, s.Path())
+	return data, nil
 }
 
 func decodeState(data []byte, where string) (*State, error) {
@@ -108,15 +117,27 @@ func decodeState(data []byte, where string) (*State, error) {
 
 // Save writes the state atomically and durably: when Save returns, a power
 // cut leaves this state or a later one.
-func (s StateStore) Save(st *State) error {
-	data, err := json.MarshalIndent(st, "", "  ")
+func (s StateStore) Save(st *State) error { return s.save(st, Durable) }
+
+// save records st as d says (see Durability): nothing for InMemory.
+func (s StateStore) save(st *State, d Durability) error {
+	_, err := s.saveData(st, d)
+	return err
+}
+
+// saveData is save, returning what was written (nil for InMemory).
+func (s StateStore) saveData(st *State, d Durability) ([]byte, error) {
+	if d == InMemory {
+		return nil, nil
+	}
+	data, err := encodeState(st)
 	if err != nil {
-		return fmt.Errorf("rotation: encoding state: %w", err)
+		return nil, fmt.Errorf("rotation: encoding state: %w", err)
 	}
-	if err := writeAtomic(s.fs(), s.Path(), append(data, '\n'), 0o600); err != nil {
-		return fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
+	if err := replaceFile(s.fs(), s.Path(), data, 0o600, d == Durable); err != nil {
+		return nil, fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
 	}
-	return nil
+	return data, nil
 }
 
 // Init creates the state folder (0700) and its certs/ folder, durably.
@@ -136,8 +157,15 @@ func (s StateStore) Init() error {
 // Lock keeps other thingcert processes out of the folder while a rotation
 // runs; Close releases it.
 func (s StateStore) Lock() (io.Closer, error) {
-	if err := s.Init(); err != nil {
-		return nil, err
+	// The folders are made, and their entries synced, once: a rotation does
+	// not pay two folder syncs for them every time. A process that died
+	// between making them and syncing them is covered by the Init the first
+	// save of a state does (Runner.Adopt): no state is ever written in a
+	// folder whose own entry is not durable.
+	if _, err := s.fs().ReadDir(filepath.Join(s.Dir, CertsDir)); err != nil {
+		if err := s.Init(); err != nil {
+			return nil, err
+		}
 	}
 	c, err := s.fs().Lock(filepath.Join(s.Dir, lockFile))
 	if err != nil {
@@ -189,9 +217,15 @@ func ParseChainPEM(data []byte, where string) ([]*x509.Certificate, error) {
 
 // RemoveFile deletes a file in the state folder durably; a missing file is
 // not an error.
-func (s StateStore) RemoveFile(path string) error {
+func (s StateStore) RemoveFile(path string) error { return s.removeFile(path, true) }
+
+// removeFile is RemoveFile, with the folder's sync left out if sync is false.
+func (s StateStore) removeFile(path string, sync bool) error {
 	if err := s.fs().Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("rotation: removing %s: %w", path, err)
+	}
+	if !sync {
+		return nil
 	}
 	return s.fs().SyncDir(filepath.Dir(path))
 }

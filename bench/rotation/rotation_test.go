@@ -29,8 +29,8 @@ const (
 
 // benchDevice is a provisioned device (file key, ECDSA P-256) on an in-process
 // emulator whose rate limits are off, so that the loop measures work, not
-// AWS IoT's quotas (one CONNECT per second per client ID, 15 and 10 TPS for
-// the two provisioning calls).
+// AWS IoT's quotas (one CONNECT per second per client ID, 500 CONNECTs per
+// second per account, 15 and 10 TPS for the two provisioning calls).
 type benchDevice struct {
 	emu     *emulator.Emulator
 	store   keystore.Store
@@ -44,7 +44,7 @@ func setup(b testing.TB) *benchDevice {
 	emu, err := emulator.Start(ctx, emulator.Config{
 		Accounts:              []emulator.Account{{Name: account}},
 		Templates:             []emulator.Template{{Name: template, Body: emulator.SimpleTemplate("dev-", "SerialNumber")}},
-		ClientConnectInterval: -1, CreateCertificateRate: -1, RegisterThingRate: -1,
+		ClientConnectInterval: -1, CreateCertificateRate: -1, RegisterThingRate: -1, AccountConnectRate: -1,
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -107,8 +107,9 @@ func setup(b testing.TB) *benchDevice {
 // BenchmarkRotation: reference is one plain connect (TCP, TLS 1.3 with the
 // device's file key, CONNECT, CONNACK, DISCONNECT); thingcert is one whole
 // rotation (new key, CSR, CreateCertificateFromCsr, RegisterThing, checks,
-// reconnect with the new identity, confirmation on it, every state saved with
-// fsync, the old key deleted).
+// reconnect with the new identity, confirmation on it, the state made durable
+// before each of those effects (rotation.Needs) and written at the end, the old
+// key deleted).
 func BenchmarkRotation(b *testing.B) {
 	d := setup(b)
 	ctx := context.Background()

@@ -458,8 +458,14 @@ func TestRunStopDuringRotationThenRestart(t *testing.T) {
 			// Serial 1 was provisioning; this rotation is serial i+2.
 			p := d.start(fmt.Sprintf("THINGCERT_TEST_STOP_AFTER=%s:%d", phase, i+2))
 			p.waitLog(0, "stopped after saving phase "+string(phase))
+			// A state before a local step is kept in memory (rotation.Needs):
+			// the folder shows the one written before it until the run ends.
+			shown := map[rotation.Phase]rotation.Phase{rotation.PhaseKeyGenerated: rotation.PhaseStarted, rotation.PhaseIssued: rotation.PhaseCSRSubmitted}[phase]
+			if shown == "" {
+				shown = phase
+			}
 			s := d.status()
-			if !s.Rotation.InProgress || s.Rotation.Phase != phase || s.Rotation.Trigger == nil || s.Rotation.Trigger.JobID != job || !s.Agent.Running {
+			if !s.Rotation.InProgress || s.Rotation.Phase != shown || s.Rotation.Trigger == nil || s.Rotation.Trigger.JobID != job || !s.Agent.Running {
 				t.Fatalf("status while stopped in %s: rotation %+v, agent running %v", phase, s.Rotation, s.Agent.Running)
 			}
 			p.signal(syscall.SIGTERM)

@@ -444,3 +444,30 @@ func (f *FS) Lock(p string) (io.Closer, error) {
 type closer func() error
 
 func (c closer) Close() error { return c() }
+
+// ReadDurable is what ReadFile(p) would return after a power cut now: the
+// file's synced content, reached through folders' synced entries. It changes
+// nothing, so a test can check at any instant what a restart would find.
+func (f *FS) ReadDurable(p string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	parts, err := split(p)
+	if err != nil {
+		return nil, err
+	}
+	n := f.root
+	for _, name := range parts {
+		if !n.dir {
+			return nil, &fs.PathError{Op: "read", Path: p, Err: fs.ErrNotExist}
+		}
+		c, ok := n.durable[name]
+		if !ok {
+			return nil, &fs.PathError{Op: "read", Path: p, Err: fs.ErrNotExist}
+		}
+		n = c
+	}
+	if n.dir {
+		return nil, &fs.PathError{Op: "read", Path: p, Err: errors.New("is a folder")}
+	}
+	return slices.Clone(n.synced), nil
+}

@@ -77,6 +77,19 @@ func TestWhatSurvives(t *testing.T) {
 		t.Fatalf("before the cut /s/a = %q", got)
 	}
 
+	// ReadDurable tells, before the cut, what the restart will find.
+	for p, want := range map[string]string{"/s/a": "a", "/s/b": ""} {
+		if got, err := f.ReadDurable(p); err != nil || string(got) != want {
+			t.Errorf("ReadDurable(%s) = %q, %v; want %q", p, got, err, want)
+		}
+	}
+	if _, err := f.ReadDurable("/s/new/d"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("ReadDurable of a file in a folder never synced: %v", err)
+	}
+	if got := read(f, "/s/a"); got != "a2" {
+		t.Fatalf("ReadDurable changed what is read now: /s/a = %q", got)
+	}
+
 	g := f.Restart()
 	if got := read(g, "/s/a"); got != "a" {
 		t.Errorf("/s/a = %q, want the synced old content a", got)
