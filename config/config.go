@@ -683,6 +683,8 @@ func (c *Config) Validate() error {
 			bad("claim", "not used with accounts: a certificate of a CA that AWS IoT does not know connects only where it is registered, so the device starts from a first certificate registered in every account (RegisterCertificateWithoutCA) at the factory; give it as key and cert")
 		case len(c.Accounts) > 0 && c.Key == "":
 			bad("key", "missing; with accounts the device starts from a certificate of the step-ca CA registered in every account: give its key and cert")
+		case len(c.Accounts) > 0 && p.Provisioner != "":
+			bad("provisioning.provisioner", "not used with accounts: the device renews by rekey with its own certificate and never asks an X5C provisioner; leave it out")
 		case c.Claim == nil && c.Key == "":
 			bad("claim", "missing; the step-ca issuer makes the first certificate with the factory claim (claim.key, claim.cert), or give key and cert")
 		}

@@ -127,6 +127,8 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 			[]string{"claim: not used with accounts", "registered in every account", "key and cert"}},
 		{"step-ca with accounts and no key", minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n",
 			[]string{"key: missing; with accounts"}},
+		{"step-ca with accounts and a provisioner", minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nkey: file:/k/d.pem\ncert: d.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n  provisioner: factory\n",
+			[]string{"provisioning.provisioner: not used with accounts"}},
 		{"step-ca settings with another issuer", minimal + "provisioning:\n  ca_url: https://ca:9000\n",
 			[]string{"provisioning.ca_url: only used with issuer: step-ca"}},
 		{"every rule off", minimal + "rotation:\n  lifetime_ratio: off\n  max_age: off\n  emergency_window: off\n", []string{"rotation:", "never be renewed"}},
