@@ -674,7 +674,18 @@ func (c *Config) Validate() error {
 		if p.Provisioner == "" && c.Claim != nil {
 			bad("provisioning.provisioner", "missing; give the name of the X5C provisioner that trusts the claim certificate's CA")
 		}
-		if c.Claim == nil && c.Key == "" {
+		switch {
+		case len(c.Accounts) > 0 && c.Claim != nil:
+			// Kind 3: step-ca's CA is registered with no account, so a
+			// certificate connects only where it was registered, and an
+			// X5C-issued first certificate would reach no account to
+			// report itself from.
+			bad("claim", "not used with accounts: a certificate of a CA that AWS IoT does not know connects only where it is registered, so the device starts from a first certificate registered in every account (RegisterCertificateWithoutCA) at the factory; give it as key and cert")
+		case len(c.Accounts) > 0 && c.Key == "":
+			bad("key", "missing; with accounts the device starts from a certificate of the step-ca CA registered in every account: give its key and cert")
+		case len(c.Accounts) > 0 && p.Provisioner != "":
+			bad("provisioning.provisioner", "not used with accounts: the device renews by rekey with its own certificate and never asks an X5C provisioner; leave it out")
+		case c.Claim == nil && c.Key == "":
 			bad("claim", "missing; the step-ca issuer makes the first certificate with the factory claim (claim.key, claim.cert), or give key and cert")
 		}
 		if p.Template != "" || len(p.Parameters) > 0 {

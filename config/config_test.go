@@ -123,6 +123,12 @@ func TestErrorsNameKeyAndLine(t *testing.T) {
 			[]string{"provisioning.template: only used with issuer: fleet-provisioning", "JITP"}},
 		{"step-ca without claim or key", minimal + "provisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n",
 			[]string{"claim: missing", "claim.key"}},
+		{"step-ca with accounts and a claim", minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nclaim:\n  key: file:/k/c.pem\n  cert: c.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n  provisioner: factory\n",
+			[]string{"claim: not used with accounts", "registered in every account", "key and cert"}},
+		{"step-ca with accounts and no key", minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n",
+			[]string{"key: missing; with accounts"}},
+		{"step-ca with accounts and a provisioner", minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nkey: file:/k/d.pem\ncert: d.pem\nprovisioning:\n  issuer: step-ca\n  ca_url: https://ca:9000\n  root: r.crt\n  provisioner: factory\n",
+			[]string{"provisioning.provisioner: not used with accounts"}},
 		{"step-ca settings with another issuer", minimal + "provisioning:\n  ca_url: https://ca:9000\n",
 			[]string{"provisioning.ca_url: only used with issuer: step-ca"}},
 		{"every rule off", minimal + "rotation:\n  lifetime_ratio: off\n  max_age: off\n  emergency_window: off\n", []string{"rotation:", "never be renewed"}},
@@ -235,5 +241,40 @@ func TestStepCADeviceOptions(t *testing.T) {
 	os.Remove(filepath.Join(dir, "root_ca.crt"))
 	if _, err := c.DeviceOptions(); err == nil || !strings.Contains(err.Error(), "provisioning.root") {
 		t.Fatalf("a missing root: %v", err)
+	}
+}
+
+// TestStepCAAccountsDeviceOptions: step-ca with accounts (kind 3: the CA is
+// registered with no account) renews by rekey from the device's own
+// certificate, checks new certificates against the CA's root, and does not
+// take a refused connection for a just-in-time registration.
+func TestStepCAAccountsDeviceOptions(t *testing.T) {
+	dir := t.TempDir()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "root"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err := os.WriteFile(filepath.Join(dir, "root_ca.crt"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	yaml := minimal + "accounts:\n  - endpoint: pre-ats.iot.eu-west-1.amazonaws.com\nkey: file:" + dir + "/dev.pem\ncert: dev.crt\n" +
+		"provisioning:\n  issuer: step-ca\n  ca_url: https://ca.example.com:9000\n  root: root_ca.crt\n"
+	path := filepath.Join(dir, "thingcert.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := c.DeviceOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.JustInTime || o.Claim != nil || o.Identity == nil || o.Trust == nil || len(o.Accounts) != 1 {
+		t.Fatalf("options: just in time %v, claim %+v, identity %+v, trust %v, accounts %+v", o.JustInTime, o.Claim, o.Identity, o.Trust, o.Accounts)
+	}
+	if _, ok := o.Issuer(nil).(rotation.IdentityIssuer); !ok {
+		t.Fatalf("issuer %T does not prove the device with its identity", o.Issuer(nil))
 	}
 }

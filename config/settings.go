@@ -57,12 +57,17 @@ func (c *Config) DeviceOptions() (device.Options, error) {
 		}
 		iss := &stepca.Issuer{URL: p.CAURL, Roots: roots, Provisioner: p.Provisioner, Timeout: timeout}
 		o.Issuer = func(iot.MQTT) rotation.Issuer { return iss }
-		// The claim is step-ca's, unknown to AWS IoT, which registers each
-		// certificate on its first connection (JITP).
+		// The claim is step-ca's, unknown to AWS IoT. With one account,
+		// step-ca's CA is registered there with a JITP template, which
+		// registers each certificate on its first connection and closes
+		// it. With accounts, the CA is registered nowhere (SNI_ONLY): the
+		// fleet tool registers each new certificate in every account
+		// before the device moves to it, and a refused connection is a
+		// refusal, not a registration under way.
 		if o.Claim != nil {
 			o.Claim.IssuerOnly = true
 		}
-		o.JustInTime = true
+		o.JustInTime = len(c.Accounts) == 0
 		if o.Trust == nil {
 			o.Trust = roots // a new certificate must chain to the CA's root
 		}

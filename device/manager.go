@@ -65,7 +65,8 @@ var ErrClaimOffline = fmt.Errorf("the claim proves the device to the issuer only
 // rather than over the connection (stepca.Issuer) implements
 // rotation.IdentityIssuer and ignores conn: the runner hands it the claim
 // while provisioning and the current identity afterwards; set
-// Claim.IssuerOnly and JustInTime beside it.
+// Claim.IssuerOnly and JustInTime beside it when AWS IoT registers its
+// certificates just in time, and neither with Accounts.
 type IssuerFunc func(conn iot.MQTT) rotation.Issuer
 
 // Options configure a Manager. Endpoint, ThingName, StateDir, Store and Issuer
@@ -169,6 +170,17 @@ func (o *Options) Validate() error {
 			if strings.EqualFold(o.Accounts[j].Host, ep.Host) {
 				errs = append(errs, fmt.Errorf("device: Accounts[%d]: %s is listed twice (Accounts[%d])", i, ep.Host, j))
 			}
+		}
+	}
+	if len(o.Accounts) > 0 {
+		// A CA registered with no account (SNI_ONLY): nothing registers a
+		// certificate on its first connection, and a certificate no
+		// account knows has no connection to report itself over.
+		if o.JustInTime {
+			errs = append(errs, errors.New("device: JustInTime with Accounts: a certificate registered in several accounts without its CA is never registered just in time; turn JustInTime off"))
+		}
+		if o.claimIssuerOnly() {
+			errs = append(errs, errors.New("device: Claim.IssuerOnly with Accounts: a first certificate the claim obtains is registered in no account and cannot connect to report itself; register the first certificate in every account at the factory and give it as Identity"))
 		}
 	}
 	if o.ThingName == "" {

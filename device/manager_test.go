@@ -315,4 +315,17 @@ func TestValidateAccounts(t *testing.T) {
 	if err := o.Validate(); err != nil {
 		t.Errorf("a second account: %v", err)
 	}
+	o.JustInTime = true
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "JustInTime with Accounts") {
+		t.Errorf("just in time with accounts: %v", err)
+	}
+	o.JustInTime = false
+	claim := filepath.Join(t.TempDir(), "claim.crt")
+	if err := os.WriteFile(claim, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o.Claim = &device.Claim{Credentials: device.Credentials{KeyURI: "file:/tmp/k/claim.pem", CertFile: claim}, IssuerOnly: true}
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "Claim.IssuerOnly with Accounts") {
+		t.Errorf("an issuer-only claim with accounts: %v", err)
+	}
 }

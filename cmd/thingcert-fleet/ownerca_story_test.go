@@ -2,14 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
-	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,61 +23,12 @@ import (
 	"github.com/thingcert/thingcert/rotation"
 )
 
-// fileCA signs CSRs with a CA key and certificate that openssl made: the
-// owner's CA service of the story (a step-ca in the field).
-type fileCA struct {
-	cert *x509.Certificate
-	key  any
-}
-
-func loadFileCA(dir string) (*fileCA, error) {
-	cb, err := os.ReadFile(filepath.Join(dir, "owner-ca.pem"))
-	if err != nil {
-		return nil, err
-	}
-	kb, err := os.ReadFile(filepath.Join(dir, "owner-ca.key"))
-	if err != nil {
-		return nil, err
-	}
-	c, _ := pem.Decode(cb)
-	k, _ := pem.Decode(kb)
-	if c == nil || k == nil {
-		return nil, errors.New("owner-ca.pem or owner-ca.key is not PEM")
-	}
-	cert, err := x509.ParseCertificate(c.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	key, err := x509.ParsePKCS8PrivateKey(k.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	return &fileCA{cert: cert, key: key}, nil
-}
-
-func (ca *fileCA) Issue(_ context.Context, csrDER []byte) (*rotation.Issued, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil || csr.CheckSignature() != nil {
-		return nil, rotation.NewFatal("issuing", errors.New("bad CSR"))
-	}
-	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	tmpl := &x509.Certificate{SerialNumber: serial, Subject: csr.Subject, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(90 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, csr.PublicKey, ca.key)
-	if err != nil {
-		return nil, rotation.NewFatal("issuing", err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, err
-	}
-	return &rotation.Issued{Chain: []*x509.Certificate{c}}, nil
-}
-
 // TestOwnerCAMultiAccountStory runs docs/owner-ca.md's Kind 3 story: its
 // shell blocks in order, with the aws CLI and thingcert-fleet against the
-// emulator's accounts prod and preprod, and the device started from the
-// configuration the story writes. The device rotates on a job of prod, the
+// emulator's accounts prod and preprod and a real step-ca, and the device
+// started from the configuration the story writes. The factory signs the
+// device's first certificate with step-ca's intermediate and registers it in
+// both accounts; the device rotates on a job of prod by step-ca's rekey, the
 // fleet tool registers its new certificate in both accounts, the device
 // commits and connects to both by SNI, and retire deactivates the factory
 // certificate in both.
@@ -92,6 +39,9 @@ func TestOwnerCAMultiAccountStory(t *testing.T) {
 		awsCLI = testpeers.Need(t, "aws")[0]
 	}
 	testpeers.Need(t, "openssl")
+	// The owner's step-ca (its X5C provisioner unused here: renewals are
+	// rekeys, and the factory signs the first certificate).
+	sca := testpeers.StartStepCA(t, testpeers.StepCAOptions{X5CRootsPEM: testpeers.NewFactoryCA(t).PEM})
 	doc, err := os.ReadFile("../../docs/owner-ca.md")
 	if err != nil {
 		t.Fatal(err)
@@ -142,7 +92,7 @@ func TestOwnerCAMultiAccountStory(t *testing.T) {
 	}
 	env := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir, "AWS_CONFIG_FILE=" + awsConfig, "AWS_SHARED_CREDENTIALS_FILE=/dev/null",
 		"AWS_PAGER=", "AWS_EC2_METADATA_DISABLED=true", "AWS_ENDPOINT_URL_IOT=" + emu.APIURL(), "AWS_CA_BUNDLE=" + emu.RootCAFile(),
-		"AWS=" + awsCLI, "FLEET=" + bin}
+		"AWS=" + awsCLI, "FLEET=" + bin, "STEPCA=" + sca.Dir, "STEPCA_URL=" + sca.URL}
 	// The aws CLI 2.9 wants --endpoint-url; thingcert-fleet reads
 	// AWS_ENDPOINT_URL_IOT through the SDK. Against AWS neither is needed.
 	prelude := `set -euo pipefail
@@ -159,7 +109,7 @@ thingcert-fleet() { "$FLEET" "$@"; }
 		}
 		return string(out)
 	}
-	step(0) // the owner's CA, the factory key and certificate
+	step(0) // the factory key and its certificate from step-ca's CA
 	step(1) // both accounts
 	step(2) // the device's configuration
 
@@ -177,12 +127,10 @@ thingcert-fleet() { "$FLEET" "$@"; }
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, err := loadFileCA(work)
-	if err != nil {
-		t.Fatal(err)
+	if o.JustInTime {
+		t.Fatal("the story's device of two accounts expects just-in-time registration")
 	}
 	o.Roots = emu.RootCAs()
-	o.Issuer = func(iot.MQTT) rotation.Issuer { return ca }
 	o.MinConnectInterval = -1
 	o.Machine.Backoff = rotation.Backoff{Min: time.Second, Max: 2 * time.Second}
 	m, err := device.New(ctx, o)
@@ -195,12 +143,18 @@ thingcert-fleet() { "$FLEET" "$@"; }
 		cancel()
 		<-done
 		m.Close(context.Background())
+		if t.Failed() {
+			t.Logf("step-ca log:\n%s", sca.Log())
+		}
 	}()
 
 	step(3) // rotate, and wait for the report
 	st, err := m.Runner().Load()
 	if err != nil || !st.InProgress() {
 		t.Fatalf("the device reported, but its rotation is not in progress: %+v, %v", st, err)
+	}
+	if !strings.Contains(sca.Log(), "/1.0/rekey") {
+		t.Fatalf("the device reported a certificate step-ca did not rekey:\n%s", sca.Log())
 	}
 	out := step(4) // register in both, follow the job to its end
 	t.Logf("register and follow:\n%s", out)
@@ -237,6 +191,9 @@ thingcert-fleet() { "$FLEET" "$@"; }
 	id, err := m.Runner().Identity(ctx, *st.Current)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if err := id.Chain[0].CheckSignatureFrom(sca.Intermediate); err != nil {
+		t.Fatalf("the new certificate is not step-ca's: %v", err)
 	}
 	aid, err := iot.NewIdentity(id.Key, id.Chain)
 	if err != nil {

@@ -1,7 +1,10 @@
 // Package stepca issues the device's certificates from the owner's own CA
 // run as step-ca (smallstep's CA server), with no cloud code for the owner to
 // write: AWS IoT then takes the certificates by just-in-time provisioning, as
-// the CA is registered there with auto-registration and a template.
+// the CA is registered there with auto-registration and a template; or, the
+// CA registered with no account, each certificate is registered in every
+// account the device belongs to (RegisterCertificateWithoutCA) by the fleet
+// tool, from the report the device makes through its rotation job.
 //
 // The first certificate comes from an X5C provisioner: the factory claim
 // certificate (signed by a CA the provisioner trusts) signs a one-time token,
