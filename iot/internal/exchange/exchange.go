@@ -24,7 +24,9 @@ type Answer struct {
 
 // Do does one request of AWS IoT's request/response pattern: subscribe
 // to <topic>/accepted and <topic>/rejected first (AWS says a reply may be
-// lost otherwise), publish, and wait for the first reply. With a token, a
+// lost otherwise; one SUBSCRIBE for both where the connection is an
+// iot.MultiSubscriber), publish, wait for the first reply, and unsubscribe
+// without waiting for the UNSUBACK where it is an iot.NoWaitUnsubscriber. With a token, a
 // reply whose clientToken differs (a late answer to an earlier request) is
 // skipped. Failures are classified for rotation: no answer, a lost
 // connection or a refused publish are transient; a refused subscription is
@@ -53,20 +55,21 @@ func Do(ctx context.Context, m iot.MQTT, op, topic string, payload []byte, token
 		}
 	}
 	acc, rej := topic+"/accepted", topic+"/rejected"
-	for _, s := range []struct {
-		filter string
-		ok     bool
-	}{{acc, true}, {rej, false}} {
-		if err := m.Subscribe(ctx, s.filter, iot.AtLeastOnce, handler(s.ok)); err != nil {
-			return Answer{}, classifyRequestErr(ctx, op, "subscribing to "+s.filter, err)
-		}
+	// Both in one SUBSCRIBE where the connection can (one round trip), and
+	// the SUBACK awaited before publishing, as AWS documents.
+	if err := iot.SubscribeAll(ctx, m,
+		iot.Subscription{Filter: acc, QoS: iot.AtLeastOnce, Handler: handler(true)},
+		iot.Subscription{Filter: rej, QoS: iot.AtLeastOnce, Handler: handler(false)},
+	); err != nil {
+		return Answer{}, classifyRequestErr(ctx, op, "subscribing to "+acc+" and "+rej, err)
 	}
 	defer func() {
 		// Unsubscribing is housekeeping (AWS IoT allows 50 subscriptions per
-		// connection); it must not outlive the caller's patience.
+		// connection): nothing waits for its UNSUBACK where the connection
+		// can say so, and otherwise it must not outlive the caller's patience.
 		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer ucancel()
-		_ = m.Unsubscribe(uctx, acc, rej)
+		iot.UnsubscribeNoWait(uctx, m, acc, rej)
 	}()
 	if err := m.Publish(ctx, topic, iot.AtLeastOnce, payload); err != nil {
 		what := "publishing to " + topic
