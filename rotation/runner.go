@@ -150,7 +150,13 @@ func (r *Runner) load() (*State, error) {
 
 // saveState records s as d says and remembers what was written.
 func (r *Runner) saveState(s *State, d Durability) error {
-	data, err := r.State.saveData(s, d)
+	return r.saveStateAfter(s, d, nil)
+}
+
+// saveStateAfter is saveState that first makes the files s names durable
+// (before: the run's pending syncs), together with the state's own content.
+func (r *Runner) saveStateAfter(s *State, d Durability, before []func() error) error {
+	data, err := r.State.saveDataAfter(s, d, before)
 	if err != nil || data == nil {
 		return err
 	}
@@ -391,6 +397,13 @@ func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error
 func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, written bool, _ error) {
 	written = true
 	c := &runCache{}
+	defer func() {
+		// A run that stops with a file not yet synced makes it durable
+		// before run writes the state that may name it.
+		if err := syncAll(c.takePending()); err != nil {
+			r.log().Warn("rotation: syncing the certificate file where the run stopped", "error", err)
+		}
+	}()
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
@@ -405,7 +418,7 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 			continue
 		}
 		if Needs(act) == Durable && !durable {
-			if err := r.saveState(s, Durable); err != nil {
+			if err := r.saveStateAfter(s, Durable, c.takePending()); err != nil {
 				return s, false, err
 			}
 			durable, written = true, true
@@ -422,7 +435,11 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 			return s, written, err
 		}
 		d := Needs(ActionFor(n, now))
-		if err := r.saveState(n, d); err != nil {
+		var before []func() error
+		if d != InMemory {
+			before = c.takePending()
+		}
+		if err := r.saveStateAfter(n, d, before); err != nil {
 			return s, written, err
 		}
 		s, durable, written = n, d == Durable, d != InMemory
@@ -478,6 +495,18 @@ type runCache struct {
 	key   keystore.Key
 	chain []*x509.Certificate
 	path  string
+	// pending are the syncs of files written in this run that no written
+	// state names yet (the issued certificate): the next state written runs
+	// them beside its own, so a rotation pays for one round of syncs there
+	// rather than two in a row.
+	pending []func() error
+}
+
+// takePending returns the pending syncs and forgets them.
+func (c *runCache) takePending() []func() error {
+	p := c.pending
+	c.pending = nil
+	return p
 }
 
 func (c *runCache) pendingKey(ctx context.Context, r *Runner, uri string) (keystore.Key, error) {
@@ -638,10 +667,13 @@ func (r *Runner) submit(ctx context.Context, s *State, c *runCache) Event {
 	if iss.CertificateID != "" && !strings.EqualFold(iss.CertificateID, id) {
 		return fail(fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, iss.CertificateID, id))
 	}
-	path, err := r.State.WriteChain(id, iss.Chain)
+	// Synced beside the state that names it first (Verified, made durable
+	// before the switch), not on its own now.
+	path, sync, err := r.State.writeChainUnsynced(id, iss.Chain)
 	if err != nil {
 		return fail(err)
 	}
+	c.pending = append(c.pending, sync)
 	c.chain, c.path = iss.Chain, path
 	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
 	describe(rec, iss.Chain[0])
