@@ -495,10 +495,11 @@ type runCache struct {
 	key   keystore.Key
 	chain []*x509.Certificate
 	path  string
-	// pending are the syncs of files written in this run that no written
-	// state names yet (the issued certificate): the next state written runs
-	// them beside its own, so a rotation pays for one round of syncs there
-	// rather than two in a row.
+	// pending are the syncs of files made in this run that must be durable
+	// before the next durable state (the new key before CSRSubmitted, the
+	// issued certificate before Verified): the next state written runs them
+	// beside its own, before its rename, so a rotation pays for one round of
+	// syncs there rather than two in a row.
 	pending []func() error
 }
 
@@ -532,7 +533,7 @@ func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Eve
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	switch act {
 	case ActGenerateKey:
-		k, err := r.ensureKey(ctx, s.Pending.KeyURI)
+		k, err := r.ensureKey(ctx, s.Pending.KeyURI, c)
 		if err != nil {
 			return fail(err)
 		}
@@ -602,11 +603,15 @@ func (r *Runner) subject(s *State) string {
 // it already: its name is new to this rotation, so a key there can only be
 // ours. One that cannot be opened (half made by a store that is not atomic)
 // is deleted and made again.
-func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error) {
+func (r *Runner) ensureKey(ctx context.Context, uri string, c *runCache) (keystore.Key, error) {
 	k, err := r.Store.Open(ctx, uri)
 	if err == nil {
 		if k.Algorithm() == r.algorithm() {
 			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
+			if ug, ok := r.Store.(keystore.UnsyncedGenerator); ok {
+				// The run that made it may have stopped before its sync.
+				c.pending = append(c.pending, func() error { return ug.SyncKey(ctx, uri) })
+			}
 			return k, nil
 		}
 		err = fmt.Errorf("its algorithm is %s, not %s", k.Algorithm(), r.algorithm())
@@ -616,6 +621,19 @@ func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error
 		if derr := r.Store.Delete(ctx, uri); derr != nil && !errors.Is(derr, keystore.ErrNotFound) {
 			return nil, fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
 		}
+	}
+	if ug, ok := r.Store.(keystore.UnsyncedGenerator); ok {
+		// The key must be durable before its CSR is sent: it is synced
+		// together with the CSRSubmitted state, made durable before the
+		// CSR is sent, and before that state's rename (c.pending). A power
+		// cut before then leaves a missing or damaged key at a name only
+		// Started names, which the code above replaces.
+		k, sync, err := ug.GenerateUnsynced(ctx, uri, r.algorithm())
+		if err != nil {
+			return nil, err
+		}
+		c.pending = append(c.pending, sync)
+		return k, nil
 	}
 	return r.Store.Generate(ctx, uri, r.algorithm())
 }
