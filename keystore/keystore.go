@@ -56,6 +56,14 @@ type UnsyncedGenerator interface {
 	SyncKey(ctx context.Context, keyURI string) error
 }
 
+// UnsyncedDeleter is a Store that can delete a key without waiting for the
+// deletion to be durable, and say how to make it so later (the file store:
+// its folder's fsync), for a caller that syncs it together with other files.
+// Until sync has returned, a power cut may bring the key back.
+type UnsyncedDeleter interface {
+	DeleteUnsynced(ctx context.Context, keyURI string) (sync func() error, err error)
+}
+
 // Protection says how a key is protected, as far as its store can tell.
 type Protection struct {
 	// Backend is "file", "pkcs11" or "tpm".

@@ -54,6 +54,11 @@ type watch struct {
 	keySynced      map[string]bool
 	keyUnsynced    map[string]bool
 	unsyncedRename []string
+	// deleted are the keys deleted without their sync (UnsyncedDeleter),
+	// true once the sync has returned; forgotRename, states renamed into
+	// place forgetting a key whose deletion was not synced yet.
+	deleted      map[string]bool
+	forgotRename []string
 }
 
 func (w *watch) durableState() *State {
@@ -98,9 +103,15 @@ func (f watchedFS) Rename(o, n string) error {
 	}
 	if n == path.Join(durDir, StateFile) {
 		if data, err := f.w.cfs.ReadFile(n); err == nil {
-			if s, err := decodeState(data, n); err == nil && s.Pending != nil && s.Phase != PhaseStarted &&
-				f.w.keyUnsynced[s.Pending.KeyURI] && !f.w.keySynced[s.Pending.KeyURI] {
-				f.w.unsyncedRename = append(f.w.unsyncedRename, string(s.Phase))
+			if s, err := decodeState(data, n); err == nil {
+				if s.Pending != nil && s.Phase != PhaseStarted && f.w.keyUnsynced[s.Pending.KeyURI] && !f.w.keySynced[s.Pending.KeyURI] {
+					f.w.unsyncedRename = append(f.w.unsyncedRename, string(s.Phase))
+				}
+				for uri, synced := range f.w.deleted {
+					if !synced && !names(s, uri) {
+						f.w.forgotRename = append(f.w.forgotRename, string(s.Phase))
+					}
+				}
 			}
 		}
 		if f.w.renamed {
@@ -166,6 +177,37 @@ func (s watchedStore) SyncKey(ctx context.Context, uri string) error {
 	return err
 }
 
+func (s watchedStore) DeleteUnsynced(ctx context.Context, uri string) (func() error, error) {
+	s.w.saw("delete", uri)
+	sync, err := s.Store.(keystore.UnsyncedDeleter).DeleteUnsynced(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	s.w.deleted[uri] = false
+	return func() error {
+		err := sync()
+		if err == nil {
+			s.w.deleted[uri] = true
+		}
+		return err
+	}, nil
+}
+
+// names reports whether s still refers to the key at uri.
+func names(s *State, uri string) bool {
+	for _, r := range []*IdentityRecord{s.Current, s.Pending} {
+		if r != nil && r.KeyURI == uri {
+			return true
+		}
+	}
+	for _, p := range s.Previous {
+		if p.KeyURI == uri {
+			return true
+		}
+	}
+	return false
+}
+
 func (s watchedStore) Delete(ctx context.Context, uri string) error {
 	s.w.saw("delete", uri)
 	return s.Store.Delete(ctx, uri)
@@ -195,7 +237,7 @@ func (c watchedCloud) Report(ctx context.Context, r Report) error {
 // effects and writes are watched from here on.
 func watchedDevice(t *testing.T, grace time.Duration) (*device, *watch) {
 	cfs := crashfs.New()
-	w := &watch{t: t, cfs: cfs, keySynced: map[string]bool{}, keyUnsynced: map[string]bool{}}
+	w := &watch{t: t, cfs: cfs, keySynced: map[string]bool{}, keyUnsynced: map[string]bool{}, deleted: map[string]bool{}}
 	d := newDevice(t, watchedFS{crashFS{cfs}, w}, durDir)
 	cfs.SyncAll()
 	w.durable, w.written, w.renamed = nil, nil, false
@@ -297,6 +339,12 @@ func TestDurableBeforeEveryEffect(t *testing.T) {
 			}
 			if len(w.unsyncedRename) > 0 {
 				t.Errorf("state file renamed into place in phases %v naming a key not yet synced", w.unsyncedRename)
+			}
+			if n := len(w.deleted); slices.Contains(tc.effects, "delete") != (n == 1) {
+				t.Errorf("keys deleted unsynced: %v, want the old one where the run deletes it", w.deleted)
+			}
+			if len(w.forgotRename) > 0 {
+				t.Errorf("state file renamed into place in phases %v without a key whose deletion was not yet synced", w.forgotRename)
 			}
 			if !slices.Equal(w.durable, durablePhases) {
 				t.Errorf("durable writes of the state file: %v, want %v", w.durable, durablePhases)

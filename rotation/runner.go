@@ -495,11 +495,13 @@ type runCache struct {
 	key   keystore.Key
 	chain []*x509.Certificate
 	path  string
-	// pending are the syncs of files made in this run that must be durable
-	// before the next durable state (the new key before CSRSubmitted, the
-	// issued certificate before Verified): the next state written runs them
-	// beside its own, before its rename, so a rotation pays for one round of
-	// syncs there rather than two in a row.
+	// pending are the syncs of changes made in this run that must be
+	// durable before the next state that depends on them is renamed into
+	// place (the new key before CSRSubmitted, the issued certificate before
+	// Verified, a replaced key's deletion before the state that forgets it):
+	// the next state written runs them beside its own content's sync, before
+	// its rename, so a rotation waits for one round of syncs there rather
+	// than two in a row.
 	pending []func() error
 }
 
@@ -584,7 +586,7 @@ func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Eve
 	case ActCleanup:
 		return r.cleanup(ctx, s)
 	case ActRetire:
-		return r.retire(ctx, s)
+		return r.retire(ctx, s, c)
 	}
 	return fail(fmt.Errorf("rotation: no action %q", act))
 }
@@ -801,7 +803,7 @@ func (r *Runner) cleanup(ctx context.Context, s *State) Event {
 }
 
 // retire deletes the first previous identity whose grace period is over.
-func (r *Runner) retire(ctx context.Context, s *State) Event {
+func (r *Runner) retire(ctx context.Context, s *State, c *runCache) Event {
 	now := r.now()
 	for _, p := range s.Previous {
 		if p.RetireAt.IsZero() || now.Before(p.RetireAt) {
@@ -810,7 +812,7 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 		if s.Current != nil && p.KeyURI == s.Current.KeyURI {
 			return Event{Kind: EventRetired, CertificateID: p.CertificateID}
 		}
-		if err := r.Store.Delete(ctx, p.KeyURI); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+		if err := r.deleteRetired(ctx, p.KeyURI, c); err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: fmt.Errorf("rotation: deleting old key %s: %w", keystore.RedactURI(p.KeyURI), err)}
 		}
 		if r.ownFile(p.CertFile) {
@@ -824,6 +826,22 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 		return Event{Kind: EventRetired, CertificateID: p.CertificateID}
 	}
 	return Event{Kind: EventFailed, Err: errors.New("rotation: nothing to retire")}
+}
+
+// deleteRetired deletes a replaced key. Where the store can, the deletion's
+// sync is left to the next state written (c.pending), which runs it beside
+// its own and renames only after it: no state that forgets the key is
+// renamed into place before the key is durably gone, as when Delete synced.
+func (r *Runner) deleteRetired(ctx context.Context, uri string, c *runCache) error {
+	if ud, ok := r.Store.(keystore.UnsyncedDeleter); ok {
+		sync, err := ud.DeleteUnsynced(ctx, uri)
+		if err != nil {
+			return err
+		}
+		c.pending = append(c.pending, sync)
+		return nil
+	}
+	return r.Store.Delete(ctx, uri)
 }
 
 // ownFile reports whether path is a certificate the state folder made (and so

@@ -348,17 +348,29 @@ func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 // (Overwriting the file first would not reliably erase it on flash storage, whose
 // wear levelling keeps old blocks; a key that must be unrecoverable belongs in a
 // TPM or token.)
-func (s *Store) Delete(_ context.Context, uri string) error {
-	path, err := s.keyPath(uri)
+func (s *Store) Delete(ctx context.Context, uri string) error {
+	sync, err := s.DeleteUnsynced(ctx, uri)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("filestore: %s: %w", fileURI(path), keystore.ErrNotFound)
-	} else if err != nil {
-		return fmt.Errorf("filestore: deleting %s: %w", fileURI(path), err)
+	return sync()
+}
+
+var _ keystore.UnsyncedDeleter = (*Store)(nil)
+
+// DeleteUnsynced is Delete with the folder's sync left to sync
+// (keystore.UnsyncedDeleter).
+func (s *Store) DeleteUnsynced(_ context.Context, uri string) (func() error, error) {
+	path, err := s.keyPath(uri)
+	if err != nil {
+		return nil, err
 	}
-	return atomicfile.SyncDir(s.dir)
+	if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("filestore: %s: %w", fileURI(path), keystore.ErrNotFound)
+	} else if err != nil {
+		return nil, fmt.Errorf("filestore: deleting %s: %w", fileURI(path), err)
+	}
+	return func() error { return atomicfile.SyncDir(s.dir) }, nil
 }
 
 // List returns the URIs of the *.pem files in the folder.
