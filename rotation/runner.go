@@ -418,9 +418,10 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 			continue
 		}
 		if Needs(act) == Durable && !durable {
-			if err := r.saveStateAfter(s, Durable, c.takePending()); err != nil {
-				return s, false, err
+			if err := r.saveStateAfter(s, Durable, c.pending); err != nil {
+				return s, false, err // the deferred sync above runs what is left
 			}
+			c.pending = nil
 			durable, written = true, true
 		}
 		ev := r.act(ctx, s, act, c)
@@ -437,10 +438,13 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 		d := Needs(ActionFor(n, now))
 		var before []func() error
 		if d != InMemory {
-			before = c.takePending()
+			before = c.pending
 		}
 		if err := r.saveStateAfter(n, d, before); err != nil {
-			return s, written, err
+			return s, written, err // the deferred sync above runs what is left
+		}
+		if d != InMemory {
+			c.pending = nil
 		}
 		s, durable, written = n, d == Durable, d != InMemory
 		if err := r.announce(ctx, s, d); err != nil {
@@ -510,6 +514,20 @@ func (c *runCache) takePending() []func() error {
 	p := c.pending
 	c.pending = nil
 	return p
+}
+
+// addPending adds a sync, made safe to call more than once (it runs once;
+// later calls return its result): a state write that fails after running
+// it leaves it pending, for the run's end to run again.
+func (c *runCache) addPending(f func() error) {
+	var (
+		once sync.Once
+		err  error
+	)
+	c.pending = append(c.pending, func() error {
+		once.Do(func() { err = f() })
+		return err
+	})
 }
 
 func (c *runCache) pendingKey(ctx context.Context, r *Runner, uri string) (keystore.Key, error) {
@@ -612,7 +630,7 @@ func (r *Runner) ensureKey(ctx context.Context, uri string, c *runCache) (keysto
 			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
 			if ug, ok := r.Store.(keystore.UnsyncedGenerator); ok {
 				// The run that made it may have stopped before its sync.
-				c.pending = append(c.pending, func() error { return ug.SyncKey(ctx, uri) })
+				c.addPending(func() error { return ug.SyncKey(ctx, uri) })
 			}
 			return k, nil
 		}
@@ -634,7 +652,7 @@ func (r *Runner) ensureKey(ctx context.Context, uri string, c *runCache) (keysto
 		if err != nil {
 			return nil, err
 		}
-		c.pending = append(c.pending, sync)
+		c.addPending(sync)
 		return k, nil
 	}
 	return r.Store.Generate(ctx, uri, r.algorithm())
@@ -693,7 +711,7 @@ func (r *Runner) submit(ctx context.Context, s *State, c *runCache) Event {
 	if err != nil {
 		return fail(err)
 	}
-	c.pending = append(c.pending, sync)
+	c.addPending(sync)
 	c.chain, c.path = iss.Chain, path
 	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
 	describe(rec, iss.Chain[0])
@@ -838,7 +856,7 @@ func (r *Runner) deleteRetired(ctx context.Context, uri string, c *runCache) err
 		if err != nil {
 			return err
 		}
-		c.pending = append(c.pending, sync)
+		c.addPending(sync)
 		return nil
 	}
 	return r.Store.Delete(ctx, uri)
