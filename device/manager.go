@@ -486,6 +486,18 @@ func (m *Manager) Subscribe(ctx context.Context, filter string, qos iot.QoS, h i
 	return m.Session().Subscribe(ctx, filter, qos, h)
 }
 
+// SubscribeMultiple subscribes to several filters in one SUBSCRIBE on the
+// current connection.
+func (m *Manager) SubscribeMultiple(ctx context.Context, subs ...iot.Subscription) error {
+	return m.Session().SubscribeMultiple(ctx, subs...)
+}
+
+// UnsubscribeNoWait unsubscribes on the current connection without waiting
+// for the UNSUBACK.
+func (m *Manager) UnsubscribeNoWait(filters ...string) {
+	m.Session().UnsubscribeNoWait(filters...)
+}
+
 // Unsubscribe unsubscribes on the current connection.
 func (m *Manager) Unsubscribe(ctx context.Context, filters ...string) error {
 	return m.Session().Unsubscribe(ctx, filters...)

@@ -236,6 +236,24 @@ func (s *Session) Subscribe(ctx context.Context, filter string, qos iot.QoS, h i
 	return c.Subscribe(ctx, filter, qos, h)
 }
 
+// SubscribeMultiple subscribes to several filters in one SUBSCRIBE on the
+// current connection (iot.Client.SubscribeMultiple).
+func (s *Session) SubscribeMultiple(ctx context.Context, subs ...iot.Subscription) error {
+	c, err := s.current()
+	if err != nil {
+		return err
+	}
+	return c.SubscribeMultiple(ctx, subs...)
+}
+
+// UnsubscribeNoWait unsubscribes on the current connection without waiting
+// for the UNSUBACK (iot.Client.UnsubscribeNoWait).
+func (s *Session) UnsubscribeNoWait(filters ...string) {
+	if c := s.Client(); c != nil {
+		c.UnsubscribeNoWait(filters...)
+	}
+}
+
 // Unsubscribe unsubscribes on the current connection.
 func (s *Session) Unsubscribe(ctx context.Context, filters ...string) error {
 	c, err := s.current()

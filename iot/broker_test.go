@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,6 +38,10 @@ type broker struct {
 	offered map[string][]string // remote address -> ALPN offered
 	seen    []seen
 	subs    int
+	packets [][]string // the filters of each SUBSCRIBE, in order
+
+	// denyFilter, if set, is a topic filter the broker refuses to subscribe.
+	denyFilter atomic.Value
 
 	// closeAfterConnect makes the broker read CONNECT and close without a
 	// CONNACK, as AWS IoT does when the policy denies iot:Connect.
@@ -106,6 +112,16 @@ func (b *broker) subscribes() int {
 	return b.subs
 }
 
+// filters returns the topic filters the broker holds for a client, sorted.
+func (b *broker) filters(t *testing.T, clientID string) []string {
+	t.Helper()
+	cl, ok := b.srv.Clients.Get(clientID)
+	if !ok {
+		t.Fatalf("broker has no client %q", clientID)
+	}
+	return slices.Sorted(maps.Keys(cl.State.Subscriptions.GetAll()))
+}
+
 // kick closes a client's connection from the broker's side.
 func (b *broker) kick(t *testing.T, clientID string) {
 	t.Helper()
@@ -155,10 +171,30 @@ func (h *recordHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) b
 	return !h.b.refuse.Load()
 }
 
-func (h *recordHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool { return true }
+func (h *recordHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	deny, _ := h.b.denyFilter.Load().(string)
+	return write || deny == "" || topic != deny
+}
 
 func (h *recordHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
 	h.b.mu.Lock()
 	h.b.subs++
+	var fs []string
+	for _, f := range pk.Filters {
+		fs = append(fs, f.Filter)
+	}
+	h.b.packets = append(h.b.packets, fs)
 	h.b.mu.Unlock()
+}
+
+// subscribePackets returns the filters of each SUBSCRIBE seen, sorted within
+// each packet.
+func (b *broker) subscribePackets() [][]string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make([][]string, len(b.packets))
+	for i, p := range b.packets {
+		out[i] = slices.Sorted(slices.Values(p))
+	}
+	return out
 }

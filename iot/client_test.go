@@ -605,3 +605,116 @@ func TestPendingIdentity(t *testing.T) {
 		t.Errorf("Wait on a cancelled context: %v", err)
 	}
 }
+
+// SubscribeMultiple sends its filters in one SUBSCRIBE, routes each filter's
+// messages to its own handler, and restores them together after a reconnect.
+// UnsubscribeNoWait stops delivery at once and does not take away a
+// subscription made again right after it.
+func TestSubscribeMultipleOnePacket(t *testing.T) {
+	ca := testpki.NewCA(t, "test root")
+	b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+	id := newIdentity(t, ca, newMemKey(t, keystore.ECDSAP256), "device-1")
+	st := newStates()
+	c := newClient(t, iot.Config{
+		Endpoint: iot.Endpoint{Host: endpointName, Address: b.Addr}, Identity: iot.NewIdentitySource(id),
+		Roots: ca.Pool(), ClientID: "device-1",
+		OnStateChange: st.record, After: (&immediate{}).After, Rand: func() float64 { return 0.5 },
+	})
+	ctx := context.Background()
+	if _, err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.next(t, iot.StateConnected)
+	acc, rej := make(chan string, 4), make(chan string, 4)
+	into := func(ch chan string) iot.MessageHandler { return func(m iot.Message) { ch <- string(m.Payload) } }
+	if err := c.SubscribeMultiple(ctx,
+		iot.Subscription{Filter: "req/accepted", QoS: iot.AtLeastOnce, Handler: into(acc)},
+		iot.Subscription{Filter: "req/rejected", QoS: iot.AtLeastOnce, Handler: into(rej)},
+	); err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"req/accepted", "req/rejected"}}
+	if got := b.subscribePackets(); !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("SUBSCRIBE packets %q, want %q", got, want)
+	}
+	expect := func(ch chan string, topic, payload string) {
+		t.Helper()
+		if err := b.srv.Publish(topic, []byte(payload), false, 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-ch:
+			if got != payload {
+				t.Errorf("%s: got %q, want %q", topic, got, payload)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("nothing on %s", topic)
+		}
+	}
+	expect(acc, "req/accepted", "yes")
+	expect(rej, "req/rejected", "no")
+
+	b.kick(t, "device-1")
+	st.next(t, iot.StateWaiting)
+	st.next(t, iot.StateConnected)
+	want = append(want, want[0])
+	if got := b.subscribePackets(); !slices.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("after a reconnect, SUBSCRIBE packets %q, want %q", got, want)
+	}
+	expect(acc, "req/accepted", "again")
+
+	// Gone at once, and a new subscription to one of them right after is not
+	// undone by the UNSUBACK arriving later.
+	c.UnsubscribeNoWait("req/accepted", "req/rejected")
+	if err := c.Subscribe(ctx, "req/accepted", iot.AtLeastOnce, into(acc)); err != nil {
+		t.Fatal(err)
+	}
+	expect(acc, "req/accepted", "after")
+	// The broker handles one connection's packets in order: by the SUBACK
+	// above it had the UNSUBSCRIBE.
+	if got := b.filters(t, "device-1"); !slices.Equal(got, []string{"req/accepted"}) {
+		t.Errorf("the broker holds %q, want only req/accepted", got)
+	}
+}
+
+// A SUBSCRIBE with a filter the broker refuses fails with ErrSubscribeRefused
+// naming that filter, and leaves none of its filters subscribed or restored.
+func TestSubscribeMultipleRefused(t *testing.T) {
+	ca := testpki.NewCA(t, "test root")
+	b := startBroker(t, brokerOptions{server: ca.NewServer(t, endpointName), clientCA: ca})
+	b.denyFilter.Store("req/rejected")
+	id := newIdentity(t, ca, newMemKey(t, keystore.ECDSAP256), "device-1")
+	st := newStates()
+	c := newClient(t, iot.Config{
+		Endpoint: iot.Endpoint{Host: endpointName, Address: b.Addr}, Identity: iot.NewIdentitySource(id),
+		Roots: ca.Pool(), ClientID: "device-1",
+		OnStateChange: st.record, After: (&immediate{}).After, Rand: func() float64 { return 0.5 },
+	})
+	ctx := context.Background()
+	if _, err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.next(t, iot.StateConnected)
+	h := func(iot.Message) {}
+	err := c.SubscribeMultiple(ctx,
+		iot.Subscription{Filter: "req/accepted", QoS: iot.AtLeastOnce, Handler: h},
+		iot.Subscription{Filter: "req/rejected", QoS: iot.AtLeastOnce, Handler: h},
+	)
+	if !errors.Is(err, iot.ErrSubscribeRefused) || !strings.Contains(err.Error(), `"req/rejected"`) {
+		t.Fatalf("got %v, want ErrSubscribeRefused naming req/rejected", err)
+	}
+	if err := c.Subscribe(ctx, "marker", iot.AtLeastOnce, h); err != nil {
+		t.Fatal(err)
+	}
+	// By marker's SUBACK the broker had every packet sent before it.
+	if got := b.filters(t, "device-1"); !slices.Equal(got, []string{"marker"}) {
+		t.Errorf("the broker holds %q, want only marker: the granted filter of a refused SUBSCRIBE stayed", got)
+	}
+	b.kick(t, "device-1")
+	st.next(t, iot.StateWaiting)
+	st.next(t, iot.StateConnected)
+	p := b.subscribePackets()
+	if last := p[len(p)-1]; !slices.Equal(last, []string{"marker"}) {
+		t.Errorf("restored %q after a reconnect, want only marker", last)
+	}
+}

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -499,10 +501,17 @@ func (c *Client) establish(ctx context.Context, s *session) {
 	}
 	c.mu.Unlock()
 	var errs []error
-	if !s.info.SessionPresent {
-		for f, sub := range subs {
+	if !s.info.SessionPresent && len(subs) > 0 {
+		// Restored maxFiltersPerSubscribe at a time: one round trip for the
+		// usual handful rather than one per filter.
+		filters := slices.Sorted(maps.Keys(subs))
+		for chunk := range slices.Chunk(filters, maxFiltersPerSubscribe) {
+			batch := make(map[string]subscription, len(chunk))
+			for _, f := range chunk {
+				batch[f] = subs[f]
+			}
 			sctx, cancel := context.WithTimeout(ctx, c.cfg.ConnectTimeout)
-			if err := c.subscribeOn(sctx, s, f, sub); err != nil {
+			if err := c.subscribeOn(sctx, s, batch); err != nil {
 				errs = append(errs, err)
 			}
 			cancel()
@@ -679,56 +688,157 @@ func (c *Client) Publish(ctx context.Context, topic string, qos QoS, payload []b
 // Subscribe subscribes to a topic filter and waits for the SUBACK. The
 // subscription is restored after every reconnect until Unsubscribe.
 func (c *Client) Subscribe(ctx context.Context, filter string, qos QoS, h MessageHandler) error {
-	if err := ValidateTopic(filter, true); err != nil {
-		return err
+	return c.SubscribeMultiple(ctx, Subscription{Filter: filter, QoS: qos, Handler: h})
+}
+
+// Subscription is one topic filter of a SubscribeMultiple.
+type Subscription struct {
+	Filter  string
+	QoS     QoS
+	Handler MessageHandler
+}
+
+// maxFiltersPerSubscribe is AWS IoT's limit on the topic filters of one
+// SUBSCRIBE.
+const maxFiltersPerSubscribe = 8
+
+// MultiSubscriber is an MQTT connection that can subscribe to several topic
+// filters in one SUBSCRIBE packet: one round trip instead of one per filter
+// (a request/response exchange subscribes to /accepted and /rejected).
+// SubscribeAll uses it where a connection has it.
+type MultiSubscriber interface {
+	SubscribeMultiple(ctx context.Context, subs ...Subscription) error
+}
+
+// SubscribeAll subscribes m to every filter of subs, in one SUBSCRIBE where m
+// is a MultiSubscriber and one after the other otherwise. On a failure none
+// of them is left subscribed.
+func SubscribeAll(ctx context.Context, m MQTT, subs ...Subscription) error {
+	if ms, ok := m.(MultiSubscriber); ok {
+		return ms.SubscribeMultiple(ctx, subs...)
 	}
-	if qos > AtLeastOnce {
-		return fmt.Errorf("iot: QoS %d: AWS IoT supports QoS 0 and 1", qos)
+	for i, s := range subs {
+		if err := m.Subscribe(ctx, s.Filter, s.QoS, s.Handler); err != nil {
+			if i > 0 {
+				done := make([]string, i)
+				for j := range done {
+					done[j] = subs[j].Filter
+				}
+				UnsubscribeNoWait(ctx, m, done...)
+			}
+			return err
+		}
 	}
-	if h == nil {
-		return errors.New("iot: Subscribe without a handler")
+	return nil
+}
+
+// NoWaitUnsubscriber is an MQTT connection that can end subscriptions
+// without waiting for the broker's UNSUBACK.
+type NoWaitUnsubscriber interface {
+	UnsubscribeNoWait(filters ...string)
+}
+
+// UnsubscribeNoWait ends m's subscriptions to filters without waiting for the
+// UNSUBACK where m is a NoWaitUnsubscriber, and with Unsubscribe, its error
+// ignored, otherwise.
+func UnsubscribeNoWait(ctx context.Context, m MQTT, filters ...string) {
+	if nw, ok := m.(NoWaitUnsubscriber); ok {
+		nw.UnsubscribeNoWait(filters...)
+		return
 	}
-	sub := subscription{qos: qos, handler: h}
+	_ = m.Unsubscribe(ctx, filters...)
+}
+
+// SubscribeMultiple subscribes to up to eight topic filters (AWS IoT's limit
+// per SUBSCRIBE) in one SUBSCRIBE packet and waits for its SUBACK. The
+// subscriptions are restored after every reconnect until Unsubscribe. If the
+// broker refuses any filter, none of them stays subscribed and the error is
+// ErrSubscribeRefused.
+func (c *Client) SubscribeMultiple(ctx context.Context, subs ...Subscription) error {
+	if len(subs) == 0 {
+		return nil
+	}
+	if len(subs) > maxFiltersPerSubscribe {
+		return fmt.Errorf("iot: %d topic filters in one SUBSCRIBE; AWS IoT allows %d", len(subs), maxFiltersPerSubscribe)
+	}
+	batch := make(map[string]subscription, len(subs))
+	for _, sub := range subs {
+		if err := ValidateTopic(sub.Filter, true); err != nil {
+			return err
+		}
+		if sub.QoS > AtLeastOnce {
+			return fmt.Errorf("iot: QoS %d: AWS IoT supports QoS 0 and 1", sub.QoS)
+		}
+		if sub.Handler == nil {
+			return errors.New("iot: Subscribe without a handler")
+		}
+		if _, dup := batch[sub.Filter]; dup {
+			return fmt.Errorf("iot: topic filter %q twice in one SUBSCRIBE", sub.Filter)
+		}
+		batch[sub.Filter] = subscription{qos: sub.QoS, handler: sub.Handler}
+	}
 	c.mu.Lock()
 	if !c.running {
 		c.mu.Unlock()
 		return fmt.Errorf("iot: %s: %w: call Connect first", c.ep, ErrNotConnected)
 	}
-	c.subs[filter] = sub
+	maps.Copy(c.subs, batch)
 	c.mu.Unlock()
 	for {
 		s, err := c.waitReady(ctx)
 		if err == nil {
-			err = c.subscribeOn(ctx, s, filter, sub)
+			err = c.subscribeOn(ctx, s, batch)
 			if errors.Is(err, ErrConnectionLost) {
-				continue // the next connection restores it; wait for that
+				continue // the next connection restores them; wait for that
 			}
 		}
 		if err != nil {
 			c.mu.Lock()
-			delete(c.subs, filter)
+			for f := range batch {
+				delete(c.subs, f)
+			}
 			c.mu.Unlock()
+			if s != nil && errors.Is(err, ErrSubscribeRefused) && len(batch) > 1 {
+				// Those granted beside the refused one go too: the caller
+				// asked for all of them or none.
+				s.pc.Unsubscribe(slices.Collect(maps.Keys(batch))...)
+			}
 		}
 		return err
 	}
 }
 
-func (c *Client) subscribeOn(ctx context.Context, s *session, filter string, sub subscription) error {
-	tok := s.pc.Subscribe(filter, byte(sub.qos), route(sub.handler))
+// subscribeOn sends one SUBSCRIBE for every filter of batch on s and waits
+// for the SUBACK.
+func (c *Client) subscribeOn(ctx context.Context, s *session, batch map[string]subscription) error {
+	filters := make(map[string]byte, len(batch))
+	for f, sub := range batch {
+		filters[f] = byte(sub.qos)
+		s.pc.AddRoute(f, route(sub.handler))
+	}
+	names := slices.Sorted(maps.Keys(batch))
+	what := fmt.Sprintf("%q", names[0])
+	if len(names) > 1 {
+		what = fmt.Sprintf("%q", names)
+	}
+	tok := s.pc.SubscribeMultiple(filters, nil)
 	select {
 	case <-tok.Done():
 	case <-s.lost:
-		return fmt.Errorf("iot: %s: subscribe to %q: %w", c.ep, filter, ErrConnectionLost)
+		return fmt.Errorf("iot: %s: subscribe to %s: %w", c.ep, what, ErrConnectionLost)
 	case <-ctx.Done():
-		return fmt.Errorf("iot: %s: subscribe to %q: no SUBACK: %w", c.ep, filter, context.Cause(ctx))
+		return fmt.Errorf("iot: %s: subscribe to %s: no SUBACK: %w", c.ep, what, context.Cause(ctx))
 	}
 	if err := tok.Error(); err != nil {
-		return fmt.Errorf("iot: %s: subscribe to %q: %w", c.ep, filter, err)
+		return fmt.Errorf("iot: %s: subscribe to %s: %w", c.ep, what, err)
 	}
 	if st, ok := tok.(*paho.SubscribeToken); ok {
-		if code, ok := st.Result()[filter]; ok && code >= 0x80 {
-			return fmt.Errorf("iot: %s: subscribe to %q: %w: on AWS IoT the policy must allow iot:Subscribe on topicfilter/%s and iot:Receive on the matching topics",
-				c.ep, filter, ErrSubscribeRefused, filter)
+		res := st.Result()
+		for _, f := range names {
+			if code, ok := res[f]; ok && code >= 0x80 {
+				return fmt.Errorf("iot: %s: subscribe to %q: %w: on AWS IoT the policy must allow iot:Subscribe on topicfilter/%s and iot:Receive on the matching topics",
+					c.ep, f, ErrSubscribeRefused, f)
+			}
 		}
 	}
 	return nil
@@ -736,14 +846,8 @@ func (c *Client) subscribeOn(ctx context.Context, s *session, filter string, sub
 
 // Unsubscribe ends subscriptions and stops restoring them.
 func (c *Client) Unsubscribe(ctx context.Context, filters ...string) error {
-	c.mu.Lock()
-	for _, f := range filters {
-		delete(c.subs, f)
-	}
-	s := c.cur
-	ready := s != nil && s.ready
-	c.mu.Unlock()
-	if !ready {
+	s := c.unsubscribe(filters)
+	if s == nil {
 		return nil // the next connection will not restore them
 	}
 	tok := s.pc.Unsubscribe(filters...)
@@ -755,6 +859,30 @@ func (c *Client) Unsubscribe(ctx context.Context, filters ...string) error {
 	case <-ctx.Done():
 		return context.Cause(ctx)
 	}
+}
+
+// UnsubscribeNoWait ends subscriptions and stops restoring them, without
+// waiting for the UNSUBACK: in MQTT 3.1.1 it carries no result, and messages
+// on the filters stop reaching their handlers once the UNSUBSCRIBE is queued,
+// ahead of any later SUBSCRIBE on this connection.
+func (c *Client) UnsubscribeNoWait(filters ...string) {
+	if s := c.unsubscribe(filters); s != nil {
+		s.pc.Unsubscribe(filters...)
+	}
+}
+
+// unsubscribe forgets filters and returns the connection to send the
+// UNSUBSCRIBE on, or nil when there is none ready.
+func (c *Client) unsubscribe(filters []string) *session {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range filters {
+		delete(c.subs, f)
+	}
+	if s := c.cur; s != nil && s.ready {
+		return s
+	}
+	return nil
 }
 
 func route(h MessageHandler) paho.MessageHandler {

@@ -42,6 +42,28 @@ type Importer interface {
 	Import(ctx context.Context, keyURI string, priv crypto.Signer) (Key, error)
 }
 
+// UnsyncedGenerator is a Store that can make a key without waiting for its
+// storage to be durable, and say how to make it so later (the file store:
+// a file's fsync and its folder's). A caller that must make other files
+// durable at the same point (rotation, before it sends the key's CSR) syncs
+// them all together, for about the cost of one. Until sync has returned, a
+// power cut may lose the key or leave it damaged; sync must be called exactly
+// once, and the key relied on only after it returned nil.
+type UnsyncedGenerator interface {
+	GenerateUnsynced(ctx context.Context, keyURI string, alg Algorithm) (k Key, sync func() error, err error)
+	// SyncKey makes an existing key durable: one found where a process that
+	// stopped before its sync made it, which may still be only in memory.
+	SyncKey(ctx context.Context, keyURI string) error
+}
+
+// UnsyncedDeleter is a Store that can delete a key without waiting for the
+// deletion to be durable, and say how to make it so later (the file store:
+// its folder's fsync), for a caller that syncs it together with other files.
+// Until sync has returned, a power cut may bring the key back.
+type UnsyncedDeleter interface {
+	DeleteUnsynced(ctx context.Context, keyURI string) (sync func() error, err error)
+}
+
 // Protection says how a key is protected, as far as its store can tell.
 type Protection struct {
 	// Backend is "file", "pkcs11" or "tpm".

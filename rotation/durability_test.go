@@ -27,6 +27,7 @@ const durDir = "/var/lib/thingcert"
 type effect struct {
 	kind, detail string
 	durable      *State
+	keySynced    bool // the durable state's pending key had been synced
 }
 
 func (e effect) String() string {
@@ -47,6 +48,17 @@ type watch struct {
 	durable, written []Phase
 	renamed          bool  // state.json renamed since the folder's last sync
 	renamedPhase     Phase // the phase it was renamed with
+	// keySynced are the keys whose sync (keystore.UnsyncedGenerator) has
+	// returned; unsyncedRename, a state renamed into place naming as pending
+	// a key made unsynced and not synced yet.
+	keySynced      map[string]bool
+	keyUnsynced    map[string]bool
+	unsyncedRename []string
+	// deleted are the keys deleted without their sync (UnsyncedDeleter),
+	// true once the sync has returned; forgotRename, states renamed into
+	// place forgetting a key whose deletion was not synced yet.
+	deleted      map[string]bool
+	forgotRename []string
 }
 
 func (w *watch) durableState() *State {
@@ -62,7 +74,9 @@ func (w *watch) durableState() *State {
 }
 
 func (w *watch) saw(kind, detail string) {
-	w.effects = append(w.effects, effect{kind, detail, w.durableState()})
+	s := w.durableState()
+	synced := s != nil && s.Pending != nil && w.keySynced[s.Pending.KeyURI]
+	w.effects = append(w.effects, effect{kind, detail, s, synced})
 }
 
 func (w *watch) phaseNow() Phase {
@@ -88,6 +102,18 @@ func (f watchedFS) Rename(o, n string) error {
 		return err
 	}
 	if n == path.Join(durDir, StateFile) {
+		if data, err := f.w.cfs.ReadFile(n); err == nil {
+			if s, err := decodeState(data, n); err == nil {
+				if s.Pending != nil && s.Phase != PhaseStarted && f.w.keyUnsynced[s.Pending.KeyURI] && !f.w.keySynced[s.Pending.KeyURI] {
+					f.w.unsyncedRename = append(f.w.unsyncedRename, string(s.Phase))
+				}
+				for uri, synced := range f.w.deleted {
+					if !synced && !names(s, uri) {
+						f.w.forgotRename = append(f.w.forgotRename, string(s.Phase))
+					}
+				}
+			}
+		}
 		if f.w.renamed {
 			f.w.written = append(f.w.written, f.w.renamedPhase) // replaced before the folder was synced
 		}
@@ -125,6 +151,63 @@ func (s watchedStore) Generate(ctx context.Context, uri string, alg keystore.Alg
 	return s.Store.Generate(ctx, uri, alg)
 }
 
+// GenerateUnsynced and SyncKey are the file store's, watched: the key's
+// sync is recorded when it returns.
+func (s watchedStore) GenerateUnsynced(ctx context.Context, uri string, alg keystore.Algorithm) (keystore.Key, func() error, error) {
+	s.w.saw("generate", uri)
+	k, sync, err := s.Store.(keystore.UnsyncedGenerator).GenerateUnsynced(ctx, uri, alg)
+	if err != nil {
+		return nil, nil, err
+	}
+	s.w.keyUnsynced[uri] = true
+	return k, func() error {
+		err := sync()
+		if err == nil {
+			s.w.keySynced[uri] = true
+		}
+		return err
+	}, nil
+}
+
+func (s watchedStore) SyncKey(ctx context.Context, uri string) error {
+	err := s.Store.(keystore.UnsyncedGenerator).SyncKey(ctx, uri)
+	if err == nil {
+		s.w.keySynced[uri] = true
+	}
+	return err
+}
+
+func (s watchedStore) DeleteUnsynced(ctx context.Context, uri string) (func() error, error) {
+	s.w.saw("delete", uri)
+	sync, err := s.Store.(keystore.UnsyncedDeleter).DeleteUnsynced(ctx, uri)
+	if err != nil {
+		return nil, err
+	}
+	s.w.deleted[uri] = false
+	return func() error {
+		err := sync()
+		if err == nil {
+			s.w.deleted[uri] = true
+		}
+		return err
+	}, nil
+}
+
+// names reports whether s still refers to the key at uri.
+func names(s *State, uri string) bool {
+	for _, r := range []*IdentityRecord{s.Current, s.Pending} {
+		if r != nil && r.KeyURI == uri {
+			return true
+		}
+	}
+	for _, p := range s.Previous {
+		if p.KeyURI == uri {
+			return true
+		}
+	}
+	return false
+}
+
 func (s watchedStore) Delete(ctx context.Context, uri string) error {
 	s.w.saw("delete", uri)
 	return s.Store.Delete(ctx, uri)
@@ -154,7 +237,7 @@ func (c watchedCloud) Report(ctx context.Context, r Report) error {
 // effects and writes are watched from here on.
 func watchedDevice(t *testing.T, grace time.Duration) (*device, *watch) {
 	cfs := crashfs.New()
-	w := &watch{t: t, cfs: cfs}
+	w := &watch{t: t, cfs: cfs, keySynced: map[string]bool{}, keyUnsynced: map[string]bool{}, deleted: map[string]bool{}}
 	d := newDevice(t, watchedFS{crashFS{cfs}, w}, durDir)
 	cfs.SyncAll()
 	w.durable, w.written, w.renamed = nil, nil, false
@@ -183,6 +266,8 @@ func checkEffects(t *testing.T, w *watch, old *IdentityRecord) {
 		case e.kind == "issue":
 			if s.Phase != PhaseCSRSubmitted || s.CSR != e.detail {
 				bad = "the CSR must be durable before it is sent"
+			} else if !e.keySynced {
+				bad = "the key must be durable before its CSR is sent"
 			}
 		case e.kind == "switch" && e.detail == old.CertificateID:
 			// Going back to the current identity is no new effect.
@@ -249,6 +334,18 @@ func TestDurableBeforeEveryEffect(t *testing.T) {
 				t.Fatalf("effects %v, want %v", got, tc.effects)
 			}
 			checkEffects(t, w, old)
+			if len(w.keyUnsynced) != 1 {
+				t.Errorf("keys made unsynced: %v, want the new key", w.keyUnsynced)
+			}
+			if len(w.unsyncedRename) > 0 {
+				t.Errorf("state file renamed into place in phases %v naming a key not yet synced", w.unsyncedRename)
+			}
+			if n := len(w.deleted); slices.Contains(tc.effects, "delete") != (n == 1) {
+				t.Errorf("keys deleted unsynced: %v, want the old one where the run deletes it", w.deleted)
+			}
+			if len(w.forgotRename) > 0 {
+				t.Errorf("state file renamed into place in phases %v without a key whose deletion was not yet synced", w.forgotRename)
+			}
 			if !slices.Equal(w.durable, durablePhases) {
 				t.Errorf("durable writes of the state file: %v, want %v", w.durable, durablePhases)
 			}

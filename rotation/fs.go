@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/thingcert/thingcert/internal/filelock"
 )
@@ -101,6 +102,15 @@ func writeAtomic(fsys fileSystem, path string, data []byte, perm fs.FileMode) er
 // name never points at a torn or empty file, even if something else syncs the
 // folder later.
 func replaceFile(fsys fileSystem, path string, data []byte, perm fs.FileMode, syncFolder bool) (err error) {
+	return replaceFileAfter(fsys, path, data, perm, syncFolder, nil)
+}
+
+// replaceFileAfter is replaceFile that also runs the syncs in before, each
+// in its own goroutine while the new content is synced, and renames only
+// once all of them have succeeded: what the new file refers to is durable
+// before the new file's name is. Syncs of different files done together
+// cost about one on a journaling file system, which commits them together.
+func replaceFileAfter(fsys fileSystem, path string, data []byte, perm fs.FileMode, syncFolder bool, before []func() error) (err error) {
 	dir := filepath.Dir(path)
 	f, err := fsys.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -119,7 +129,7 @@ func replaceFile(fsys fileSystem, path string, data []byte, perm fs.FileMode, sy
 	if _, err = f.Write(data); err != nil {
 		return err
 	}
-	if err = f.Sync(); err != nil {
+	if err = syncAll(append(before, f.Sync)); err != nil {
 		return err
 	}
 	if err = f.Close(); err != nil {
@@ -132,4 +142,27 @@ func replaceFile(fsys fileSystem, path string, data []byte, perm fs.FileMode, sy
 		return nil
 	}
 	return fsys.SyncDir(dir)
+}
+
+// syncAll runs the syncs together, the last in this goroutine, and returns
+// their errors joined.
+func syncAll(syncs []func() error) error {
+	switch len(syncs) {
+	case 0:
+		return nil
+	case 1:
+		return syncs[0]()
+	}
+	errs := make([]error, len(syncs))
+	var wg sync.WaitGroup
+	for i, sync := range syncs[:len(syncs)-1] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = sync()
+		}()
+	}
+	errs[len(syncs)-1] = syncs[len(syncs)-1]()
+	wg.Wait()
+	return errors.Join(errs...)
 }

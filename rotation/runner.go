@@ -150,7 +150,13 @@ func (r *Runner) load() (*State, error) {
 
 // saveState records s as d says and remembers what was written.
 func (r *Runner) saveState(s *State, d Durability) error {
-	data, err := r.State.saveData(s, d)
+	return r.saveStateAfter(s, d, nil)
+}
+
+// saveStateAfter is saveState that first makes the files s names durable
+// (before: the run's pending syncs), together with the state's own content.
+func (r *Runner) saveStateAfter(s *State, d Durability, before []func() error) error {
+	data, err := r.State.saveDataAfter(s, d, before)
 	if err != nil || data == nil {
 		return err
 	}
@@ -391,6 +397,13 @@ func (r *Runner) run(ctx context.Context, s *State, durable bool) (*State, error
 func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, written bool, _ error) {
 	written = true
 	c := &runCache{}
+	defer func() {
+		// A run that stops with a file not yet synced makes it durable
+		// before run writes the state that may name it.
+		if err := syncAll(c.takePending()); err != nil {
+			r.log().Warn("rotation: syncing the certificate file where the run stopped", "error", err)
+		}
+	}()
 	for {
 		now := r.now()
 		act := ActionFor(s, now)
@@ -405,9 +418,10 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 			continue
 		}
 		if Needs(act) == Durable && !durable {
-			if err := r.saveState(s, Durable); err != nil {
-				return s, false, err
+			if err := r.saveStateAfter(s, Durable, c.pending); err != nil {
+				return s, false, err // the deferred sync above runs what is left
 			}
+			c.pending = nil
 			durable, written = true, true
 		}
 		ev := r.act(ctx, s, act, c)
@@ -422,8 +436,15 @@ func (r *Runner) steps(ctx context.Context, s *State, durable bool) (_ *State, w
 			return s, written, err
 		}
 		d := Needs(ActionFor(n, now))
-		if err := r.saveState(n, d); err != nil {
-			return s, written, err
+		var before []func() error
+		if d != InMemory {
+			before = c.pending
+		}
+		if err := r.saveStateAfter(n, d, before); err != nil {
+			return s, written, err // the deferred sync above runs what is left
+		}
+		if d != InMemory {
+			c.pending = nil
 		}
 		s, durable, written = n, d == Durable, d != InMemory
 		if err := r.announce(ctx, s, d); err != nil {
@@ -478,6 +499,35 @@ type runCache struct {
 	key   keystore.Key
 	chain []*x509.Certificate
 	path  string
+	// pending are the syncs of changes made in this run that must be
+	// durable before the next state that depends on them is renamed into
+	// place (the new key before CSRSubmitted, the issued certificate before
+	// Verified, a replaced key's deletion before the state that forgets it):
+	// the next state written runs them beside its own content's sync, before
+	// its rename, so a rotation waits for one round of syncs there rather
+	// than two in a row.
+	pending []func() error
+}
+
+// takePending returns the pending syncs and forgets them.
+func (c *runCache) takePending() []func() error {
+	p := c.pending
+	c.pending = nil
+	return p
+}
+
+// addPending adds a sync, made safe to call more than once (it runs once;
+// later calls return its result): a state write that fails after running
+// it leaves it pending, for the run's end to run again.
+func (c *runCache) addPending(f func() error) {
+	var (
+		once sync.Once
+		err  error
+	)
+	c.pending = append(c.pending, func() error {
+		once.Do(func() { err = f() })
+		return err
+	})
 }
 
 func (c *runCache) pendingKey(ctx context.Context, r *Runner, uri string) (keystore.Key, error) {
@@ -503,7 +553,7 @@ func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Eve
 	fail := func(err error) Event { return Event{Kind: EventFailed, Err: err} }
 	switch act {
 	case ActGenerateKey:
-		k, err := r.ensureKey(ctx, s.Pending.KeyURI)
+		k, err := r.ensureKey(ctx, s.Pending.KeyURI, c)
 		if err != nil {
 			return fail(err)
 		}
@@ -554,7 +604,7 @@ func (r *Runner) act(ctx context.Context, s *State, act Action, c *runCache) Eve
 	case ActCleanup:
 		return r.cleanup(ctx, s)
 	case ActRetire:
-		return r.retire(ctx, s)
+		return r.retire(ctx, s, c)
 	}
 	return fail(fmt.Errorf("rotation: no action %q", act))
 }
@@ -573,11 +623,15 @@ func (r *Runner) subject(s *State) string {
 // it already: its name is new to this rotation, so a key there can only be
 // ours. One that cannot be opened (half made by a store that is not atomic)
 // is deleted and made again.
-func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error) {
+func (r *Runner) ensureKey(ctx context.Context, uri string, c *runCache) (keystore.Key, error) {
 	k, err := r.Store.Open(ctx, uri)
 	if err == nil {
 		if k.Algorithm() == r.algorithm() {
 			r.log().Info("rotation: reusing the new key made before a restart", "key", keystore.RedactURI(uri))
+			if ug, ok := r.Store.(keystore.UnsyncedGenerator); ok {
+				// The run that made it may have stopped before its sync.
+				c.addPending(func() error { return ug.SyncKey(ctx, uri) })
+			}
 			return k, nil
 		}
 		err = fmt.Errorf("its algorithm is %s, not %s", k.Algorithm(), r.algorithm())
@@ -587,6 +641,19 @@ func (r *Runner) ensureKey(ctx context.Context, uri string) (keystore.Key, error
 		if derr := r.Store.Delete(ctx, uri); derr != nil && !errors.Is(derr, keystore.ErrNotFound) {
 			return nil, fmt.Errorf("rotation: the pending key %s is unusable (%v) and could not be deleted: %w", keystore.RedactURI(uri), err, derr)
 		}
+	}
+	if ug, ok := r.Store.(keystore.UnsyncedGenerator); ok {
+		// The key must be durable before its CSR is sent: it is synced
+		// together with the CSRSubmitted state, made durable before the
+		// CSR is sent, and before that state's rename (c.pending). A power
+		// cut before then leaves a missing or damaged key at a name only
+		// Started names, which the code above replaces.
+		k, sync, err := ug.GenerateUnsynced(ctx, uri, r.algorithm())
+		if err != nil {
+			return nil, err
+		}
+		c.addPending(sync)
+		return k, nil
 	}
 	return r.Store.Generate(ctx, uri, r.algorithm())
 }
@@ -638,10 +705,13 @@ func (r *Runner) submit(ctx context.Context, s *State, c *runCache) Event {
 	if iss.CertificateID != "" && !strings.EqualFold(iss.CertificateID, id) {
 		return fail(fmt.Errorf("rotation: %w: the issuer named the certificate %s but its SHA-256 is %s", ErrBadCertificate, iss.CertificateID, id))
 	}
-	path, err := r.State.WriteChain(id, iss.Chain)
+	// Synced beside the state that names it first (Verified, made durable
+	// before the switch), not on its own now.
+	path, sync, err := r.State.writeChainUnsynced(id, iss.Chain)
 	if err != nil {
 		return fail(err)
 	}
+	c.addPending(sync)
 	c.chain, c.path = iss.Chain, path
 	rec := &IdentityRecord{CertFile: path, ThingName: iss.ThingName}
 	describe(rec, iss.Chain[0])
@@ -751,7 +821,7 @@ func (r *Runner) cleanup(ctx context.Context, s *State) Event {
 }
 
 // retire deletes the first previous identity whose grace period is over.
-func (r *Runner) retire(ctx context.Context, s *State) Event {
+func (r *Runner) retire(ctx context.Context, s *State, c *runCache) Event {
 	now := r.now()
 	for _, p := range s.Previous {
 		if p.RetireAt.IsZero() || now.Before(p.RetireAt) {
@@ -760,7 +830,7 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 		if s.Current != nil && p.KeyURI == s.Current.KeyURI {
 			return Event{Kind: EventRetired, CertificateID: p.CertificateID}
 		}
-		if err := r.Store.Delete(ctx, p.KeyURI); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+		if err := r.deleteRetired(ctx, p.KeyURI, c); err != nil && !errors.Is(err, keystore.ErrNotFound) {
 			return Event{Kind: EventFailed, CertificateID: p.CertificateID, Err: fmt.Errorf("rotation: deleting old key %s: %w", keystore.RedactURI(p.KeyURI), err)}
 		}
 		if r.ownFile(p.CertFile) {
@@ -774,6 +844,22 @@ func (r *Runner) retire(ctx context.Context, s *State) Event {
 		return Event{Kind: EventRetired, CertificateID: p.CertificateID}
 	}
 	return Event{Kind: EventFailed, Err: errors.New("rotation: nothing to retire")}
+}
+
+// deleteRetired deletes a replaced key. Where the store can, the deletion's
+// sync is left to the next state written (c.pending), which runs it beside
+// its own and renames only after it: no state that forgets the key is
+// renamed into place before the key is durably gone, as when Delete synced.
+func (r *Runner) deleteRetired(ctx context.Context, uri string, c *runCache) error {
+	if ud, ok := r.Store.(keystore.UnsyncedDeleter); ok {
+		sync, err := ud.DeleteUnsynced(ctx, uri)
+		if err != nil {
+			return err
+		}
+		c.addPending(sync)
+		return nil
+	}
+	return r.Store.Delete(ctx, uri)
 }
 
 // ownFile reports whether path is a certificate the state folder made (and so

@@ -127,6 +127,14 @@ func (s StateStore) save(st *State, d Durability) error {
 
 // saveData is save, returning what was written (nil for InMemory).
 func (s StateStore) saveData(st *State, d Durability) ([]byte, error) {
+	return s.saveDataAfter(st, d, nil)
+}
+
+// saveDataAfter is saveData that runs the syncs in before (the files st
+// names, written since the last save) together with the new content's, and
+// renames only once they have all succeeded. An InMemory save writes nothing:
+// the caller keeps before for the next save that writes.
+func (s StateStore) saveDataAfter(st *State, d Durability, before []func() error) ([]byte, error) {
 	if d == InMemory {
 		return nil, nil
 	}
@@ -134,7 +142,7 @@ func (s StateStore) saveData(st *State, d Durability) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("rotation: encoding state: %w", err)
 	}
-	if err := replaceFile(s.fs(), s.Path(), data, 0o600, d == Durable); err != nil {
+	if err := replaceFileAfter(s.fs(), s.Path(), data, 0o600, d == Durable, before); err != nil {
 		return nil, fmt.Errorf("rotation: saving state %s: %w", s.Path(), err)
 	}
 	return data, nil
@@ -194,6 +202,51 @@ func (s StateStore) WriteChain(certID string, chain []*x509.Certificate) (string
 		return "", fmt.Errorf("rotation: saving certificate %s: %w", path, err)
 	}
 	return path, nil
+}
+
+// writeChainUnsynced is WriteChain with the syncs left for later: the file
+// has its name and content now, and sync (the content's fsync beside the
+// certs/ folder's) makes both durable. Until sync has returned, no durable
+// state may name the file; a power cut before that may leave it empty, and
+// Tidy removes it since nothing names it. sync closes the file; it must be
+// called once, whatever happens.
+func (s StateStore) writeChainUnsynced(certID string, chain []*x509.Certificate) (path string, sync func() error, err error) {
+	if !validCertID(certID) {
+		return "", nil, fmt.Errorf("rotation: certificate ID %q is not 64 hex digits", certID)
+	}
+	var b bytes.Buffer
+	for _, c := range chain {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	path = s.CertPath(certID)
+	fsys := s.fs()
+	dir := filepath.Dir(path)
+	f, err := fsys.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return "", nil, fmt.Errorf("rotation: saving certificate %s: %w", path, err)
+	}
+	tmp := f.Name()
+	if err = f.Chmod(0o644); err == nil {
+		if _, err = f.Write(b.Bytes()); err == nil {
+			err = fsys.Rename(tmp, path)
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		_ = fsys.Remove(tmp)
+		return "", nil, fmt.Errorf("rotation: saving certificate %s: %w", path, err)
+	}
+	sync = func() error {
+		serr := syncAll([]func() error{func() error { return fsys.SyncDir(dir) }, f.Sync})
+		if cerr := f.Close(); serr == nil {
+			serr = cerr
+		}
+		if serr != nil {
+			return fmt.Errorf("rotation: saving certificate %s: %w", path, serr)
+		}
+		return nil
+	}
+	return path, sync, nil
 }
 
 // ReadChain reads a PEM certificate chain written by WriteChain (or given by

@@ -95,6 +95,56 @@ func createExclusive(fsys fileSystem, path string, data []byte, perm os.FileMode
 	return fsys.SyncDir(dir)
 }
 
+// CreateExclusiveUnsynced is CreateExclusive with the syncs left to the
+// caller: the file has its name and content when it returns, and sync (the
+// content's fsync and the folder's, together) makes them durable. Until sync
+// has returned a power cut may leave no file, the file, or the name with
+// empty or partial content, but never a second copy under a temporary name.
+// It lets a caller sync the file together with other files it must make
+// durable at the same point. sync closes the file: call it exactly once.
+func CreateExclusiveUnsynced(path string, data []byte, perm os.FileMode) (sync func() error, err error) {
+	return createExclusiveUnsynced(osFS{}, path, data, perm)
+}
+
+func createExclusiveUnsynced(fsys fileSystem, path string, data []byte, perm os.FileMode) (func() error, error) {
+	dir := filepath.Dir(path)
+	f, err := fsys.CreateTemp(dir, tempPrefix(path)+"*")
+	if err != nil {
+		return nil, fmt.Errorf("atomicfile: creating %s: %w", path, err)
+	}
+	tmp := f.Name()
+	if err = f.Chmod(perm); err == nil {
+		if _, err = f.Write(data); err == nil {
+			err = fsys.Link(tmp, path)
+		}
+	}
+	if err != nil {
+		_ = f.Close()
+		_ = fsys.Remove(tmp)
+		return nil, fmt.Errorf("atomicfile: creating %s: %w", path, err)
+	}
+	// Removed before the folder's sync, as in CreateExclusive.
+	if err = fsys.Remove(tmp); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("atomicfile: removing the temporary copy %s of %s: %w", tmp, path, err)
+	}
+	return func() error {
+		dirErr := make(chan error, 1)
+		go func() { dirErr <- fsys.SyncDir(dir) }()
+		err := f.Sync()
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if derr := <-dirErr; err == nil {
+			err = derr
+		}
+		if err != nil {
+			return fmt.Errorf("atomicfile: syncing %s: %w", path, err)
+		}
+		return nil
+	}, nil
+}
+
 // tempPrefix is the name temporary files for path start with: hidden, and
 // named after the file so a leftover says what it was.
 func tempPrefix(path string) string {

@@ -63,6 +63,52 @@ func TestCreateExclusiveLeavesNoHiddenCopyAfterAPowerCut(t *testing.T) {
 	}
 }
 
+// TestCreateExclusiveUnsyncedPowerCut cuts the power after every operation
+// of CreateExclusiveUnsynced and its sync: once sync has returned the whole
+// file is there under its name; before, no file or the name alone (any
+// content: its reader must refuse a damaged one); never a temporary name.
+func TestCreateExclusiveUnsyncedPowerCut(t *testing.T) {
+	secret := []byte("-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n")
+	for n := 0; ; n++ {
+		cfs := crashfs.New()
+		if err := cfs.MkdirAll("/keys", 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cfs.SyncAll()
+		cfs.CutPowerAfter(n)
+		synced := false
+		sync, err := createExclusiveUnsynced(crashFS{cfs}, "/keys/device.pem", secret, 0o600)
+		if err == nil {
+			err = sync()
+			synced = err == nil
+		}
+		cut := cfs.PowerCut()
+		if err != nil && !cut {
+			t.Fatalf("cut after %d operations: failed without a power cut: %v", n, err)
+		}
+		after := cfs.Restart()
+		names, err := after.ReadDir("/keys")
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case len(names) == 0 && !synced:
+		case slices.Equal(names, []string{"device.pem"}):
+			if got, _ := after.ReadFile("/keys/device.pem"); synced && !bytes.Equal(got, secret) {
+				t.Fatalf("cut after %d operations: synced, but device.pem holds %q", n, got)
+			}
+		default:
+			t.Fatalf("cut after %d operations (synced %v): the folder holds %q after the restart; want nothing or device.pem alone", n, synced, names)
+		}
+		if !cut {
+			if !synced || len(names) != 1 {
+				t.Fatalf("sync returned nil, but after a power cut the file is gone")
+			}
+			return // every cut point was tried
+		}
+	}
+}
+
 func TestSweepTemporaryRemovesLeftovers(t *testing.T) {
 	dir := t.TempDir()
 	for _, name := range []string{".device.pem.tmp-12345", ".state.json.tmp-9", "device.pem", ".hidden", "x.tmp-1", ".a.tmp-x1"} {

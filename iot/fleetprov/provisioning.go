@@ -78,8 +78,15 @@ func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, er
 		return nil, rotation.NewFatal("RegisterThing", errors.New("no provisioning template configured (provisioning.template)"))
 	}
 	const createOp = "CreateCertificateFromCsr"
+	registerTopic := RegisterThingTopic(f.Template)
+	// The answers of both requests in one SUBSCRIBE, before the first.
+	ex, err := exchange.Subscribe(ctx, f.Conn, createOp, f.Timeout, TopicCreateCertificateFromCSR, registerTopic)
+	if err != nil {
+		return nil, err
+	}
+	defer ex.Close()
 	req, _ := json.Marshal(map[string]string{"certificateSigningRequest": string(keystore.EncodeCSR(csrDER))})
-	a, err := exchange.Do(ctx, f.Conn, createOp, TopicCreateCertificateFromCSR, req, "", f.Timeout)
+	a, err := ex.Do(ctx, createOp, TopicCreateCertificateFromCSR, req, "")
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +122,7 @@ func (f *Issuer) Issue(ctx context.Context, csrDER []byte) (*rotation.Issued, er
 	giveUp := time.Now().Add(retryFor)
 	var throttled error // the first throttled answer, for the record
 	for attempt := 0; ; attempt++ {
-		a, err = exchange.Do(ctx, f.Conn, registerOp, RegisterThingTopic(f.Template), req, "", f.Timeout)
+		a, err = ex.Do(ctx, registerOp, registerTopic, req, "")
 		if err != nil {
 			return nil, fmt.Errorf("certificate %s was created but not registered (AWS IoT deletes it within the hour): %w", shortID(created.CertificateID), err)
 		}

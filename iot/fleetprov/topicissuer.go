@@ -103,3 +103,15 @@ func (s splitTopics) Publish(ctx context.Context, topic string, qos iot.QoS, pay
 	}
 	return s.MQTT.Publish(ctx, topic, qos, payload)
 }
+
+// SubscribeMultiple and UnsubscribeNoWait pass through to the connection, so
+// an owner's issuer topics cost what fleet provisioning's do.
+func (s splitTopics) SubscribeMultiple(ctx context.Context, subs ...iot.Subscription) error {
+	return iot.SubscribeAll(ctx, s.MQTT, subs...)
+}
+
+func (s splitTopics) UnsubscribeNoWait(filters ...string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	iot.UnsubscribeNoWait(ctx, s.MQTT, filters...)
+}

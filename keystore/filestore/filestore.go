@@ -107,15 +107,70 @@ func fileURI(path string) string {
 
 // Generate makes a key in software and writes it, never replacing an existing file.
 func (s *Store) Generate(ctx context.Context, uri string, alg keystore.Algorithm) (keystore.Key, error) {
-	if err := alg.Check(); err != nil {
-		return nil, err
-	}
-	path, err := s.keyPath(uri)
+	path, priv, err := s.generate(ctx, uri, alg)
 	if err != nil {
 		return nil, err
 	}
+	return s.write(path, priv, alg)
+}
+
+var _ keystore.UnsyncedGenerator = (*Store)(nil)
+
+// GenerateUnsynced is Generate with the file's fsync and the folder's left to
+// sync (keystore.UnsyncedGenerator). A key file damaged by a power cut before
+// sync returned is refused by Open, never used.
+func (s *Store) GenerateUnsynced(ctx context.Context, uri string, alg keystore.Algorithm) (keystore.Key, func() error, error) {
+	path, priv, err := s.generate(ctx, uri, alg)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := s.encode(path, priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	sync, err := atomicfile.CreateExclusiveUnsynced(path, data, 0o600)
+	if err != nil {
+		return nil, nil, s.writeErr(path, err)
+	}
+	return newKey(path, priv, alg), sync, nil
+}
+
+// SyncKey fsyncs a key file and its folder, together.
+func (s *Store) SyncKey(_ context.Context, uri string) error {
+	path, err := s.keyPath(uri)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("filestore: %s: %w", fileURI(path), keystore.ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("filestore: syncing %s: %w", fileURI(path), err)
+	}
+	defer f.Close()
+	dirErr := make(chan error, 1)
+	go func() { dirErr <- atomicfile.SyncDir(s.dir) }()
+	err = f.Sync()
+	if derr := <-dirErr; err == nil {
+		err = derr
+	}
+	if err != nil {
+		return fmt.Errorf("filestore: syncing %s: %w", fileURI(path), err)
+	}
+	return nil
+}
+
+func (s *Store) generate(ctx context.Context, uri string, alg keystore.Algorithm) (string, crypto.Signer, error) {
+	if err := alg.Check(); err != nil {
+		return "", nil, err
+	}
+	path, err := s.keyPath(uri)
+	if err != nil {
+		return "", nil, err
+	}
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	var priv crypto.Signer
 	if alg.IsRSA() {
@@ -124,9 +179,9 @@ func (s *Store) Generate(ctx context.Context, uri string, alg keystore.Algorithm
 		priv, err = ecdsa.GenerateKey(alg.Curve(), rand.Reader)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("filestore: generating %s key for %s: %w", alg, fileURI(path), err)
+		return "", nil, fmt.Errorf("filestore: generating %s key for %s: %w", alg, fileURI(path), err)
 	}
-	return s.write(path, priv, alg)
+	return path, priv, nil
 }
 
 // Import stores a key made elsewhere, under the same policy as generated keys.
@@ -143,6 +198,18 @@ func (s *Store) Import(_ context.Context, uri string, priv crypto.Signer) (keyst
 }
 
 func (s *Store) write(path string, priv crypto.Signer, alg keystore.Algorithm) (keystore.Key, error) {
+	data, err := s.encode(path, priv)
+	if err != nil {
+		return nil, err
+	}
+	if err := atomicfile.CreateExclusive(path, data, 0o600); err != nil {
+		return nil, s.writeErr(path, err)
+	}
+	return newKey(path, priv, alg), nil
+}
+
+// encode checks the folder and encodes the key as it is written.
+func (s *Store) encode(path string, priv crypto.Signer) ([]byte, error) {
 	if err := s.ensureDir(); err != nil {
 		return nil, err
 	}
@@ -150,14 +217,14 @@ func (s *Store) write(path string, priv crypto.Signer, alg keystore.Algorithm) (
 	if err != nil {
 		return nil, fmt.Errorf("filestore: encoding key for %s: %w", fileURI(path), err)
 	}
-	data := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
-	if err := atomicfile.CreateExclusive(path, data, 0o600); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return nil, fmt.Errorf("filestore: %s: %w: thingcert never overwrites a key; delete it first or choose another name", fileURI(path), keystore.ErrExists)
-		}
-		return nil, fmt.Errorf("filestore: writing %s: %w", fileURI(path), err)
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
+}
+
+func (s *Store) writeErr(path string, err error) error {
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("filestore: %s: %w: thingcert never overwrites a key; delete it first or choose another name", fileURI(path), keystore.ErrExists)
 	}
-	return newKey(path, priv, alg), nil
+	return fmt.Errorf("filestore: writing %s: %w", fileURI(path), err)
 }
 
 // ensureDir creates the folder 0700, or checks that an existing one cannot be
@@ -281,17 +348,29 @@ func ParsePrivateKeyPEM(data []byte) (crypto.Signer, error) {
 // (Overwriting the file first would not reliably erase it on flash storage, whose
 // wear levelling keeps old blocks; a key that must be unrecoverable belongs in a
 // TPM or token.)
-func (s *Store) Delete(_ context.Context, uri string) error {
-	path, err := s.keyPath(uri)
+func (s *Store) Delete(ctx context.Context, uri string) error {
+	sync, err := s.DeleteUnsynced(ctx, uri)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("filestore: %s: %w", fileURI(path), keystore.ErrNotFound)
-	} else if err != nil {
-		return fmt.Errorf("filestore: deleting %s: %w", fileURI(path), err)
+	return sync()
+}
+
+var _ keystore.UnsyncedDeleter = (*Store)(nil)
+
+// DeleteUnsynced is Delete with the folder's sync left to sync
+// (keystore.UnsyncedDeleter).
+func (s *Store) DeleteUnsynced(_ context.Context, uri string) (func() error, error) {
+	path, err := s.keyPath(uri)
+	if err != nil {
+		return nil, err
 	}
-	return atomicfile.SyncDir(s.dir)
+	if err := os.Remove(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("filestore: %s: %w", fileURI(path), keystore.ErrNotFound)
+	} else if err != nil {
+		return nil, fmt.Errorf("filestore: deleting %s: %w", fileURI(path), err)
+	}
+	return func() error { return atomicfile.SyncDir(s.dir) }, nil
 }
 
 // List returns the URIs of the *.pem files in the folder.

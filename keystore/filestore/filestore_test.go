@@ -213,3 +213,50 @@ func TestOpenSweepsLeftoverTemporaryCopies(t *testing.T) {
 		t.Errorf("the key itself: %v", err)
 	}
 }
+
+// GenerateUnsynced writes the key as Generate does (private file in a
+// private folder, PKCS#8, no temporary copy, never over an existing key),
+// leaving only its syncs for later; SyncKey syncs a key that exists.
+func TestGenerateUnsynced(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "keys")
+	s, err := filestore.Open(ctx, "file:"+dir+"/", keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri, _ := s.KeyURI("device")
+	k, sync, err := s.GenerateUnsynced(ctx, uri, keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sync(); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "device.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("key file mode %04o, want 0600", fi.Mode().Perm())
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("folder holds %d entries, want only the key", len(entries))
+	}
+	opened, err := s.Open(ctx, uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !opened.Public().(*ecdsa.PublicKey).Equal(k.Public()) {
+		t.Error("the key read back is not the key made")
+	}
+	if _, _, err := s.GenerateUnsynced(ctx, uri, keystore.ECDSAP256); !errors.Is(err, keystore.ErrExists) {
+		t.Errorf("over an existing key: %v, want ErrExists", err)
+	}
+	if err := s.SyncKey(ctx, uri); err != nil {
+		t.Errorf("SyncKey: %v", err)
+	}
+	other, _ := s.KeyURI("absent")
+	if err := s.SyncKey(ctx, other); !errors.Is(err, keystore.ErrNotFound) {
+		t.Errorf("SyncKey of a missing key: %v, want ErrNotFound", err)
+	}
+}

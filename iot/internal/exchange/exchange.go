@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/thingcert/thingcert/iot"
@@ -24,51 +26,102 @@ type Answer struct {
 
 // Do does one request of AWS IoT's request/response pattern: subscribe
 // to <topic>/accepted and <topic>/rejected first (AWS says a reply may be
-// lost otherwise), publish, and wait for the first reply. With a token, a
-// reply whose clientToken differs (a late answer to an earlier request) is
-// skipped. Failures are classified for rotation: no answer, a lost
-// connection or a refused publish are transient; a refused subscription is
-// fatal (the policy forbids the API).
+// lost otherwise; one SUBSCRIBE for both where the connection is an
+// iot.MultiSubscriber), publish, wait for the first reply, and unsubscribe
+// without waiting for the UNSUBACK where it is an iot.NoWaitUnsubscriber.
+// With a token, a reply whose clientToken differs (a late answer to an
+// earlier request) is skipped. Failures are classified for rotation: no
+// answer, a lost connection or a refused publish are transient; a refused
+// subscription is fatal (the policy forbids the API).
 func Do(ctx context.Context, m iot.MQTT, op, topic string, payload []byte, token string, timeout time.Duration) (Answer, error) {
+	r, err := Subscribe(ctx, m, op, timeout, topic)
+	if err != nil {
+		return Answer{}, err
+	}
+	defer r.Close()
+	return r.Do(ctx, op, topic, payload, token)
+}
+
+// Requests are the answer topics of requests made one after the other on
+// one connection, subscribed together before the first: fleet provisioning's
+// CreateCertificateFromCsr and RegisterThing cost one SUBSCRIBE, not two.
+// A Requests is for one goroutine.
+type Requests struct {
+	m       iot.MQTT
+	timeout time.Duration
+	filters []string
+	replies map[string]chan Answer // by request topic
+
+	mu    sync.Mutex
+	token string // the request waiting, whose clientToken a reply must carry
+}
+
+// Subscribe subscribes to <topic>/accepted and <topic>/rejected of every
+// topic, in one SUBSCRIBE where the connection can, and waits for the
+// SUBACK: publishing comes after, as AWS documents. Close unsubscribes.
+func Subscribe(ctx context.Context, m iot.MQTT, op string, timeout time.Duration, topics ...string) (*Requests, error) {
 	if timeout <= 0 {
 		timeout = iot.DefaultRequestTimeout
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	r := &Requests{m: m, timeout: timeout, replies: make(map[string]chan Answer, len(topics))}
+	var subs []iot.Subscription
+	for _, topic := range topics {
+		ch := make(chan Answer, 8)
+		r.replies[topic] = ch
+		for _, accepted := range []bool{true, false} {
+			f := topic + "/rejected"
+			if accepted {
+				f = topic + "/accepted"
+			}
+			r.filters = append(r.filters, f)
+			subs = append(subs, iot.Subscription{Filter: f, QoS: iot.AtLeastOnce, Handler: r.handler(ch, accepted)})
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	replies := make(chan Answer, 8)
-	handler := func(accepted bool) iot.MessageHandler {
-		return func(msg iot.Message) {
-			if token != "" {
-				var t struct {
-					ClientToken string `json:"clientToken"`
-				}
-				if json.Unmarshal(msg.Payload, &t) == nil && t.ClientToken != "" && t.ClientToken != token {
-					return
-				}
+	if err := iot.SubscribeAll(sctx, m, subs...); err != nil {
+		return nil, classifyRequestErr(sctx, op, "subscribing to "+strings.Join(r.filters, " and "), err)
+	}
+	return r, nil
+}
+
+func (r *Requests) handler(ch chan Answer, accepted bool) iot.MessageHandler {
+	return func(msg iot.Message) {
+		r.mu.Lock()
+		token := r.token
+		r.mu.Unlock()
+		if token != "" {
+			var t struct {
+				ClientToken string `json:"clientToken"`
 			}
-			select {
-			case replies <- Answer{Accepted: accepted, Payload: msg.Payload}:
-			default:
+			if json.Unmarshal(msg.Payload, &t) == nil && t.ClientToken != "" && t.ClientToken != token {
+				return
 			}
 		}
-	}
-	acc, rej := topic+"/accepted", topic+"/rejected"
-	for _, s := range []struct {
-		filter string
-		ok     bool
-	}{{acc, true}, {rej, false}} {
-		if err := m.Subscribe(ctx, s.filter, iot.AtLeastOnce, handler(s.ok)); err != nil {
-			return Answer{}, classifyRequestErr(ctx, op, "subscribing to "+s.filter, err)
+		select {
+		case ch <- Answer{Accepted: accepted, Payload: msg.Payload}:
+		default:
 		}
 	}
-	defer func() {
-		// Unsubscribing is housekeeping (AWS IoT allows 50 subscriptions per
-		// connection); it must not outlive the caller's patience.
-		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer ucancel()
-		_ = m.Unsubscribe(uctx, acc, rej)
-	}()
-	if err := m.Publish(ctx, topic, iot.AtLeastOnce, payload); err != nil {
+}
+
+// Do publishes one request on topic (one of those subscribed) and waits for
+// the first reply, as the package's Do.
+func (r *Requests) Do(ctx context.Context, op, topic string, payload []byte, token string) (Answer, error) {
+	replies, ok := r.replies[topic]
+	if !ok {
+		return Answer{}, rotation.NewFatal(op, fmt.Errorf("exchange: no subscription to the answers of %s", topic))
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	r.mu.Lock()
+	r.token = token
+	r.mu.Unlock()
+	// A late reply to an earlier request on this topic is not this one's.
+	for len(replies) > 0 {
+		<-replies
+	}
+	if err := r.m.Publish(ctx, topic, iot.AtLeastOnce, payload); err != nil {
 		what := "publishing to " + topic
 		if errors.Is(err, iot.ErrConnectionLost) {
 			// AWS IoT closes the connection on a PUBLISH the policy does not
@@ -81,8 +134,17 @@ func Do(ctx context.Context, m iot.MQTT, op, topic string, payload []byte, token
 	case a := <-replies:
 		return a, nil
 	case <-ctx.Done():
-		return Answer{}, classifyRequestErr(ctx, op, "waiting for the answer on "+acc, ctx.Err())
+		return Answer{}, classifyRequestErr(ctx, op, "waiting for the answer on "+topic+"/accepted", ctx.Err())
 	}
+}
+
+// Close unsubscribes. Unsubscribing is housekeeping (AWS IoT allows 50
+// subscriptions per connection): nothing waits for its UNSUBACK where the
+// connection can say so, and otherwise it must not take long.
+func (r *Requests) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	iot.UnsubscribeNoWait(ctx, r.m, r.filters...)
 }
 
 func classifyRequestErr(ctx context.Context, op, what string, err error) error {
