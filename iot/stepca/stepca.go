@@ -40,6 +40,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingcert/thingcert/internal/pemcert"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -351,22 +352,14 @@ func LoadRoot(path, fingerprint string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("step-ca root %s: %w", path, err)
 	}
 	want := strings.ToLower(strings.ReplaceAll(strings.TrimSpace(fingerprint), ":", ""))
+	certs, err := pemcert.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("step-ca root %s: %w", path, err)
+	}
 	pool := x509.NewCertPool()
 	n := 0
 	var seen []string
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("step-ca root %s: %w", path, err)
-		}
+	for _, c := range certs {
 		fp := Fingerprint(c)
 		seen = append(seen, fp)
 		if want != "" && fp != want {
