@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"log/slog"
 	"math/big"
 	"os"
@@ -24,7 +23,6 @@ import (
 	"github.com/thingcert/thingcert/emulator"
 	"github.com/thingcert/thingcert/fleet"
 	"github.com/thingcert/thingcert/internal/testpeers"
-	"github.com/thingcert/thingcert/iot"
 	"github.com/thingcert/thingcert/iot/stepca"
 	"github.com/thingcert/thingcert/keystore"
 	"github.com/thingcert/thingcert/rotation"
@@ -286,24 +284,7 @@ func runMultiAccountStepCA(t *testing.T, storeURI string, how firstCert) {
 
 	// Retire in both accounts: the factory certificate INACTIVE and refused
 	// in each, the new one still connects to each.
-	for _, a := range accts {
-		r, err := fleet.RetireIn(ctx, apis[prod], apis[a], job.ID, fleet.RetireOptions{}, time.Now, nil)
-		if err != nil || r.Acted != 1 || r.Errors != 0 {
-			t.Fatalf("retire in %s: %+v, %v", a, r, err)
-		}
-		if s := certStatus(t, ctx, apis[a], d.first.CertificateID); s != "INACTIVE" {
-			t.Errorf("the factory certificate in %s: %s", a, s)
-		}
-		if s := certStatus(t, ctx, apis[a], newID); s != "ACTIVE" {
-			t.Errorf("the new certificate in %s: %s", a, s)
-		}
-		if err := connectAs(ctx, emu, a, d, *d.first); !errors.Is(err, iot.ErrClientCertRefused) {
-			t.Errorf("the retired certificate connecting to %s: %v, want it refused", a, err)
-		}
-	}
-	if err := connectAs(ctx, emu, pre, d, *st2.Current); err != nil {
-		t.Errorf("the new certificate after retire, %s: %v", pre, err)
-	}
+	retiredEverywhere(t, ctx, emu, apis, prod, accts, job.ID, d, newID, *st2.Current)
 	if err := m.Session().Jobs().List(ctx); err != nil {
 		t.Errorf("the device's connection to %s after retire: %v", prod, err)
 	}

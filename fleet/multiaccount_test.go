@@ -206,6 +206,33 @@ func connectAs(ctx context.Context, emu *emulator.Emulator, acct string, d *mult
 	return err
 }
 
+// retiredEverywhere retires job's old certificates in every account and
+// checks each: the old one INACTIVE and refused at TLS, the new one ACTIVE;
+// then the device's current identity still connects to the last account.
+func retiredEverywhere(t *testing.T, ctx context.Context, emu *emulator.Emulator, apis map[string]*awsiot.Client, jobsAccount string, accts []string,
+	jobID string, d *multiDevice, newID string, current rotation.IdentityRecord) {
+	t.Helper()
+	for _, a := range accts {
+		r, err := fleet.RetireIn(ctx, apis[jobsAccount], apis[a], jobID, fleet.RetireOptions{}, time.Now, nil)
+		if err != nil || r.Acted != 1 || r.Errors != 0 {
+			t.Fatalf("retire in %s: %+v, %v", a, r, err)
+		}
+		if s := certStatus(t, ctx, apis[a], d.first.CertificateID); s != "INACTIVE" {
+			t.Errorf("old certificate in %s: %s", a, s)
+		}
+		if s := certStatus(t, ctx, apis[a], newID); s != "ACTIVE" {
+			t.Errorf("new certificate in %s: %s", a, s)
+		}
+		if err := connectAs(ctx, emu, a, d, *d.first); !errors.Is(err, iot.ErrClientCertRefused) {
+			t.Errorf("the retired certificate connecting to %s: %v, want it refused", a, err)
+		}
+	}
+	last := accts[len(accts)-1]
+	if err := connectAs(ctx, emu, last, d, current); err != nil {
+		t.Errorf("the new certificate after retire, %s: %v", last, err)
+	}
+}
+
 func certStatus(t *testing.T, ctx context.Context, api *awsiot.Client, id string) string {
 	t.Helper()
 	out, err := api.DescribeCertificate(ctx, &awsiot.DescribeCertificateInput{CertificateId: &id})
@@ -392,24 +419,7 @@ func TestMultiAccountRotation(t *testing.T) {
 	}
 
 	// Retire in each account: the old certificate is INACTIVE and refused in both.
-	for _, a := range accts {
-		r, err := fleet.RetireIn(ctx, apis[prod], apis[a], job.ID, fleet.RetireOptions{}, time.Now, nil)
-		if err != nil || r.Acted != 1 || r.Errors != 0 {
-			t.Fatalf("retire in %s: %+v, %v", a, r, err)
-		}
-		if s := certStatus(t, ctx, apis[a], dev.first.CertificateID); s != "INACTIVE" {
-			t.Errorf("old certificate in %s: %s", a, s)
-		}
-		if s := certStatus(t, ctx, apis[a], newID); s != "ACTIVE" {
-			t.Errorf("new certificate in %s: %s", a, s)
-		}
-		if err := connectAs(ctx, emu, a, dev, *dev.first); !errors.Is(err, iot.ErrClientCertRefused) {
-			t.Errorf("the retired certificate connecting to %s: %v, want it refused", a, err)
-		}
-	}
-	if err := connectAs(ctx, emu, pre, dev, *st.Current); err != nil {
-		t.Errorf("the new certificate after retire, %s: %v", pre, err)
-	}
+	retiredEverywhere(t, ctx, emu, apis, prod, accts, job.ID, dev, newID, *st.Current)
 	if err := dev.m.Session().Jobs().List(ctx); err != nil {
 		t.Errorf("the device's connection to %s after retire: %v", prod, err)
 	}
