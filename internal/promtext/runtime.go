@@ -19,18 +19,18 @@ func ProcessMetrics(prefix string) func(*Writer) {
 	p := prefix + "process_"
 	return func(w *Writer) {
 		if st, ok := readStat(); ok {
-			w.One(p+"cpu_seconds_total", "Total user and system CPU time spent in seconds.", KindCounter, st.cpuSeconds)
-			w.One(p+"resident_memory_bytes", "Resident memory size in bytes.", KindGauge, st.rss)
+			w.One(p+"cpu_seconds_total", "CPU time the process has used, user and system, in seconds.", KindCounter, st.cpuSeconds)
+			w.One(p+"resident_memory_bytes", "Bytes of the process's memory held in RAM.", KindGauge, st.rss)
 			if st.start > 0 {
-				w.One(p+"start_time_seconds", "Start time of the process since unix epoch in seconds.", KindGauge, st.start)
+				w.One(p+"start_time_seconds", "When the process started, in Unix seconds.", KindGauge, st.start)
 			}
-			w.One(p+"virtual_memory_bytes", "Virtual memory size in bytes.", KindGauge, st.vsize)
+			w.One(p+"virtual_memory_bytes", "Bytes of address space the process has mapped.", KindGauge, st.vsize)
 		}
 		if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
-			w.One(p+"open_fds", "Number of open file descriptors.", KindGauge, float64(len(ents)))
+			w.One(p+"open_fds", "File descriptors the process holds open.", KindGauge, float64(len(ents)))
 		}
 		if n, ok := maxFDs(); ok {
-			w.One(p+"max_fds", "Maximum number of open file descriptors.", KindGauge, n)
+			w.One(p+"max_fds", "The most file descriptors the process may open (soft limit).", KindGauge, n)
 		}
 	}
 }
@@ -39,17 +39,17 @@ func ProcessMetrics(prefix string) func(*Writer) {
 // Go collector: goroutines, threads, GC pauses, the memory statistics a
 // dashboard plots, the Go version.
 func GoMetrics(w *Writer) {
-	w.One("go_goroutines", "Number of goroutines that currently exist.", KindGauge, float64(runtime.NumGoroutine()))
+	w.One("go_goroutines", "Goroutines alive now.", KindGauge, float64(runtime.NumGoroutine()))
 	threads, _ := runtime.ThreadCreateProfile(nil)
-	w.One("go_threads", "Number of OS threads created.", KindGauge, float64(threads))
-	w.Header("go_info", "Information about the Go environment.", KindGauge)
+	w.One("go_threads", "Operating-system threads the Go runtime has made.", KindGauge, float64(threads))
+	w.Header("go_info", "Always 1; the label names the Go release the program was built with.", KindGauge)
 	w.Sample("go_info", 1, "version", runtime.Version())
 
 	// go_gc_duration_seconds: a summary of the recent stop-the-world pauses.
 	var gc debug.GCStats
 	gc.PauseQuantiles = make([]time.Duration, 5)
 	debug.ReadGCStats(&gc)
-	w.b.WriteString("# HELP go_gc_duration_seconds A summary of the wall-time pause (stop-the-world) duration in garbage collection cycles.\n# TYPE go_gc_duration_seconds summary\n")
+	w.b.WriteString("# HELP go_gc_duration_seconds Stop-the-world pauses of recent garbage collections, in seconds.\n# TYPE go_gc_duration_seconds summary\n")
 	for i, q := range []string{"0", "0.25", "0.5", "0.75", "1"} {
 		w.Sample("go_gc_duration_seconds", gc.PauseQuantiles[i].Seconds(), "quantile", q)
 	}
@@ -63,23 +63,23 @@ func GoMetrics(w *Writer) {
 		kind       Kind
 		v          uint64
 	}{
-		{"alloc_bytes", "Number of bytes allocated in heap and currently in use.", KindGauge, ms.Alloc},
-		{"alloc_bytes_total", "Total number of bytes allocated in heap until now, even if released already.", KindCounter, ms.TotalAlloc},
-		{"frees_total", "Total number of heap objects frees.", KindCounter, ms.Frees},
-		{"heap_alloc_bytes", "Number of heap bytes allocated and currently in use.", KindGauge, ms.HeapAlloc},
-		{"heap_idle_bytes", "Number of heap bytes waiting to be used.", KindGauge, ms.HeapIdle},
-		{"heap_inuse_bytes", "Number of heap bytes that are in use.", KindGauge, ms.HeapInuse},
-		{"heap_objects", "Number of currently allocated objects.", KindGauge, ms.HeapObjects},
-		{"heap_released_bytes", "Number of heap bytes released to OS.", KindGauge, ms.HeapReleased},
-		{"heap_sys_bytes", "Number of heap bytes obtained from system.", KindGauge, ms.HeapSys},
-		{"mallocs_total", "Total number of heap objects allocated.", KindCounter, ms.Mallocs},
-		{"next_gc_bytes", "Number of heap bytes when next garbage collection will take place.", KindGauge, ms.NextGC},
-		{"stack_inuse_bytes", "Number of bytes obtained from system for stack allocator.", KindGauge, ms.StackInuse},
-		{"sys_bytes", "Number of bytes obtained from system.", KindGauge, ms.Sys},
+		{"alloc_bytes", "Heap bytes in live objects.", KindGauge, ms.Alloc},
+		{"alloc_bytes_total", "Heap bytes ever allocated, freed ones included.", KindCounter, ms.TotalAlloc},
+		{"frees_total", "Heap objects ever freed.", KindCounter, ms.Frees},
+		{"heap_alloc_bytes", "Heap bytes in live objects (as alloc_bytes).", KindGauge, ms.HeapAlloc},
+		{"heap_idle_bytes", "Heap bytes in spans holding no object.", KindGauge, ms.HeapIdle},
+		{"heap_inuse_bytes", "Heap bytes in spans holding at least one object.", KindGauge, ms.HeapInuse},
+		{"heap_objects", "Live heap objects.", KindGauge, ms.HeapObjects},
+		{"heap_released_bytes", "Heap bytes given back to the operating system.", KindGauge, ms.HeapReleased},
+		{"heap_sys_bytes", "Heap bytes taken from the operating system.", KindGauge, ms.HeapSys},
+		{"mallocs_total", "Heap objects ever allocated.", KindCounter, ms.Mallocs},
+		{"next_gc_bytes", "Heap size at which the next garbage collection starts.", KindGauge, ms.NextGC},
+		{"stack_inuse_bytes", "Bytes of goroutine stacks in use.", KindGauge, ms.StackInuse},
+		{"sys_bytes", "Bytes the Go runtime has taken from the operating system, all uses.", KindGauge, ms.Sys},
 	} {
 		w.One("go_memstats_"+m.name, m.help, m.kind, float64(m.v))
 	}
-	w.One("go_memstats_last_gc_time_seconds", "Number of seconds since 1970 of last garbage collection.", KindGauge, float64(ms.LastGC)/1e9)
+	w.One("go_memstats_last_gc_time_seconds", "When the last garbage collection ended, in Unix seconds.", KindGauge, float64(ms.LastGC)/1e9)
 }
 
 type procStat struct{ cpuSeconds, rss, vsize, start float64 }
