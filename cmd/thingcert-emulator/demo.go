@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/thingcert/thingcert/agentclient"
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/internal/humanize"
 	"github.com/thingcert/thingcert/internal/statusview"
 	"github.com/thingcert/thingcert/iot"
@@ -85,7 +86,7 @@ the folder to look at: the emulator's state, the device's config and state).`,
 			switch o.keyStore {
 			case "file", "tpm", "pkcs11":
 			default:
-				return usageError{err: fmt.Errorf("--key-store %q: want file, tpm or pkcs11", o.keyStore)}
+				return cli.UsageError{Err: fmt.Errorf("--key-store %q: want file, tpm or pkcs11", o.keyStore)}
 			}
 			ctx, cancel := context.WithTimeout(c.Context(), o.timeout)
 			defer cancel()

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/emulator"
+	"github.com/thingcert/thingcert/internal/cli"
 )
 
 // stateEnv names the state folder when --state is not given.
@@ -44,7 +45,7 @@ The admin commands work whether the emulator is running (through its socket
 	cmd.PersistentFlags().StringVar(&state, "state", os.Getenv(stateEnv), "state folder (default $"+stateEnv+")")
 	stateDir := func(c *cobra.Command) (string, error) {
 		if state == "" {
-			return "", usageError{err: errors.New(c.CommandPath() + " needs --state DIR (or $" + stateEnv + ")")}
+			return "", cli.UsageError{Err: errors.New(c.CommandPath() + " needs --state DIR (or $" + stateEnv + ")")}
 		}
 		return state, nil
 	}
@@ -124,7 +125,7 @@ naming the rule, the certificate ID and the SNI.`,
 			for _, spec := range accounts {
 				a, err := parseAccountSpec(spec)
 				if err != nil {
-					return usageError{err: err}
+					return cli.UsageError{Err: err}
 				}
 				cfg.Accounts = append(cfg.Accounts, a)
 			}
@@ -189,7 +190,7 @@ func newEmulatorAddAccountCmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Add an account; prints its endpoint host name",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "name"); err != nil {
+			if err := cli.Required(c, "name"); err != nil {
 				return err
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
@@ -223,12 +224,12 @@ func newEmulatorRegisterCACmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Register a CA certificate in an account (mode DEFAULT or SNI_ONLY); prints its ID",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "cert"); err != nil {
+			if err := cli.Required(c, "account", "cert"); err != nil {
 				return err
 			}
 			m, err := emulator.ParseCertificateMode(mode)
 			if err != nil {
-				return usageError{err: err}
+				return cli.UsageError{Err: err}
 			}
 			pem, err := readFlagFile("cert", certFile)
 			if err != nil {
@@ -263,7 +264,7 @@ account must have signed it. --thing creates the thing when missing and attaches
 the certificate: the device must then connect with the thing name as client ID.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "cert"); err != nil {
+			if err := cli.Required(c, "account", "cert"); err != nil {
 				return err
 			}
 			pem, err := readFlagFile("cert", certFile)
@@ -298,7 +299,7 @@ func newEmulatorIssueCmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Issue and register a certificate from a CSR (as CreateCertificateFromCsr); prints the PEM",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "csr"); err != nil {
+			if err := cli.Required(c, "account", "csr"); err != nil {
 				return err
 			}
 			csr, err := readFlagFile("csr", csrFile)
@@ -338,12 +339,12 @@ func newEmulatorSetStatusCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Set a certificate's status (ACTIVE, INACTIVE or REVOKED, as AWS's UpdateCertificate; REVOKED is final); a running emulator disconnects it when not ACTIVE",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "cert-id", "status"); err != nil {
+			if err := cli.Required(c, "account", "cert-id", "status"); err != nil {
 				return err
 			}
 			s, err := emulator.ParseCertificateStatus(status)
 			if err != nil {
-				return usageError{err: err}
+				return cli.UsageError{Err: err}
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
 				if ca {
@@ -367,7 +368,7 @@ func newEmulatorCreateThingCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Create a thing, and attach a certificate to it with --cert-id",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "thing"); err != nil {
+			if err := cli.Required(c, "account", "thing"); err != nil {
 				return err
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
@@ -399,7 +400,7 @@ func newEmulatorListCmd(env *cliEnv, admin adminFn) *cobra.Command {
 			what := args[0]
 			needsAccount := what == "templates" || what == "jobs" || what == "executions"
 			if needsAccount && account == "" {
-				return usageError{err: fmt.Errorf("%s %s needs --account", c.CommandPath(), what)}
+				return cli.UsageError{Err: fmt.Errorf("%s %s needs --account", c.CommandPath(), what)}
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
 				var v any
@@ -469,7 +470,7 @@ func newEmulatorListCmd(env *cliEnv, admin adminFn) *cobra.Command {
 					}
 					v = es
 				default:
-					return usageError{err: fmt.Errorf("%s: unknown list %q (accounts, certs, cas, things, templates, jobs, executions)", c.CommandPath(), what)}
+					return cli.UsageError{Err: fmt.Errorf("%s: unknown list %q (accounts, certs, cas, things, templates, jobs, executions)", c.CommandPath(), what)}
 				}
 				if err != nil {
 					return err
@@ -513,11 +514,11 @@ AWS's own JSON format (--file), or made from a rule: the thing is named
 new certificate is attached to it and activated.`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "name"); err != nil {
+			if err := cli.Required(c, "account", "name"); err != nil {
 				return err
 			}
 			if (file == "") == (param == "") {
-				return usageError{err: fmt.Errorf("%s needs either --file or --thing-name-param", c.CommandPath())}
+				return cli.UsageError{Err: fmt.Errorf("%s needs either --file or --thing-name-param", c.CommandPath())}
 			}
 			t := emulator.Template{Name: name}
 			if file != "" {
@@ -550,11 +551,11 @@ func newEmulatorCreateJobCmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Create a job for things with a JSON document; running devices get notify-next at once",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "job-id", "thing"); err != nil {
+			if err := cli.Required(c, "account", "job-id", "thing"); err != nil {
 				return err
 			}
 			if (docFile == "") == (docJSON == "") {
-				return usageError{err: fmt.Errorf("%s needs either --document FILE or --document-json JSON", c.CommandPath())}
+				return cli.UsageError{Err: fmt.Errorf("%s needs either --document FILE or --document-json JSON", c.CommandPath())}
 			}
 			doc := []byte(docJSON)
 			if docFile != "" {
@@ -585,7 +586,7 @@ func newEmulatorJobCmd(env *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Show a job's execution on a thing: the status and status details the device reported",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "job-id", "thing"); err != nil {
+			if err := cli.Required(c, "account", "job-id", "thing"); err != nil {
 				return err
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
@@ -617,7 +618,7 @@ func newEmulatorCancelJobCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Cancel a job (QUEUED executions; IN_PROGRESS ones too with --force)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "job-id"); err != nil {
+			if err := cli.Required(c, "account", "job-id"); err != nil {
 				return err
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
@@ -644,7 +645,7 @@ func newEmulatorHistoryCmd(env *cliEnv, admin adminFn) *cobra.Command {
 			case "", emulator.Accepted, emulator.Refused, emulator.Disconnected, emulator.Denied:
 				q.Outcome = emulator.Outcome(outcome)
 			default:
-				return usageError{err: fmt.Errorf("--outcome %q: use accepted, refused, disconnected or denied", outcome)}
+				return cli.UsageError{Err: fmt.Errorf("--outcome %q: use accepted, refused, disconnected or denied", outcome)}
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {
 				evs, err := adm.History(ctx, q)

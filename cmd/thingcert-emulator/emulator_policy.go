@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/emulator"
+	"github.com/thingcert/thingcert/internal/cli"
 )
 
 // newEmulatorCreatePolicyCmd creates an IoT policy (AWS's CreatePolicy).
@@ -17,11 +18,11 @@ func newEmulatorCreatePolicyCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Create an IoT policy from a policy document (AWS's JSON); certificates connect only as their policies allow",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "name"); err != nil {
+			if err := cli.Required(c, "account", "name"); err != nil {
 				return err
 			}
 			if (file == "") == (docJSON == "") {
-				return usageError{err: fmt.Errorf("%s needs either --file FILE or --document-json JSON", c.CommandPath())}
+				return cli.UsageError{Err: fmt.Errorf("%s needs either --file FILE or --document-json JSON", c.CommandPath())}
 			}
 			doc := docJSON
 			if file != "" {
@@ -52,7 +53,7 @@ func newEmulatorAttachPolicyCmd(_ *cliEnv, admin adminFn) *cobra.Command {
 		Short: "Attach an IoT policy to a certificate (its ID or ARN)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "account", "name", "cert-id"); err != nil {
+			if err := cli.Required(c, "account", "name", "cert-id"); err != nil {
 				return err
 			}
 			return admin(c, func(ctx context.Context, adm emulator.Admin) error {

@@ -22,10 +22,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/thingcert/thingcert/internal/cli"
 )
 
 func main() {
@@ -33,7 +33,7 @@ func main() {
 	err := newRootCmd(os.Stdout, os.Stderr).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "thingcert: "+oneLine(err.Error()))
+		fmt.Fprintln(os.Stderr, "thingcert: "+cli.OneLine(err.Error()))
 		os.Exit(exitCode(err))
 	}
 }
@@ -51,7 +51,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
+		return cli.UsageError{Err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
 	})
 	env.log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	root.AddCommand(newEmulatorCmd(env), newDemoCmd(env))
@@ -64,32 +64,9 @@ type cliEnv struct {
 	log            *slog.Logger
 }
 
-// usageError marks a mistake in the command line (exit 2, as is usual).
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
 func exitCode(err error) int {
-	var u usageError
-	if errors.As(err, &u) {
+	if cli.IsUsage(err) {
 		return 2
 	}
 	return 1
-}
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-// required checks that flags were given, as a usage error naming them.
-func required(c *cobra.Command, names ...string) error {
-	var missing []string
-	for _, n := range names {
-		if !c.Flags().Changed(n) {
-			missing = append(missing, "--"+n)
-		}
-	}
-	if len(missing) > 0 {
-		return usageError{err: errors.New(c.CommandPath() + " needs " + strings.Join(missing, " and ") + " (see `" + c.CommandPath() + " --help`)")}
-	}
-	return nil
 }

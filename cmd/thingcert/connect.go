@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/iot"
 
 	"github.com/spf13/cobra"
@@ -56,15 +57,15 @@ allow iot:Connect for this client ID).`,
       --key file:/tmp/k/device.pem --cert device.pem`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "endpoint", "key", "cert"); err != nil {
+			if err := cli.Required(c, "endpoint", "key", "cert"); err != nil {
 				return err
 			}
 			if c.Flags().Changed("publish") != c.Flags().Changed("message") {
-				return usageError{err: errors.New(c.CommandPath() + ": --publish TOPIC and --message TEXT go together")}
+				return cli.UsageError{Err: errors.New(c.CommandPath() + ": --publish TOPIC and --message TEXT go together")}
 			}
 			ep := iot.Endpoint{Host: f.endpoint, Port: f.port, Address: f.address}
 			if err := ep.Validate(); err != nil {
-				return usageError{err: err}
+				return cli.UsageError{Err: err}
 			}
 			// One connection has nothing to run in parallel: a single P keeps
 			// paho's goroutines on one thread instead of waking others for
@@ -132,7 +133,7 @@ func runConnect(ctx context.Context, env *cliEnv, f connectFlags, ep iot.Endpoin
 	clientID := f.clientID
 	if clientID == "" {
 		if clientID = chain[0].Subject.CommonName; clientID == "" {
-			return usageError{err: fmt.Errorf("certificate %s has no subject CN to use as client ID: give --client-id", f.cert)}
+			return cli.UsageError{Err: fmt.Errorf("certificate %s has no subject CN to use as client ID: give --client-id", f.cert)}
 		}
 	}
 	// Open the key while the connection is set up: a token login or a TPM

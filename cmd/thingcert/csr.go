@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/internal/atomicfile"
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/keystore"
 	_ "github.com/thingcert/thingcert/keystore/all"
 )
@@ -24,7 +25,7 @@ ECDSA-WITH-SHA512. The CSR is verified before it is printed.`,
 		Example: `  thingcert csr --key file:/var/lib/thingcert/keys/device.pem --subject CN=gateway-17 --out device.csr`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "key", "subject"); err != nil {
+			if err := cli.Required(c, "key", "subject"); err != nil {
 				return err
 			}
 			var opts keystore.CSROptions

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/keystore"
 	_ "github.com/thingcert/thingcert/keystore/all"
 	"github.com/thingcert/thingcert/keystore/filestore"
@@ -45,7 +46,7 @@ rsa-2048, rsa-3072, rsa-4096. An existing key is never overwritten.`,
   thingcert key generate --key 'tpm:blob=/var/lib/thingcert/keys/device.tpmkey' --alg rsa-2048`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "key"); err != nil {
+			if err := cli.Required(c, "key"); err != nil {
 				return err
 			}
 			a, err := keystore.ParseAlgorithm(alg)
@@ -128,7 +129,7 @@ func newKeyShowCmd(env *cliEnv) *cobra.Command {
 		Short: "Show a key's algorithm, public key and how it is protected",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "key"); err != nil {
+			if err := cli.Required(c, "key"); err != nil {
 				return err
 			}
 			ctx := c.Context()
@@ -197,7 +198,7 @@ put there, and thingcert will not pretend it does.`,
 		Example: `  thingcert key import --key file:/var/lib/thingcert/keys/aws.pem --from private.pem.key`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "key", "from"); err != nil {
+			if err := cli.Required(c, "key", "from"); err != nil {
 				return err
 			}
 			data, err := os.ReadFile(from)
@@ -237,7 +238,7 @@ func newKeyDeleteCmd(env *cliEnv) *cobra.Command {
 		Short: "Delete a key from its store (for a key pair, both halves)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "key"); err != nil {
+			if err := cli.Required(c, "key"); err != nil {
 				return err
 			}
 			ctx := c.Context()

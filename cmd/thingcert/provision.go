@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/rotation"
 )
 
@@ -50,7 +51,7 @@ accepted, as the log says).`,
 		Example: `  thingcert provision --config /etc/thingcert/thingcert.yaml`,
 		Args:    cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "config"); err != nil {
+			if err := cli.Required(c, "config"); err != nil {
 				return err
 			}
 			cfg, err := config.Load(f.config)

@@ -9,18 +9,12 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/internal/doctor"
 )
 
-// usageError marks a mistake in the command line (exit 2, as is usual).
-type usageError struct{ err error }
-
-func (e usageError) Error() string { return e.err.Error() }
-func (e usageError) Unwrap() error { return e.err }
-
 func exitCode(err error) int {
-	var u usageError
-	if errors.As(err, &u) {
+	if cli.IsUsage(err) {
 		return 2
 	}
 	var x exitStatus
@@ -29,8 +23,6 @@ func exitCode(err error) int {
 	}
 	return 1
 }
-
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	return newRootCmdEnv(&cliEnv{stdout: stdout, stderr: stderr})
@@ -62,7 +54,7 @@ Start with:  thingcert demo          (the whole story on a local emulator)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
-		return usageError{err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
+		return cli.UsageError{Err: errors.New(err.Error() + " (see `" + c.CommandPath() + " --help`)")}
 	})
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	env.log = logger
@@ -100,20 +92,6 @@ func (e *cliEnv) clock() func() time.Time {
 	return time.Now
 }
 
-// required checks that flags were given, as a usage error naming them.
-func required(c *cobra.Command, names ...string) error {
-	var missing []string
-	for _, n := range names {
-		if !c.Flags().Changed(n) {
-			missing = append(missing, "--"+n)
-		}
-	}
-	if len(missing) > 0 {
-		return usageError{err: errors.New(c.CommandPath() + " needs " + strings.Join(missing, " and ") + " (see `" + c.CommandPath() + " --help`)")}
-	}
-	return nil
-}
-
 // flagFor words a library's setting as the command line's flag, so that a
 // hint tells a person what to type.
 func flagFor(setting string) string {
@@ -144,5 +122,5 @@ func forShell(err error) string {
 			}
 		}
 	}
-	return oneLine(msg)
+	return cli.OneLine(msg)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/iot"
 
 	"github.com/spf13/cobra"
@@ -41,7 +42,7 @@ when it will be and exits 0. If the cloud refuses the device's certificate
   thingcert rotate --config /etc/thingcert/thingcert.yaml --force --json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "config"); err != nil {
+			if err := cli.Required(c, "config"); err != nil {
 				return err
 			}
 			cfg, err := config.Load(f.config)
@@ -66,7 +67,7 @@ func refused(err error) bool { return iot.IdentityRefused(err) }
 func recoverByClaim(ctx context.Context, env *cliEnv, d *localDevice, f rotationFlags, why error) error {
 	d.log.Warn("the device's identity was refused; provisioning again with the claim (claim.recover)", "error", why)
 	claim := rotation.IdentityRecord{KeyURI: d.cfg.Claim.Key, CertFile: d.cfg.Claim.Cert, Claim: true}
-	if _, err := d.runner.Recover(ctx, claim, oneLine(why.Error())); err != nil {
+	if _, err := d.runner.Recover(ctx, claim, cli.OneLine(why.Error())); err != nil {
 		return err
 	}
 	return provisionWithClaim(ctx, env, d, f, "recovered: provisioned again with the claim")

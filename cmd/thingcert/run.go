@@ -12,6 +12,7 @@ import (
 
 	"github.com/thingcert/thingcert/agent"
 	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/cli"
 )
 
 func newRunCmd(env *cliEnv) *cobra.Command {
@@ -41,7 +42,7 @@ journald priorities. ` + "`thingcert status`" + ` shows how it is doing at any t
   systemctl start thingcert            # packaging/thingcert.service runs the line above`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "config"); err != nil {
+			if err := cli.Required(c, "config"); err != nil {
 				return err
 			}
 			cfg, err := config.Load(cfgPath)

@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/thingcert/thingcert/config"
+	"github.com/thingcert/thingcert/internal/cli"
 	"github.com/thingcert/thingcert/internal/statusview"
 )
 
@@ -35,7 +36,7 @@ and the config's error beside it, as a problem. The state folder is then
   thingcert status --config /etc/thingcert/thingcert.yaml --json | jq .renewal.at`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if err := required(c, "config"); err != nil {
+			if err := cli.Required(c, "config"); err != nil {
 				return err
 			}
 			now := env.clock()()
