@@ -11,7 +11,7 @@ import (
 func run(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	root := newRootCmd(&out, &errb)
+	root := newRootCmdFor(&out, &errb, args) // the tree the binary builds for this line
 	root.SetArgs(args)
 	if err := root.ExecuteContext(context.Background()); err != nil {
 		return out.String(), "thingcert: " + forShell(err), exitCode(err)

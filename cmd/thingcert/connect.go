@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"runtime"
 	"strings"
 	"time"
 
@@ -67,11 +66,6 @@ allow iot:Connect for this client ID).`,
 			if err := ep.Validate(); err != nil {
 				return cli.UsageError{Err: err}
 			}
-			// One connection has nothing to run in parallel: a single P keeps
-			// paho's goroutines on one thread instead of waking others for
-			// each hand-off, which on a busy device costs more wall and CPU
-			// time than it saves (measured in bench/connect).
-			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 			return runConnect(c.Context(), env, f, ep)
 		},
 	}

@@ -13,7 +13,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := newRootCmd(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	err := newRootCmdFor(os.Stdout, os.Stderr, os.Args[1:]).ExecuteContext(ctx)
 	stop()
 	if err != nil {
 		// One line a person can act on; cobra's own usage dump is off. An
