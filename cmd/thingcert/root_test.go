@@ -39,17 +39,12 @@ func TestSubcommandTableIsTheWholeTree(t *testing.T) {
 // it must behave as the whole tree does: same help, same flags, same errors.
 func TestOneCommandTreeBehavesAsTheWholeTree(t *testing.T) {
 	lines := [][]string{
-		{"connect", "--help"},
 		{"connect"}, // missing required flags
 		{"connect", "--endpoint", "x", "--bogus"}, // unknown flag
-		{"key", "--help"},
 		{"key", "generate", "--help"},
-		{"run", "--help"},
-		{"status", "--help"},
-		{"version", "--help"},
 		{"version", "extra"}, // no arguments taken
 	}
-	for _, s := range subcommands {
+	for _, s := range subcommands { // and every command's help
 		lines = append(lines, []string{s.name, "--help"})
 	}
 	for _, args := range lines {
